@@ -1,0 +1,32 @@
+# The two commands: `make demo` and `make test`. Both do all set-up on a fresh machine.
+SHELL := /bin/bash
+export UV_FROZEN := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo test lint bench postgres-start postgres-stop clean
+
+setup:  ## create .venv from the committed uv.lock (installs uv with pip if missing)
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@uv sync --frozen --quiet
+
+demo: setup  ## emulator + ingest_then_evaluate example DAG into a SQLite warehouse
+	@uv run --frozen python scripts/demo.py
+
+lint: setup
+	uv run --frozen ruff check .
+	uv run --frozen ruff format --check .
+	uv run --frozen mypy
+
+test: setup  ## ruff, mypy, and the whole pytest suite against the emulator, SQLite and a real Postgres
+	@bash scripts/test.sh
+
+bench: setup  ## benchmarks (ratios measured side by side), results in benchmarks/results.md
+	@bash scripts/with_postgres.sh uv run --frozen python -m benchmarks.run
+
+postgres-start:
+	@scripts/postgres.sh start
+postgres-stop:
+	@scripts/postgres.sh stop
+
+clean:
+	rm -rf .venv .airflow .demo .pgdata

@@ -1,0 +1,94 @@
+"""Apache Airflow provider for Cekura, the observability and evaluation platform for voice AI agents.
+
+Importing this package is cheap: it defines only ``__version__`` and
+:func:`get_provider_info`; hooks, operators, sensors, triggers and the
+transfer live in their own modules and import Airflow lazily where they can.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+_CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
+    "project_id": {
+        "label": "Project ID",
+        "description": "Cekura project id; required with an organisation-level API key.",
+        "schema": {"type": ["integer", "null"], "minimum": 1},
+    },
+    "connect_timeout": {
+        "label": "Connect timeout (s)",
+        "description": "Seconds to wait for a TCP/TLS connection (default 10).",
+        "schema": {"type": ["number", "null"], "minimum": 0.1, "default": 10},
+    },
+    "read_timeout": {
+        "label": "Read timeout (s)",
+        "description": "Seconds to wait for a response (default 60).",
+        "schema": {"type": ["number", "null"], "minimum": 0.1, "default": 60},
+    },
+    "max_attempts": {
+        "label": "Max attempts",
+        "description": "Attempts per request on 429, 5xx, timeouts and dropped connections (default 5).",
+        "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 20, "default": 5},
+    },
+    "dashboard_url": {
+        "label": "Dashboard URL",
+        "description": "Base URL of the Cekura dashboard used by task links (default https://dashboard.cekura.ai).",
+        "schema": {"type": ["string", "null"], "format": "url"},
+    },
+}
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``)."""
+    return {
+        "package-name": "airflow-provider-cekura",
+        "name": "Cekura",
+        "description": "Cekura (https://cekura.ai): ingest voice-agent calls, run and await evaluations, "
+        "export call logs with metrics to SQL.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Cekura",
+                "external-doc-url": "https://docs.cekura.ai",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [{"integration-name": "Cekura", "python-modules": ["airflow_provider_cekura.hooks.cekura"]}],
+        "operators": [
+            {
+                "integration-name": "Cekura",
+                "python-modules": [
+                    "airflow_provider_cekura.operators.observe",
+                    "airflow_provider_cekura.operators.rerun_evaluation",
+                ],
+            }
+        ],
+        "sensors": [{"integration-name": "Cekura", "python-modules": ["airflow_provider_cekura.sensors.call_log"]}],
+        "triggers": [{"integration-name": "Cekura", "python-modules": ["airflow_provider_cekura.triggers.call_log"]}],
+        "transfers": [
+            {
+                "source-integration-name": "Cekura",
+                "target-integration-name": "Common SQL",
+                "python-module": "airflow_provider_cekura.transfers.call_logs_to_sql",
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": "cekura",
+                "hook-class-name": "airflow_provider_cekura.hooks.cekura.CekuraHook",
+                "hook-name": "Cekura",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"host": "Base URL", "password": "API key"},
+                    "placeholders": {
+                        "host": "https://api.cekura.ai",
+                        "password": "X-CEKURA-API-KEY value",
+                    },
+                },
+                "conn-fields": _CONNECTION_FIELDS,
+            }
+        ],
+        "extra-links": ["airflow_provider_cekura.links.CekuraCallLogLink"],
+    }

@@ -1,0 +1,177 @@
+"""The one place that decides whether a call log's evaluation is pending, done or failed.
+
+The API documents ``status`` as ``success | failure | reviewed_success |
+reviewed_failure``, yet a call log under evaluation reports ``"evaluating"``;
+``metrics`` may arrive as a list or as JSON text. Every operator, sensor and
+trigger asks this module; nobody else compares status strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class EvaluationState(StrEnum):
+    """Where a call log's evaluation stands."""
+
+    PENDING = "pending"
+    EVALUATED = "evaluated"
+    FAILED = "failed"
+
+
+PENDING_STATUSES = frozenset({"evaluating", "pending", "queued", "processing", "in_progress"})
+"""Statuses that mean the evaluation has not finished."""
+
+FAILED_STATUSES = frozenset({"evaluation_failed", "error", "failed"})
+"""Statuses that mean the evaluation itself ended in error (not a call judged unsuccessful)."""
+
+# Trigger/sensor event statuses, shared by the trigger and every execute_complete.
+EVENT_SUCCESS = "success"
+EVENT_EVALUATION_FAILED = "evaluation_failed"
+EVENT_TIMEOUT = "timeout"
+EVENT_ERROR = "error"
+EVENT_STATUSES = frozenset({EVENT_SUCCESS, EVENT_EVALUATION_FAILED, EVENT_TIMEOUT, EVENT_ERROR})
+
+
+def parse_json_field(value: Any) -> Any:
+    """Return ``value`` parsed when it is JSON text, else unchanged.
+
+    Text that is not valid JSON is returned as it is (the API's typing of
+    ``metrics``/``critical_categories`` as strings is loose; never crash on it).
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_metrics(call_log: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The call log's metrics as a list of dicts, whatever form they arrived in.
+
+    Looks at ``metrics`` (list or JSON text) and falls back to
+    ``evaluation.metrics`` (the rerun response shape). Entries that are not
+    objects are dropped.
+    """
+    metrics = parse_json_field(call_log.get("metrics"))
+    if not metrics:
+        evaluation = parse_json_field(call_log.get("evaluation"))
+        if isinstance(evaluation, Mapping):
+            metrics = parse_json_field(evaluation.get("metrics"))
+    if isinstance(metrics, Mapping):
+        metrics = [metrics]
+    if not isinstance(metrics, list):
+        return []
+    return [dict(m) for m in metrics if isinstance(m, Mapping)]
+
+
+def normalize_call_log(call_log: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``call_log`` with ``metrics`` and ``critical_categories`` parsed from JSON text."""
+    result = dict(call_log)
+    if "metrics" in result or "evaluation" in result:
+        result["metrics"] = parse_metrics(call_log)
+    if "critical_categories" in result:
+        result["critical_categories"] = parse_json_field(result["critical_categories"])
+    return result
+
+
+def evaluation_state(call_log: Mapping[str, Any]) -> EvaluationState:
+    """Decide pending / evaluated / failed for one call log.
+
+    - status ``evaluating`` (or another in-progress status): pending;
+    - an error status, or an ``error_message`` with neither ``success`` nor metrics: failed;
+    - neither a ``success`` value nor any metric: pending;
+    - otherwise: evaluated.
+    """
+    status = str(call_log.get("status") or "").strip().lower()
+    if status in PENDING_STATUSES:
+        return EvaluationState.PENDING
+    has_outcome = call_log.get("success") is not None or bool(parse_metrics(call_log))
+    if status in FAILED_STATUSES:
+        return EvaluationState.FAILED
+    if not has_outcome:
+        if call_log.get("error_message"):
+            return EvaluationState.FAILED
+        return EvaluationState.PENDING
+    return EvaluationState.EVALUATED
+
+
+def is_done(call_log: Mapping[str, Any]) -> bool:
+    """True when the evaluation is no longer pending (evaluated or failed)."""
+    return evaluation_state(call_log) is not EvaluationState.PENDING
+
+
+@dataclass
+class EvaluationSummary:
+    """Where a set of call logs stands, as the sensor and trigger report it."""
+
+    evaluated: dict[int, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    pending: list[int] = field(default_factory=list)
+    missing: list[int] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return not self.pending and not self.missing
+
+    def failure_message(self) -> str:
+        parts = [
+            f"{cid} ({entry.get('error_message') or 'no metrics and no outcome'})"
+            for cid, entry in sorted(self.failed.items())
+        ]
+        return f"Evaluation failed for {len(parts)} call log(s): " + ", ".join(parts[:50])
+
+    def pending_message(self) -> str:
+        ids = sorted(self.pending + self.missing)
+        shown = ", ".join(str(i) for i in ids[:50])
+        more = f" (and {len(ids) - 50} more)" if len(ids) > 50 else ""
+        return f"{len(ids)} call log(s) still pending: {shown}{more}"
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """JSON-safe per-id summary (string keys, as XCom and trigger events need)."""
+        out: dict[str, dict[str, Any]] = {}
+        for cid, entry in sorted({**self.evaluated, **self.failed}.items()):
+            out[str(cid)] = entry
+        return out
+
+
+def summarize(call_log_ids: Iterable[int], call_logs: Iterable[Mapping[str, Any]]) -> EvaluationSummary:
+    """Classify ``call_log_ids`` given the call logs the API returned for them.
+
+    Ids the API did not return are ``missing`` (still waited for: a freshly
+    ingested call log can lag behind in list results).
+    """
+    by_id = {int(c["id"]): c for c in call_logs if isinstance(c, Mapping) and c.get("id") is not None}
+    summary = EvaluationSummary()
+    for cid in call_log_ids:
+        call_log = by_id.get(int(cid))
+        if call_log is None:
+            summary.missing.append(int(cid))
+            continue
+        state = evaluation_state(call_log)
+        if state is EvaluationState.PENDING:
+            summary.pending.append(int(cid))
+            continue
+        entry = {
+            "status": call_log.get("status"),
+            "success": call_log.get("success"),
+            "state": state.value,
+            "metrics": [
+                {k: m.get(k) for k in ("id", "name", "type", "score", "value") if k in m}
+                for m in parse_metrics(call_log)
+            ],
+        }
+        if state is EvaluationState.FAILED:
+            entry["error_message"] = call_log.get("error_message")
+            summary.failed[int(cid)] = entry
+        else:
+            summary.evaluated[int(cid)] = entry
+    return summary

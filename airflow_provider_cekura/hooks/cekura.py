@@ -1,0 +1,627 @@
+"""CekuraHook: the only code in this provider that speaks HTTP to Cekura."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_cekura.evaluation import normalize_call_log
+from airflow_provider_cekura.exceptions import (
+    CekuraAPIError,
+    CekuraConfigurationError,
+    CekuraResponseError,
+    CekuraTransportError,
+    CekuraValidationError,
+)
+from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
+from airflow_provider_cekura.payloads import multipart_fields, normalize_timestamp
+
+if TYPE_CHECKING:
+    import requests
+
+    from airflow_provider_cekura.payloads import RecordingSource
+
+DEFAULT_HOST = "https://api.cekura.ai"
+DEFAULT_DASHBOARD_URL = "https://dashboard.cekura.ai"
+OBSERVE_PATH = "/observability/v1/observe/"
+CALL_LOGS_PATH = "/observability/v1/call-logs/"
+RERUN_PATH = "/observability/v1/call-logs/rerun_evaluation/"
+RERUN_CHUNK = 100
+LOOKUP_CHUNK = 50
+MAX_EMPTY_PAGES = 3
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _to_datetime(value: datetime | str, name: str) -> datetime:
+    text = normalize_timestamp(value, field=name)
+    if text is None:
+        raise CekuraValidationError(name, "must not be empty")
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _int_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
+    """Integers from an int, a list, or a comma string; duplicates dropped, order kept."""
+    if isinstance(call_log_ids, str):
+        text = call_log_ids.strip()
+        if text.startswith("["):
+            try:
+                call_log_ids = json.loads(text)
+            except ValueError:
+                raise CekuraValidationError(name, f"is not a JSON list: {text[:80]!r}") from None
+        else:
+            call_log_ids = [part for part in text.split(",") if part.strip()]
+    if isinstance(call_log_ids, (int, str)):
+        call_log_ids = [call_log_ids]
+    if not isinstance(call_log_ids, Iterable):
+        raise CekuraValidationError(name, f"must be ids, got {type(call_log_ids).__name__}")
+    ids: list[int] = []
+    for item in call_log_ids:
+        if isinstance(item, bool):
+            raise CekuraValidationError(name, f"{item!r} is not a call log id")
+        try:
+            value = int(str(item).strip()) if isinstance(item, str) else int(item)
+        except (TypeError, ValueError):
+            raise CekuraValidationError(name, f"{item!r} is not an integer call log id") from None
+        if value <= 0:
+            raise CekuraValidationError(name, f"{item!r} is not a positive call log id")
+        ids.append(value)
+    return list(dict.fromkeys(ids))
+
+
+class CekuraHook(BaseHook):
+    """Talk to the Cekura observability API.
+
+    The connection (type ``cekura``) holds the API key in its password field
+    and the base URL in its host (default ``https://api.cekura.ai``; plain
+    http is refused except for loopback hosts such as the bundled emulator).
+    Optional extras: ``project_id``, ``connect_timeout`` and ``read_timeout``
+    (seconds), ``max_attempts``, ``backoff_base``, ``backoff_max``,
+    ``retry_after_max``, ``window_days`` (widest timestamp window per list
+    request, default 30), ``page_size`` (default 100) and ``dashboard_url``.
+
+    :param cekura_conn_id: Airflow connection id of type ``cekura``.
+    :param retry_policy: override the connection's retry settings.
+    :param pool_size: HTTP keep-alive connections kept per host (raise it for bulk observe).
+    """
+
+    conn_name_attr = "cekura_conn_id"
+    default_conn_name = "cekura_default"
+    conn_type = "cekura"
+    hook_name = "Cekura"
+
+    def __init__(
+        self,
+        cekura_conn_id: str = default_conn_name,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        super().__init__()
+        self.cekura_conn_id = cekura_conn_id
+        self._retry_policy_override = retry_policy
+        self._pool_size = pool_size
+        self.request_count = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cekura_conn_id={self.cekura_conn_id!r})"
+
+    # ------------------------------------------------------------------ connection
+
+    @cached_property
+    def _settings(self) -> dict[str, Any]:
+        """Everything read from the connection, resolved once per hook."""
+        conn = self.get_connection(self.cekura_conn_id)
+        api_key = conn.password
+        if not api_key:
+            raise CekuraConfigurationError(
+                f"Connection {self.cekura_conn_id!r} has no API key: put it in the password field."
+            )
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(api_key)
+        extra = conn.extra_dejson or {}
+
+        def option(name: str, default: Any = None) -> Any:
+            value = extra.get(name, extra.get(f"extra__cekura__{name}"))
+            return default if value in (None, "") else value
+
+        host = (conn.host or "").strip() or DEFAULT_HOST
+        if "://" not in host:
+            scheme = (conn.schema or "").strip() or "https"
+            host = f"{scheme}://{host}"
+        parts = urlsplit(host)
+        if conn.port and not parts.port:
+            host = f"{parts.scheme}://{parts.hostname}:{conn.port}{parts.path}"
+            parts = urlsplit(host)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CekuraConfigurationError(f"Connection {self.cekura_conn_id!r}: host {host!r} is not a URL")
+        if parts.scheme == "http" and not _is_loopback(parts.hostname):
+            raise CekuraConfigurationError(
+                f"Connection {self.cekura_conn_id!r}: refusing to send the API key over plain http to "
+                f"{parts.hostname!r}; use https (http is allowed for loopback hosts only)."
+            )
+        try:
+            policy = self._retry_policy_override or RetryPolicy(
+                max_attempts=int(option("max_attempts", 5)),
+                backoff_base=float(option("backoff_base", 0.5)),
+                backoff_max=float(option("backoff_max", 30)),
+                retry_after_max=float(option("retry_after_max", 60)),
+            )
+            project_id = option("project_id")
+            settings = {
+                "api_key": api_key,
+                "base_url": host.rstrip("/"),
+                "project_id": int(project_id) if project_id is not None else None,
+                "timeout": (float(option("connect_timeout", 10)), float(option("read_timeout", 60))),
+                "retry_policy": policy,
+                "window": timedelta(days=float(option("window_days", 30))),
+                "page_size": int(option("page_size", 100)),
+                "dashboard_url": str(option("dashboard_url", DEFAULT_DASHBOARD_URL)).rstrip("/"),
+            }
+        except (TypeError, ValueError) as err:
+            raise CekuraConfigurationError(f"Connection {self.cekura_conn_id!r} has an invalid extra: {err}") from None
+        return settings
+
+    @property
+    def base_url(self) -> str:
+        return self._settings["base_url"]
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self._settings["retry_policy"]
+
+    @property
+    def project_id(self) -> int | None:
+        return self._settings["project_id"]
+
+    def call_log_url(self, call_log_id: int) -> str:
+        """Dashboard URL of a call log (the ``dashboard_url`` extra, default https://dashboard.cekura.ai)."""
+        return f"{self._settings['dashboard_url']}/observability/call-logs/{int(call_log_id)}"
+
+    def get_conn(self) -> requests.Session:
+        """The hook's one ``requests.Session`` (keep-alive; auth header attached)."""
+        return self._session
+
+    @cached_property
+    def _session(self) -> requests.Session:
+        import requests
+        from requests.adapters import HTTPAdapter
+
+        from airflow_provider_cekura import __version__
+
+        settings = self._settings
+        session = requests.Session()
+        session.auth = _ApiKeyAuth(settings["api_key"])
+        session.headers["User-Agent"] = f"airflow-provider-cekura/{__version__}"
+        session.headers["Accept"] = "application/json"
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(self._pool_size, 1), max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    def close(self) -> None:
+        """Close the HTTP session (idempotent)."""
+        if "_session" in self.__dict__:
+            self.__dict__.pop("_session").close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _request(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        data: Mapping[str, Any] | None = None,
+        files: Mapping[str, Any] | None = None,
+        retry: bool = True,
+        on_ambiguous_failure: Any = None,
+        rewind: Any = None,
+    ) -> Any:
+        """Send one request under the retry policy and return its decoded JSON body.
+
+        429 is always retried (the server did not act). 5xx, timeouts and
+        dropped connections are retried when ``retry`` is true; before such a
+        retry ``on_ambiguous_failure()`` may return a result to use instead
+        (how observe avoids duplicates). 4xx other than 429 is never retried.
+        """
+        import requests
+
+        url = path_or_url if "://" in path_or_url else f"{self.base_url}{path_or_url}"
+        path = urlsplit(url).path
+        policy = self.retry_policy
+        timeout = self._settings["timeout"]
+        last_error: CekuraAPIError | None = None
+        for attempt in range(1, policy.max_attempts + 1):
+            if attempt > 1:
+                if on_ambiguous_failure is not None and last_error is not None and last_error.status != 429:
+                    found = on_ambiguous_failure()
+                    if found is not None:
+                        self.log.info("%s %s took effect before it failed; using the existing result", method, path)
+                        return found
+                if rewind is not None:
+                    rewind()
+            self.request_count += 1
+            try:
+                response = self._session.request(
+                    method, url, params=params, json=json_body, data=data, files=files, timeout=timeout
+                )
+            except (requests.Timeout, requests.ConnectionError) as err:
+                kind = "timed out" if isinstance(err, requests.Timeout) else "lost its connection"
+                last_error = CekuraTransportError(
+                    f"{method} {path} {kind} (attempt {attempt}/{policy.max_attempts})",
+                    method=method,
+                    path=path,
+                )
+                retryable = retry
+                retry_after = None
+            else:
+                if response.status_code < 400:
+                    return self._decode(response, method, path)
+                last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
+                response.close()
+                retryable = response.status_code == 429 or (retry and response.status_code in RETRYABLE_STATUSES)
+                retry_after = getattr(last_error, "retry_after", None)
+            if not retryable or attempt == policy.max_attempts:
+                raise last_error
+            wait = policy.delay(attempt, retry_after)
+            self.log.warning("%s; retry %d/%d in %.2fs", last_error, attempt, policy.max_attempts - 1, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _decode(response: requests.Response, method: str, path: str) -> Any:
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            kind = response.headers.get("Content-Type", "unknown content type")
+            raise CekuraResponseError(
+                f"Cekura answered {method} {path} with {response.status_code} but a body that is not JSON ({kind})",
+                status=response.status_code,
+                method=method,
+                path=path,
+            ) from None
+
+    @staticmethod
+    def _expect(body: Any, kind: type, what: str) -> Any:
+        if not isinstance(body, kind):
+            raise CekuraResponseError(f"Cekura returned {type(body).__name__} where {what} was expected")
+        return body
+
+    # ------------------------------------------------------------------ observe
+
+    def observe(self, payload: Mapping[str, Any], recording: RecordingSource | None = None) -> dict[str, Any]:
+        """Ingest one call and return the created call log.
+
+        ``payload`` must already be validated (see
+        :func:`~airflow_provider_cekura.payloads.build_observe_payload`).
+        With ``recording`` (a path, ``ObjectStoragePath`` or binary file
+        object) the request is multipart and the file is streamed.
+
+        Safe to retry: after a timeout, 5xx or dropped connection the call is
+        looked up by ``call_id`` before it is sent again, so one ``call_id``
+        never yields two call logs.
+        """
+        call_id = payload.get("call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise CekuraValidationError("call_id", "is required")
+
+        def lookup() -> dict[str, Any] | None:
+            return self.find_call_log(call_id)
+
+        if recording is None:
+            body = self._request("POST", OBSERVE_PATH, json_body=dict(payload), on_ambiguous_failure=lookup)
+        else:
+            from airflow_provider_cekura.payloads import open_recording
+
+            with open_recording(recording, call_id) as (filename, stream):
+                start = stream.tell() if stream.seekable() else None
+
+                def rewind() -> None:
+                    if start is None:
+                        raise CekuraValidationError(
+                            "voice_recording", "stream is not seekable, cannot resend", call_id=call_id
+                        )
+                    stream.seek(start)
+
+                body = self._request(
+                    "POST",
+                    OBSERVE_PATH,
+                    data=multipart_fields(payload),
+                    files={"voice_recording": (filename, stream, "application/octet-stream")},
+                    on_ambiguous_failure=lookup,
+                    rewind=rewind,
+                )
+        call_log = self._expect(body, dict, "the created call log")
+        if "id" not in call_log:
+            raise CekuraResponseError("Cekura's observe response has no call log id")
+        return normalize_call_log(call_log)
+
+    # ------------------------------------------------------------------ reads
+
+    def get_call_log(self, call_log_id: int) -> dict[str, Any]:
+        """One call log by its Cekura id, ``metrics``/``critical_categories`` parsed from JSON text."""
+        (cid,) = _int_ids([call_log_id], "call_log_id")
+        body = self._request("GET", f"{CALL_LOGS_PATH}{cid}/")
+        return normalize_call_log(self._expect(body, dict, "a call log"))
+
+    def get_call_logs(self, call_log_ids: Any, *, chunk_size: int | None = None) -> list[dict[str, Any]]:
+        """Many call logs through the list endpoint (``call_ids=``), one request per chunk.
+
+        Ids the API does not return are absent from the result (no error).
+        """
+        ids = _int_ids(call_log_ids)
+        size = chunk_size or self._settings["page_size"]
+        found: list[dict[str, Any]] = []
+        for chunk in _chunks(ids, size):
+            found.extend(self.iter_call_logs(call_ids=chunk, page_size=len(chunk)))
+        return found
+
+    def find_call_log(self, call_id: str) -> dict[str, Any] | None:
+        """The call log ingested with the caller's own ``call_id``, or ``None``."""
+        query = {"field": "call_id", "op": "eq", "value": call_id}
+        matches = [c for c in self.iter_call_logs(filters_v2=query, page_size=10) if c.get("call_id") == call_id]
+        return min(matches, key=lambda c: int(c["id"])) if matches else None
+
+    def find_call_logs(self, call_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """``{call_id: call log}`` for those of ``call_ids`` that exist, in chunks of 50 per request."""
+        wanted = list(dict.fromkeys(call_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(wanted, LOOKUP_CHUNK):
+            query = {"field": "call_id", "op": "in", "value": chunk}
+            for call_log in self.iter_call_logs(filters_v2=query, page_size=len(chunk)):
+                cid = call_log.get("call_id")
+                if (
+                    isinstance(cid, str)
+                    and cid in chunk
+                    and (cid not in found or int(call_log["id"]) < int(found[cid]["id"]))
+                ):
+                    found[cid] = call_log
+        return found
+
+    def _list_params(self, filters: dict[str, Any]) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        known = {"agent_id", "assistant_id", "project_id", "call_ids", "filters_v2", "page_size"}
+        unknown = set(filters) - known
+        if unknown:
+            raise CekuraValidationError(sorted(unknown)[0], f"is not a call log filter (known: {sorted(known)})")
+        for key in ("agent_id", "project_id"):
+            value = filters.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not str(value).strip().isdigit():
+                    raise CekuraValidationError(key, f"must be an integer, got {value!r}")
+                params[key] = int(value)
+        if filters.get("project_id") is None and self.project_id is not None:
+            params["project_id"] = self.project_id
+        if filters.get("assistant_id"):
+            params["assistant_id"] = str(filters["assistant_id"])
+        if filters.get("call_ids") is not None:
+            ids = _int_ids(filters["call_ids"], "call_ids")
+            if not ids:
+                raise CekuraValidationError("call_ids", "must not be empty")
+            params["call_ids"] = ",".join(str(i) for i in ids)
+        query = filters.get("filters_v2")
+        if query is not None:
+            if isinstance(query, str):
+                try:
+                    query = json.loads(query)
+                except ValueError:
+                    raise CekuraValidationError("filters_v2", "is not valid JSON") from None
+            if not isinstance(query, dict) or not ({"field", "op"} <= set(query) or "conditions" in query):
+                raise CekuraValidationError("filters_v2", "must be {field, op, value} or {operator, conditions: [...]}")
+            params["filters_v2"] = json.dumps(query, separators=(",", ":"))
+        page_size = filters.get("page_size") or self._settings["page_size"]
+        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+            raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
+        params["page_size"] = page_size
+        return params
+
+    def _windows(
+        self, timestamp_from: datetime | str | None, timestamp_to: datetime | str | None
+    ) -> list[tuple[datetime, datetime] | None]:
+        if timestamp_from is None and timestamp_to is None:
+            return [None]
+        if timestamp_from is None:
+            raise CekuraValidationError("timestamp_from", "is required when timestamp_to is given")
+        start = _to_datetime(timestamp_from, "timestamp_from")
+        end = _to_datetime(timestamp_to, "timestamp_to") if timestamp_to is not None else datetime.now(UTC)
+        if end < start:
+            raise CekuraValidationError("timestamp_to", f"{_iso(end)} is before timestamp_from {_iso(start)}")
+        if end == start:
+            return []
+        step: timedelta = self._settings["window"]
+        windows: list[tuple[datetime, datetime] | None] = []
+        cursor = start
+        while cursor < end:
+            upper = min(cursor + step, end)
+            windows.append((cursor, upper))
+            cursor = upper
+        return windows
+
+    def iter_call_log_pages(
+        self,
+        *,
+        timestamp_from: datetime | str | None = None,
+        timestamp_to: datetime | str | None = None,
+        prefetch: bool = True,
+        **filters: Any,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of call logs matching the filters, following ``next`` until it is null.
+
+        The time range is half-open ``[timestamp_from, timestamp_to)`` and is
+        split into windows of ``window_days``; a call log stamped exactly at
+        ``timestamp_to`` belongs to the next window. With ``prefetch`` the
+        next page is fetched while the caller works on the current one, so at
+        most two pages are held in memory.
+        """
+        params = self._list_params(filters)
+        windows = self._windows(timestamp_from, timestamp_to)
+        pages = self._pages(params, windows)
+        if not prefetch:
+            yield from pages
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cekura-prefetch") as pool:
+            future = pool.submit(next, pages, None)
+            while True:
+                page = future.result()
+                if page is None:
+                    return
+                future = pool.submit(next, pages, None)
+                yield page
+
+    def iter_call_logs(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Call logs matching the filters, one at a time (see :meth:`iter_call_log_pages`).
+
+        Filters: ``timestamp_from``/``timestamp_to`` (datetime or ISO 8601),
+        ``agent_id``, ``assistant_id``, ``project_id``, ``call_ids``,
+        ``filters_v2`` (dict or JSON text), ``page_size``.
+        """
+        for page in self.iter_call_log_pages(**filters):
+            yield from page
+
+    def _pages(
+        self, params: dict[str, Any], windows: list[tuple[datetime, datetime] | None]
+    ) -> Iterator[list[dict[str, Any]]]:
+        base = urlsplit(self.base_url)
+        for window in windows:
+            query = dict(params)
+            if window is not None:
+                query["timestamp_from"], query["timestamp_to"] = _iso(window[0]), _iso(window[1])
+            url: str | None = f"{self.base_url}{CALL_LOGS_PATH}"
+            seen: set[str] = set()
+            empty_pages = 0
+            first = True
+            while url:
+                body = self._request("GET", url, params=query if first else None)
+                first = False
+                page = self._expect(body, dict, "a page of call logs")
+                results = page.get("results")
+                if not isinstance(results, list):
+                    raise CekuraResponseError("Cekura's call log page has no 'results' list")
+                rows = [normalize_call_log(r) for r in results if isinstance(r, dict) and "id" in r]
+                if window is not None:
+                    rows = [r for r in rows if _before(r, window[1])]
+                next_url = page.get("next")
+                if next_url is not None:
+                    if not isinstance(next_url, str):
+                        raise CekuraResponseError("Cekura's 'next' link is not a string")
+                    next_url = urljoin(url, next_url)
+                    target = urlsplit(next_url)
+                    if (target.scheme, target.netloc) != (base.scheme, base.netloc):
+                        raise CekuraResponseError(
+                            f"Cekura's 'next' link points to another host ({target.netloc}); not following it "
+                            "with the API key"
+                        )
+                    if next_url in seen:
+                        raise CekuraResponseError("Cekura's 'next' links loop; stopping pagination")
+                    seen.add(next_url)
+                    empty_pages = 0 if results else empty_pages + 1
+                    if empty_pages >= MAX_EMPTY_PAGES:
+                        raise CekuraResponseError(
+                            f"Cekura returned {MAX_EMPTY_PAGES} empty pages in a row that still have a 'next' link"
+                        )
+                url = next_url
+                yield rows
+
+    # ------------------------------------------------------------------ rerun
+
+    def rerun_evaluation(
+        self, call_log_ids: Any, agent_id: int | None = None, assistant_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Re-evaluate call logs (chunks of 100 ids); returns the call logs the API answered with."""
+        ids = _int_ids(call_log_ids)
+        if not ids:
+            raise CekuraValidationError("call_log_ids", "must not be empty")
+        if (agent_id is None) == (assistant_id is None):
+            raise CekuraValidationError("agent_id", "give exactly one of agent_id or assistant_id")
+        owner: dict[str, Any]
+        if agent_id is not None:
+            if isinstance(agent_id, bool) or not str(agent_id).strip().isdigit():
+                raise CekuraValidationError("agent_id", f"must be an integer, got {agent_id!r}")
+            owner = {"agent_id": int(agent_id)}
+        else:
+            owner = {"assistant_id": assistant_id}
+        results: list[dict[str, Any]] = []
+        for chunk in _chunks(ids, RERUN_CHUNK):
+            body = self._request("POST", RERUN_PATH, json_body={**owner, "call_logs": chunk})
+            if isinstance(body, dict):
+                body = body.get("results", [body])
+            results.extend(normalize_call_log(c) for c in self._expect(body, list, "a list of call logs"))
+            self.log.info("Rerun evaluation requested for %d call log(s)", len(chunk))
+        return results
+
+    # ------------------------------------------------------------------ UI
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Used by the connection form's Test button: one small authenticated list request."""
+        try:
+            now = datetime.now(UTC)
+            page = next(
+                self.iter_call_log_pages(
+                    timestamp_from=now - timedelta(days=1), timestamp_to=now, page_size=1, prefetch=False
+                ),
+                [],
+            )
+            return True, f"Connected to {self.base_url} ({len(page)} call log(s) in the last day on page 1)"
+        except Exception as err:
+            return False, str(err)
+
+
+def _before(call_log: Mapping[str, Any], end: datetime) -> bool:
+    """Half-open window check on the call log's timestamp (kept when it has none or it does not parse)."""
+    stamp = call_log.get("timestamp")
+    if not isinstance(stamp, str):
+        return True
+    try:
+        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return True
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when < end
+
+
+class _ApiKeyAuth:
+    """``requests`` auth that sets the ``X-CEKURA-API-KEY`` header; its repr never shows the key."""
+
+    def __init__(self, api_key: str) -> None:
+        self._api_key = api_key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["X-CEKURA-API-KEY"] = self._api_key
+        return request
+
+    def __repr__(self) -> str:
+        return "_ApiKeyAuth(***)"
+
+
+__all__ = ["CekuraHook"]

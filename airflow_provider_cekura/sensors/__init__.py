@@ -1,0 +1,1 @@
+"""Cekura sensors."""

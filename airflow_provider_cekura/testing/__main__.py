@@ -1,0 +1,45 @@
+"""Run the Cekura emulator from the command line: ``python -m airflow_provider_cekura.testing --port 8765``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from airflow_provider_cekura.testing.emulator import CekuraEmulator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve an emulator of the Cekura observability API.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port)")
+    parser.add_argument("--api-key", default="cekura-test-key", help="the key clients must send")
+    parser.add_argument("--evaluation-delay", type=float, default=2.0, help="seconds a call log stays evaluating")
+    parser.add_argument("--evaluation-failure-rate", type=float, default=0.0, help="share of failed evaluations")
+    parser.add_argument("--page-size-cap", type=int, default=100, help="largest page served")
+    parser.add_argument("--port-file", help="write the bound port to this file once listening")
+    args = parser.parse_args(argv)
+    emulator = CekuraEmulator(
+        api_key=args.api_key,
+        evaluation_delay=args.evaluation_delay,
+        evaluation_failure_rate=args.evaluation_failure_rate,
+        page_size_cap=args.page_size_cap,
+        host=args.host,
+        port=args.port,
+    )
+    url = emulator.start()
+    if args.port_file:
+        with open(args.port_file, "w") as handle:
+            handle.write(str(emulator.port))
+    print(f"Cekura emulator listening on {url}", flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
