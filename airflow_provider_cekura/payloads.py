@@ -12,7 +12,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import IO, Any
@@ -304,6 +304,38 @@ def multipart_fields(payload: Mapping[str, Any]) -> dict[str, str]:
         else:
             fields[key] = str(value)
     return fields
+
+
+def parse_call_log_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
+    """Cekura call log ids from an int, a list, a comma string or JSON text (a rendered XCom).
+
+    Duplicates are dropped, order kept; anything that is not a positive integer is an error.
+    """
+    if isinstance(call_log_ids, str):
+        text = call_log_ids.strip()
+        if text.startswith("["):
+            try:
+                call_log_ids = json.loads(text)
+            except ValueError:
+                raise CekuraValidationError(name, f"is not a JSON list: {text[:80]!r}") from None
+        else:
+            call_log_ids = [part for part in text.split(",") if part.strip()]
+    if isinstance(call_log_ids, (int, str)):
+        call_log_ids = [call_log_ids]
+    if not isinstance(call_log_ids, Iterable):
+        raise CekuraValidationError(name, f"must be ids, got {type(call_log_ids).__name__}")
+    ids: list[int] = []
+    for item in call_log_ids:
+        if isinstance(item, bool):
+            raise CekuraValidationError(name, f"{item!r} is not a call log id")
+        try:
+            value = int(str(item).strip()) if isinstance(item, str) else int(item)
+        except (TypeError, ValueError):
+            raise CekuraValidationError(name, f"{item!r} is not an integer call log id") from None
+        if value <= 0:
+            raise CekuraValidationError(name, f"{item!r} is not a positive call log id")
+        ids.append(value)
+    return list(dict.fromkeys(ids))
 
 
 RecordingSource = Any

@@ -5,12 +5,14 @@ Environment is set before anything imports Airflow.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,9 @@ TEST_API_KEY = "sk-cekura-TEST-9f3b7c1d-DO-NOT-LEAK"
 _AIRFLOW_HOME = Path(os.environ.get("CEKURA_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="cekura-airflow-"))
 os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
+DAGS_DIR = _AIRFLOW_HOME / "dags"
+DAGS_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
@@ -42,6 +46,40 @@ def airflow_db() -> Path:
         )
         marker.touch()
     return _AIRFLOW_HOME
+
+
+def write_dag_file(source: str, name: str) -> Path:
+    """Write a DAG file into the session's DAGs folder (``dag.test()`` reads DAGs from its bundle)."""
+    path = DAGS_DIR / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def load_dag(path: Path, dag_id: str):
+    """Import a DAG file and return the DAG ``dag_id`` defined in it."""
+    spec = importlib.util.spec_from_file_location(f"_cekura_test_dag_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from airflow.sdk import DAG
+
+    dags = [v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id]
+    assert dags, f"no DAG {dag_id!r} in {path}"
+    return dags[0]
+
+
+@pytest.fixture
+def run_dag(airflow_db: Path) -> Callable[..., object]:
+    """``run_dag(source, dag_id, **dag_test_kwargs)``: write the DAG file, import it, ``dag.test()`` it.
+
+    Returns the DagRun. Connections come from ``AIRFLOW_CONN_*`` variables (see ``emulator``).
+    """
+
+    def run(source: str, dag_id: str, **kwargs: object) -> object:
+        path = write_dag_file(source, dag_id)
+        return load_dag(path, dag_id).test(**kwargs)
+
+    return run
 
 
 @pytest.fixture

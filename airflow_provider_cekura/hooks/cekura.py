@@ -24,6 +24,7 @@ from airflow_provider_cekura.exceptions import (
 )
 from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
 from airflow_provider_cekura.payloads import multipart_fields, normalize_timestamp
+from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
 
 if TYPE_CHECKING:
     import requests
@@ -63,35 +64,6 @@ def _iso(value: datetime) -> str:
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _int_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
-    """Integers from an int, a list, or a comma string; duplicates dropped, order kept."""
-    if isinstance(call_log_ids, str):
-        text = call_log_ids.strip()
-        if text.startswith("["):
-            try:
-                call_log_ids = json.loads(text)
-            except ValueError:
-                raise CekuraValidationError(name, f"is not a JSON list: {text[:80]!r}") from None
-        else:
-            call_log_ids = [part for part in text.split(",") if part.strip()]
-    if isinstance(call_log_ids, (int, str)):
-        call_log_ids = [call_log_ids]
-    if not isinstance(call_log_ids, Iterable):
-        raise CekuraValidationError(name, f"must be ids, got {type(call_log_ids).__name__}")
-    ids: list[int] = []
-    for item in call_log_ids:
-        if isinstance(item, bool):
-            raise CekuraValidationError(name, f"{item!r} is not a call log id")
-        try:
-            value = int(str(item).strip()) if isinstance(item, str) else int(item)
-        except (TypeError, ValueError):
-            raise CekuraValidationError(name, f"{item!r} is not an integer call log id") from None
-        if value <= 0:
-            raise CekuraValidationError(name, f"{item!r} is not a positive call log id")
-        ids.append(value)
-    return list(dict.fromkeys(ids))
 
 
 class CekuraHook(BaseHook):

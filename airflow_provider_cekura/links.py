@@ -1,0 +1,34 @@
+"""Extra link from a task to its call log in the Cekura dashboard."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperatorLink
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator
+    from airflow.sdk.types import TaskInstanceKey
+
+CALL_LOG_URL_XCOM_KEY = "cekura_call_log_url"
+"""XCom key under which operators push the dashboard URL, before they wait."""
+
+
+class CekuraCallLogLink(BaseOperatorLink):
+    """ "Cekura call log": the dashboard page of the task's (first) call log.
+
+    The operator pushes the URL to XCom as soon as the call log exists, so the
+    link works even when a later wait fails. ``get_link`` runs on the worker
+    when the try ends and never raises: no URL gives an empty link.
+    """
+
+    name = "Cekura call log"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        try:
+            from airflow.sdk.execution_time.xcom import XCom
+
+            value: Any = XCom.get_value(ti_key=ti_key, key=CALL_LOG_URL_XCOM_KEY)
+        except Exception:
+            return ""
+        return value if isinstance(value, str) else ""
