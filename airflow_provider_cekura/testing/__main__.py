@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluation-delay", type=float, default=2.0, help="seconds a call log stays evaluating")
     parser.add_argument("--evaluation-failure-rate", type=float, default=0.0, help="share of failed evaluations")
     parser.add_argument("--page-size-cap", type=int, default=100, help="largest page served")
+    parser.add_argument("--state-file", help="load call logs from this JSON file at start, save them at exit")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     args = parser.parse_args(argv)
     emulator = CekuraEmulator(
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
     )
+    if args.state_file and os.path.exists(args.state_file):
+        loaded = emulator.load_state(args.state_file)
+        print(f"Loaded {loaded} call log(s) from {args.state_file}", flush=True)
     url = emulator.start()
     if args.port_file:
         with open(args.port_file, "w") as handle:
@@ -38,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: done.set())
     done.wait()
     emulator.stop()
+    if args.state_file:
+        emulator.save_state(args.state_file)
     return 0
 
 

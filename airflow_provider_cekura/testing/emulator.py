@@ -229,6 +229,33 @@ class CekuraEmulator:
         """An ``AIRFLOW_CONN_*`` JSON value pointing at this emulator."""
         return json.dumps({"conn_type": conn_type, "host": self.base_url, "password": self.api_key})
 
+    # ------------------------------------------------------------------ persistence
+
+    def save_state(self, path: str) -> None:
+        """Write every call log to a JSON file (pending evaluations keep their remaining delay)."""
+        now = time.monotonic()
+        with self._lock:
+            records = []
+            for record in self._records.values():
+                saved = dict(record)
+                saved["_due"] = None if record["_due"] is None else max(record["_due"] - now, 0.0)
+                records.append(saved)
+            state = {"next_id": self._next_id, "records": records}
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(state, handle)
+
+    def load_state(self, path: str) -> int:
+        """Load call logs saved by :meth:`save_state`; returns how many were loaded."""
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        now = time.monotonic()
+        with self._lock:
+            self._next_id = max(self._next_id, int(state["next_id"]))
+            for record in state["records"]:
+                record["_due"] = None if record["_due"] is None else now + float(record["_due"])
+                self._records[int(record["id"])] = record
+        return len(state["records"])
+
     # ------------------------------------------------------------------ faults and log
 
     def add_fault(self, kind: str, **options: Any) -> Fault:
