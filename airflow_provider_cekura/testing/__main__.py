@@ -15,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve an emulator of the Cekura observability API.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 = any free port)")
-    parser.add_argument("--api-key", default="cekura-test-key", help="the key clients must send")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("CEKURA_EMULATOR_API_KEY", "cekura-test-key"),
+        help="the key clients must send (default: $CEKURA_EMULATOR_API_KEY or cekura-test-key)",
+    )
     parser.add_argument("--evaluation-delay", type=float, default=2.0, help="seconds a call log stays evaluating")
     parser.add_argument("--evaluation-failure-rate", type=float, default=0.0, help="share of failed evaluations")
     parser.add_argument("--page-size-cap", type=int, default=100, help="largest page served")
