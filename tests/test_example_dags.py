@@ -1,0 +1,187 @@
+"""The example DAGs: they parse, and they run end to end against the emulator into SQLite and Postgres."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pendulum
+import pytest
+
+from tests.conftest import DAGS_DIR, ROOT, TEST_API_KEY, load_dag
+
+EXAMPLES = ROOT / "example_dags"
+SAMPLE = EXAMPLES / "data" / "sample_calls.jsonl"
+SAMPLE_CALLS = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
+
+
+def test_example_dags_parse_without_errors() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(EXAMPLES), include_examples=False)
+    assert bag.import_errors == {}
+    assert {"cekura_ingest_then_evaluate", "cekura_rerun_evaluations", "cekura_hourly_export"} <= set(bag.dag_ids)
+    for dag in bag.dags.values():
+        assert "cekura" in dag.tags
+
+
+def test_sample_data_is_varied_and_valid() -> None:
+    from airflow_provider_cekura.payloads import build_observe_payloads
+
+    payloads = build_observe_payloads(SAMPLE_CALLS)
+    assert len(payloads) == 50
+    assert len({p["agent"] for p in payloads}) >= 4
+    assert len({p["metadata"]["language"] for p in payloads}) >= 4
+    assert len({len(p["transcript_json"]) for p in payloads}) >= 5
+    assert len({p["call_ended_reason"] for p in payloads}) >= 4
+
+
+@pytest.fixture
+def example_dag(airflow_db: Path) -> Any:
+    """Copy an example DAG (and its data) into the session's DAG bundle and load it."""
+
+    def load(dag_id: str) -> Any:
+        shutil.copytree(EXAMPLES / "data", DAGS_DIR / "data", dirs_exist_ok=True)
+        target = DAGS_DIR / f"{dag_id}.py"
+        shutil.copy(EXAMPLES / f"{dag_id}.py", target)
+        return load_dag(target, dag_id)
+
+    return load
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The ``warehouse`` connection on a fresh SQLite file or a fresh Postgres database.
+
+    Yields a function running a query on it.
+    """
+    if request.param == "sqlite":
+        path = tmp_path / "warehouse.db"
+        monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", f"sqlite:///{path}")
+
+        def query_sqlite(sql: str) -> list[tuple[Any, ...]]:
+            with sqlite3.connect(path) as conn:
+                return conn.execute(sql).fetchall()
+
+        yield query_sqlite
+        return
+    import psycopg2
+
+    base_uri = request.getfixturevalue("postgres_uri")
+    name = f"example_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(base_uri)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    uri = base_uri.rsplit("/", 1)[0] + f"/{name}"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", uri)
+
+    def query_postgres(sql: str) -> list[tuple[Any, ...]]:
+        with psycopg2.connect(uri) as conn, conn.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall()
+
+    try:
+        yield query_postgres
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def _xcom(dag_run: Any, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel.value)
+            .filter_by(dag_id=dag_run.dag_id, run_id=dag_run.run_id, task_id=task_id, key="return_value")
+            .first()
+        )
+    return None if row is None else (json.loads(row[0]) if isinstance(row[0], str) else row[0])
+
+
+def _states(dag_run: Any) -> dict[str, str]:
+    return {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
+
+
+def test_ingest_then_evaluate_end_to_end(emulator: Any, warehouse: Any, example_dag: Any) -> None:
+    dag = example_dag("cekura_ingest_then_evaluate")
+    emulator.evaluation_delay = 2.0
+
+    first = dag.test(logical_date=pendulum.datetime(2026, 11, 2, tz="UTC"))
+    assert first.state == "success", _states(first)
+    ids = _xcom(first, "observe")
+    assert isinstance(ids, list) and len(ids) == 50
+    assert len(emulator.call_logs()) == 50 and emulator.duplicates() == {}
+
+    rows = warehouse("SELECT COUNT(*), COUNT(DISTINCT call_id), COUNT(DISTINCT id) FROM cekura_call_logs")
+    assert rows == [(50, 50, 50)]
+    exported = {r[0] for r in warehouse("SELECT id FROM cekura_call_logs")}
+    assert exported == set(ids)
+    metric_rows = warehouse("SELECT COUNT(*) FROM cekura_call_metrics")[0][0]
+    assert metric_rows == sum(len(c["metrics"]) for c in emulator.call_logs())
+
+    summary = _xcom(first, "quality_summary")
+    assert summary["calls"] == 50
+    assert 0 <= summary["success_rate"] <= 1
+    assert set(summary["metric_averages"]) >= {"Customer Satisfaction"}
+
+    # The same day again (another run): no new call logs, no duplicate rows.
+    again = dag.test(logical_date=pendulum.datetime(2026, 11, 3, tz="UTC"), run_conf={"day": "2026-11-01"})
+    assert again.state == "success", _states(again)
+    assert sorted(_xcom(again, "observe")) == sorted(ids)
+    assert len(emulator.call_logs()) == 50 and emulator.duplicates() == {}
+    assert warehouse("SELECT COUNT(*), COUNT(DISTINCT id) FROM cekura_call_logs") == [(50, 50)]
+
+
+def test_rerun_evaluations_refreshes_rows(emulator: Any, warehouse: Any, example_dag: Any) -> None:
+    from airflow_provider_cekura.hooks.cekura import CekuraHook
+    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator  # noqa: F401
+
+    hook = CekuraHook()
+    agent_11 = [c for c in SAMPLE_CALLS if c["agent"] == 11]
+    for call in SAMPLE_CALLS:
+        hook.observe(call)
+    emulator.finish_evaluations()
+    emulator.metric_catalog = [{"id": 201, "name": "Empathy", "type": "rating"}]
+
+    dag = example_dag("cekura_rerun_evaluations")
+    run = dag.test(run_conf={"agent_id": 11})
+    assert run.state == "success", _states(run)
+    rerun_ids = _xcom(run, "rerun")
+    assert len(rerun_ids) == len(agent_11)
+    rows = warehouse("SELECT COUNT(*) FROM cekura_call_logs")[0][0]
+    assert rows == len(agent_11)
+    names = {r[0] for r in warehouse("SELECT DISTINCT name FROM cekura_call_metrics")}
+    assert names == {"Empathy"}
+
+
+def test_hourly_export_exports_exactly_its_interval(emulator: Any, warehouse: Any, example_dag: Any) -> None:
+    from airflow_provider_cekura.hooks.cekura import CekuraHook
+
+    hook = CekuraHook()
+    for call in SAMPLE_CALLS:
+        hook.observe(call)
+    emulator.finish_evaluations()
+    dag = example_dag("cekura_hourly_export")
+    run = dag.test(logical_date=pendulum.datetime(2026, 11, 1, 5, tz="UTC"))
+    assert run.state == "success", _states(run)
+    start, end = run.data_interval_start, run.data_interval_end
+    assert end - start == pendulum.duration(hours=1)
+    hour = [c["call_id"] for c in SAMPLE_CALLS if start <= pendulum.parse(c["timestamp"]) < end]
+    assert hour, "the sample data has calls in that hour"
+    exported = sorted(r[0] for r in warehouse("SELECT call_id FROM cekura_call_logs"))
+    assert exported == sorted(hour)
+    assert _xcom(run, "export") == len(hour)
+
+
+def test_demo_key_never_in_example_dag_sources() -> None:
+    for path in EXAMPLES.glob("*.py"):
+        text = path.read_text()
+        assert TEST_API_KEY not in text
+        assert "password" not in text.lower()
