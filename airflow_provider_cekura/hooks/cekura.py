@@ -355,13 +355,14 @@ class CekuraHook(BaseHook):
         size = chunk_size or self._settings["page_size"]
         found: list[dict[str, Any]] = []
         for chunk in _chunks(ids, size):
-            found.extend(self.iter_call_logs(call_ids=chunk, page_size=len(chunk)))
+            found.extend(self.iter_call_logs(call_ids=chunk, page_size=len(chunk), prefetch=False))
         return found
 
     def find_call_log(self, call_id: str) -> dict[str, Any] | None:
         """The call log ingested with the caller's own ``call_id``, or ``None``."""
         query = {"field": "call_id", "op": "eq", "value": call_id}
-        matches = [c for c in self.iter_call_logs(filters_v2=query, page_size=10) if c.get("call_id") == call_id]
+        call_logs = self.iter_call_logs(filters_v2=query, page_size=10, prefetch=False)
+        matches = [c for c in call_logs if c.get("call_id") == call_id]
         return min(matches, key=lambda c: int(c["id"])) if matches else None
 
     def find_call_logs(self, call_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -370,7 +371,7 @@ class CekuraHook(BaseHook):
         found: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(wanted, LOOKUP_CHUNK):
             query = {"field": "call_id", "op": "in", "value": chunk}
-            for call_log in self.iter_call_logs(filters_v2=query, page_size=len(chunk)):
+            for call_log in self.iter_call_logs(filters_v2=query, page_size=len(chunk), prefetch=False):
                 cid = call_log.get("call_id")
                 if (
                     isinstance(cid, str)
