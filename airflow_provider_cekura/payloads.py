@@ -265,11 +265,10 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
     return {k: payload[k] for k in OBSERVE_FIELDS if k in payload}
 
 
-def build_observe_payloads(calls: Any) -> list[dict[str, Any]]:
-    """Validate a batch; the first bad call raises before anything is sent.
+def load_calls(calls: Any) -> list[Mapping[str, Any]]:
+    """A batch of calls as a list of mappings: from a list, one dict, or JSON text (a rendered template or XCom).
 
-    Duplicate call_ids within the batch are an error too (the API would hold
-    one call log per call_id, so the batch is ambiguous).
+    Only the shape is checked here; :func:`build_observe_payload` validates each call.
     """
     if isinstance(calls, str):
         try:
@@ -280,11 +279,21 @@ def build_observe_payloads(calls: Any) -> list[dict[str, Any]]:
         calls = [calls]
     if not isinstance(calls, (list, tuple)):
         raise CekuraValidationError("calls", f"must be a list of call dicts, got {type(calls).__name__}")
-    payloads = []
-    seen: set[str] = set()
     for index, call in enumerate(calls):
         if not isinstance(call, Mapping):
             raise CekuraValidationError(f"calls[{index}]", f"must be a dict, got {type(call).__name__}")
+    return list(calls)
+
+
+def build_observe_payloads(calls: Any) -> list[dict[str, Any]]:
+    """Validate a batch; the first bad call raises before anything is sent.
+
+    Duplicate call_ids within the batch are an error too (the API would hold
+    one call log per call_id, so the batch is ambiguous).
+    """
+    payloads = []
+    seen: set[str] = set()
+    for call in load_calls(calls):
         payload = build_observe_payload(call)
         if payload["call_id"] in seen:
             raise _fail("call_id", "appears more than once in the batch", payload["call_id"])

@@ -1,0 +1,308 @@
+"""CekuraObserveOperator: ingest one call or a batch of calls into Cekura, optionally wait for evaluation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import conf
+
+from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
+from airflow_provider_cekura.payloads import OBSERVE_FIELDS
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_cekura.payloads import RecordingSource
+
+_AGENT_FIELDS = ("agent", "assistant_id")
+
+
+def _describe(err: Exception) -> str:
+    """A one-line reason for a failed call (provider errors are safe to log; others get their type)."""
+    from airflow_provider_cekura.exceptions import CekuraError
+
+    return str(err) if isinstance(err, CekuraError) else f"{type(err).__name__}: {err}"
+
+
+class CekuraObserveOperator(CekuraEvaluationWaitOperator):
+    """Ingest voice-agent calls into Cekura (``POST /observability/v1/observe/``).
+
+    **One call**: give its fields directly (``call_id``, ``agent`` or
+    ``assistant_id``, ``transcript_json``, ...); the task returns the call log
+    id (an ``int``) through XCom. Works with dynamic task mapping, e.g.
+    ``CekuraObserveOperator.partial(task_id="observe", agent=1).expand(call_id=[...])``
+    or ``.expand_kwargs([...])``.
+
+    **Many calls**: give ``calls``, a list of dicts of observe fields (plus an
+    optional ``"voice_recording"``), or that list as JSON text (an XCom or a
+    template such as ``"{{ ti.xcom_pull('read') | tojson }}"``). The task
+    returns the call log ids in input order. Fields given to the operator
+    itself (say ``agent=1``) are defaults for every call; ``agent`` and
+    ``assistant_id`` are taken from the operator only when a call names neither.
+
+    What happens, in order:
+
+    1. Every call is validated (:mod:`airflow_provider_cekura.payloads`) and every
+       recording checked readable. One bad call fails the task before any request;
+       the error names the field and the ``call_id``.
+    2. The call_ids Cekura already holds are looked up (one request per 50) and
+       not sent again: a task retry or a DAG re-run never creates a second call
+       log for a ``call_id``. Their ids are returned like the others.
+    3. The rest are sent, ``max_concurrency`` at a time, through one hook whose
+       retries are themselves idempotent (after a timeout, 5xx or dropped
+       connection the call is looked up before it is sent again).
+    4. The ids are pushed to XCom (key ``call_log_ids``) and the dashboard URL of
+       the first call log (key ``cekura_call_log_url``, read by the "Cekura call
+       log" extra link), before any waiting. When some calls fail, the others are
+       still sent, those ids are pushed (``None`` where a call failed) and
+       :class:`~airflow_provider_cekura.exceptions.CekuraObserveBatchError` names
+       exactly the failed call_ids and why.
+    5. With ``wait_for_evaluation``, the task waits until Cekura has evaluated the
+       call logs (polling, or in the triggerer when ``deferrable``) and fails, naming
+       the ids, on a timeout or (with ``fail_on_evaluation_failure``) a failed evaluation.
+
+    Unlike a deferred HTTP request, deferral never repeats the observe request: the
+    calls are sent before the task defers, and ``execute_complete`` only reads the
+    trigger's event. Payloads and transcripts are never logged (counts and ids are);
+    the API key never appears in logs, XComs or errors. Note that Airflow stores
+    rendered template fields (the "Rendered Template" view), transcripts included.
+
+    A templated string ending in ``.json`` is read as a template file (searched in
+    the DAG's folder and ``template_searchpath``), so ``transcript_json="transcript.json"``
+    sends the rendered file; JSON text is parsed.
+
+    :param call_id: your own id of the call, at most 100 characters; the idempotency key (templated).
+    :param agent: Cekura agent id; exactly one of ``agent`` or ``assistant_id`` (templated).
+    :param assistant_id: the voice platform's assistant id (templated).
+    :param transcript_type: ``cekura`` (default), ``vapi``, ``retell``, ... (templated).
+    :param transcript_json: the transcript in that format: a list/dict, JSON text or a ``.json``
+        template file (templated).
+    :param voice_recording_url: http(s) URL of the recording (templated).
+    :param voice_recording: a recording to upload: a local path, an ``ObjectStoragePath``
+        (``s3://``, ``gs://``, ``file://``, ...) or a binary file object; streamed as multipart (templated).
+    :param call_ended_reason: why the call ended (templated).
+    :param customer_number: the customer's phone number (templated).
+    :param metadata: a dict (or JSON text) stored with the call log (templated).
+    :param timestamp: when the call happened: datetime or ISO 8601 (templated).
+    :param dynamic_variables: a dict (or JSON text) of the agent's dynamic variables (templated).
+    :param feedback: free-text feedback (templated).
+    :param redact_fields: PII categories to redact, e.g. ``["phone_number", "ssn"]`` (templated).
+    :param metric_ids: metrics to evaluate: a list of ints or a comma string (templated).
+    :param main_agent_channel_index: 0 or 1, the recording channel of the main agent (templated).
+    :param trace_id: a hex trace id, at most 32 characters (templated).
+    :param calls: many calls: a list of dicts of the fields above (plus ``voice_recording``),
+        or JSON text; not together with ``call_id`` (templated).
+    :param max_concurrency: calls in flight at once (also the hook's HTTP connection pool size).
+    :param cekura_conn_id: connection id of type ``cekura`` (templated).
+    :param wait_for_evaluation: wait until Cekura has evaluated the call logs before succeeding.
+    :param deferrable: wait in the triggerer instead of a worker slot (needs a running
+        triggerer). Defaults to ``[operators] default_deferrable``.
+    :param poll_interval: seconds between evaluation checks.
+    :param timeout: longest wait for evaluation, seconds or ``timedelta``; then the task fails
+        naming the call logs still pending.
+    :param fail_on_evaluation_failure: fail when an evaluation ends failed; when False such call
+        logs count as done.
+    """
+
+    template_fields: Sequence[str] = (*OBSERVE_FIELDS, "voice_recording", "calls", "cekura_conn_id")
+    template_ext: Sequence[str] = (".json",)
+    template_fields_renderers = {
+        "transcript_json": "json",
+        "metadata": "json",
+        "dynamic_variables": "json",
+        "calls": "json",
+    }
+    ui_color = "#e3f2fd"
+
+    def __init__(
+        self,
+        *,
+        call_id: str | None = None,
+        agent: int | str | None = None,
+        assistant_id: str | None = None,
+        transcript_type: str | None = None,
+        transcript_json: Any = None,
+        voice_recording_url: str | None = None,
+        voice_recording: RecordingSource | None = None,
+        call_ended_reason: str | None = None,
+        customer_number: str | None = None,
+        metadata: dict[str, Any] | str | None = None,
+        timestamp: Any = None,
+        dynamic_variables: dict[str, Any] | str | None = None,
+        feedback: str | None = None,
+        redact_fields: list[str] | str | None = None,
+        metric_ids: list[int] | str | None = None,
+        main_agent_channel_index: int | None = None,
+        trace_id: str | None = None,
+        calls: Any = None,
+        max_concurrency: int = 8,
+        cekura_conn_id: str = "cekura_default",
+        wait_for_evaluation: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 30.0,
+        timeout: float | timedelta = 3600,
+        fail_on_evaluation_failure: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            cekura_conn_id=cekura_conn_id,
+            wait_for_evaluation=wait_for_evaluation,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            fail_on_evaluation_failure=fail_on_evaluation_failure,
+            **kwargs,
+        )
+        if call_id is not None and calls is not None:
+            raise CekuraConfigurationError(
+                "Give either call_id (one call) or calls (many calls), not both; put each call_id in its call dict."
+            )
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise CekuraConfigurationError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
+        self.call_id = call_id
+        self.agent = agent
+        self.assistant_id = assistant_id
+        self.transcript_type = transcript_type
+        self.transcript_json = transcript_json
+        self.voice_recording_url = voice_recording_url
+        self.voice_recording = voice_recording
+        self.call_ended_reason = call_ended_reason
+        self.customer_number = customer_number
+        self.metadata = metadata
+        self.timestamp = timestamp
+        self.dynamic_variables = dynamic_variables
+        self.feedback = feedback
+        self.redact_fields = redact_fields
+        self.metric_ids = metric_ids
+        self.main_agent_channel_index = main_agent_channel_index
+        self.trace_id = trace_id
+        self.calls = calls
+        self.max_concurrency = max_concurrency
+
+    def _hook_kwargs(self) -> dict[str, Any]:
+        return {"pool_size": self.max_concurrency}
+
+    @property
+    def _single(self) -> bool:
+        return self.calls is None
+
+    def _result_from_ids(self, call_log_ids: list[int]) -> Any:
+        if self._single and len(call_log_ids) == 1:
+            return call_log_ids[0]
+        return list(call_log_ids)
+
+    # ------------------------------------------------------------------ validation
+
+    def _operator_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in OBSERVE_FIELDS if getattr(self, name) is not None}
+
+    def prepare(self) -> list[tuple[dict[str, Any], RecordingSource | None]]:
+        """Validate the whole batch without any request: ``[(payload, recording or None)]`` in input order.
+
+        :raises CekuraValidationError: naming the field and the call_id of the first bad call.
+        """
+        from airflow_provider_cekura.payloads import build_observe_payloads, check_recording, load_calls
+
+        if self.call_id is not None and self.calls is not None:
+            raise CekuraValidationError("calls", "give either call_id (one call) or calls (many calls), not both")
+        if self._single:
+            inputs: list[Mapping[str, Any]] = [{**self._operator_fields(), "voice_recording": self.voice_recording}]
+        else:
+            defaults = self._operator_fields()
+            inputs = []
+            for call in load_calls(self.calls):
+                merged = {k: v for k, v in defaults.items() if k not in _AGENT_FIELDS}
+                if all(call.get(k) is None for k in _AGENT_FIELDS):
+                    merged.update({k: v for k, v in defaults.items() if k in _AGENT_FIELDS})
+                merged.update(call)
+                inputs.append(merged)
+        recordings = [call.get("voice_recording") for call in inputs]
+        payloads = build_observe_payloads([{k: v for k, v in c.items() if k != "voice_recording"} for c in inputs])
+        for payload, recording in zip(payloads, recordings, strict=True):
+            check_recording(recording, payload["call_id"])
+        return list(zip(payloads, recordings, strict=True))
+
+    # ------------------------------------------------------------------ sending
+
+    def ingest(
+        self, batch: list[tuple[dict[str, Any], RecordingSource | None]]
+    ) -> tuple[list[int | None], dict[str, Exception]]:
+        """Send the calls Cekura does not hold yet; returns ``(ids in input order, {call_id: error})``.
+
+        A call that fails does not stop the others, except an authentication or
+        configuration error, after which nothing more is sent.
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from airflow_provider_cekura.exceptions import CekuraAuthError
+
+        hook = self.hook
+        call_ids = [payload["call_id"] for payload, _ in batch]
+        existing = hook.find_call_logs(call_ids) if call_ids else {}
+        ids: list[int | None] = [int(existing[cid]["id"]) if cid in existing else None for cid in call_ids]
+        todo = [index for index, cid in enumerate(call_ids) if cid not in existing]
+        if existing:
+            self.log.info(
+                "%d of %d call(s) already exist in Cekura (a retry or re-run); not sending them again",
+                len(existing),
+                len(call_ids),
+            )
+        failures: dict[str, Exception] = {}
+        if not todo:
+            return ids, failures
+        stop = threading.Event()
+
+        def send(index: int) -> None:
+            payload, recording = batch[index]
+            if stop.is_set():
+                failures[payload["call_id"]] = CekuraConfigurationError("not sent: an earlier call was refused")
+                return
+            try:
+                call_log = hook.observe(payload, recording)
+                ids[index] = int(call_log["id"])
+            except Exception as err:
+                if isinstance(err, (CekuraAuthError, CekuraConfigurationError)):
+                    stop.set()
+                failures[payload["call_id"]] = err
+
+        started = time.monotonic()
+        workers = min(self.max_concurrency, len(todo))
+        self.log.info("Sending %d call(s) to Cekura, %d at a time", len(todo), workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cekura-observe") as pool:
+            for future in [pool.submit(send, index) for index in todo]:
+                future.result()
+        elapsed = time.monotonic() - started
+        sent = len(todo) - len(failures)
+        self.log.info(
+            "Sent %d call(s) in %.1fs (%.1f calls/s); %d failed",
+            sent,
+            elapsed,
+            sent / elapsed if elapsed > 0 else 0.0,
+            len(failures),
+        )
+        return ids, failures
+
+    def execute(self, context: Context) -> Any:
+        from airflow_provider_cekura.exceptions import CekuraObserveBatchError
+
+        batch = self.prepare()
+        self.log.info("Validated %d call(s)", len(batch))
+        ids, failures = self.ingest(batch)
+        self._push_ids(context, ids)
+        if failures:
+            if self._single:
+                raise next(iter(failures.values()))
+            messages = {
+                payload["call_id"]: _describe(failures[payload["call_id"]])
+                for payload, _ in batch
+                if payload["call_id"] in failures
+            }
+            raise CekuraObserveBatchError(messages, ids)
+        done = [int(i) for i in ids if i is not None]
+        self.log.info("Call log id(s): %s", done[:20] if len(done) > 20 else done)
+        return self.wait_or_defer(context, done, self._result_from_ids(done))

@@ -1,0 +1,112 @@
+"""CekuraRerunEvaluationOperator: re-evaluate existing call logs, optionally wait for the new results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import conf
+
+from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+class CekuraRerunEvaluationOperator(CekuraEvaluationWaitOperator):
+    """Re-run Cekura's evaluation of existing call logs (``POST .../call-logs/rerun_evaluation/``).
+
+    Sends the ids in chunks of 100 (the API's limit), all for one agent. The ids
+    and the agent are validated before any request. No ids (say an upstream
+    query found nothing) is not an error: the task logs it and returns ``[]``
+    without any request.
+
+    Returns (XCom) the list of call log ids rerun, in input order without
+    duplicates, with or without waiting. The ids (key ``call_log_ids``) and the
+    dashboard URL of the first call log (the "Cekura call log" extra link) are
+    pushed before waiting. With ``wait_for_evaluation`` the task waits until the
+    new evaluations finish (polling, or in the triggerer when ``deferrable``);
+    deferral never repeats the rerun request, which is sent before the task defers.
+
+    :param call_log_ids: Cekura call log ids: an int, a list, a comma string or a JSON list,
+        e.g. ``"{{ ti.xcom_pull(task_ids='observe') }}"`` or an upstream task's output (templated).
+    :param agent_id: the Cekura agent the call logs belong to; exactly one of ``agent_id`` or
+        ``assistant_id`` (templated).
+    :param assistant_id: the voice platform's assistant id (templated).
+    :param cekura_conn_id: connection id of type ``cekura`` (templated).
+    :param wait_for_evaluation: wait until the new evaluations finish before succeeding.
+    :param deferrable: wait in the triggerer instead of a worker slot (needs a running
+        triggerer). Defaults to ``[operators] default_deferrable``.
+    :param poll_interval: seconds between evaluation checks.
+    :param timeout: longest wait for evaluation, seconds or ``timedelta``; then the task fails
+        naming the call logs still pending.
+    :param fail_on_evaluation_failure: fail when an evaluation ends failed; when False such call
+        logs count as done.
+    """
+
+    template_fields: Sequence[str] = ("call_log_ids", "agent_id", "assistant_id", "cekura_conn_id")
+    ui_color = "#ede7f6"
+
+    def __init__(
+        self,
+        *,
+        call_log_ids: int | str | Sequence[int] | Sequence[str],
+        agent_id: int | str | None = None,
+        assistant_id: str | None = None,
+        cekura_conn_id: str = "cekura_default",
+        wait_for_evaluation: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poll_interval: float = 30.0,
+        timeout: float | timedelta = 3600,
+        fail_on_evaluation_failure: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            cekura_conn_id=cekura_conn_id,
+            wait_for_evaluation=wait_for_evaluation,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            fail_on_evaluation_failure=fail_on_evaluation_failure,
+            **kwargs,
+        )
+        if (agent_id is None) == (assistant_id is None):
+            raise CekuraConfigurationError("Give exactly one of agent_id or assistant_id")
+        self.call_log_ids = call_log_ids
+        self.agent_id = agent_id
+        self.assistant_id = assistant_id
+
+    def _owner(self) -> dict[str, Any]:
+        """``{"agent_id": int}`` or ``{"assistant_id": str}`` from the rendered values."""
+        agent_id = None if _blank(self.agent_id) else self.agent_id
+        assistant_id = None if _blank(self.assistant_id) else self.assistant_id
+        if (agent_id is None) == (assistant_id is None):
+            raise CekuraValidationError("agent_id", "give exactly one of agent_id or assistant_id")
+        if agent_id is not None:
+            text = str(agent_id).strip()
+            if isinstance(agent_id, bool) or not text.isdigit() or int(text) <= 0:
+                raise CekuraValidationError("agent_id", f"must be a positive integer agent id, got {agent_id!r}")
+            return {"agent_id": int(text)}
+        if not isinstance(assistant_id, str):
+            raise CekuraValidationError("assistant_id", f"must be a string, got {type(assistant_id).__name__}")
+        return {"assistant_id": assistant_id.strip()}
+
+    def execute(self, context: Context) -> list[int]:
+        from airflow_provider_cekura.payloads import parse_call_log_ids
+
+        ids = parse_call_log_ids(self.call_log_ids)
+        owner = self._owner()
+        if not ids:
+            self.log.info("No call log ids to rerun; nothing sent")
+            return []
+        self.log.info("Rerunning the evaluation of %d call log(s) (%s)", len(ids), owner)
+        self.hook.rerun_evaluation(ids, **owner)
+        self.log.info("Evaluation rerun requested for %d call log(s)", len(ids))
+        self._push_ids(context, list(ids))
+        return self.wait_or_defer(context, ids, list(ids))
