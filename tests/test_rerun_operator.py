@@ -1,0 +1,131 @@
+"""CekuraRerunEvaluationOperator against the emulator, inside a real DAG run (``dag.test()``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
+
+from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
+from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvaluationOperator
+
+DASHBOARD = "https://dashboard.cekura.ai/observability/call-logs/"
+RERUN_PATH = "/rerun_evaluation/"
+
+
+def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any]]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+        states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in tis}
+        rows = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+        xcoms = {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
+    return states, xcoms
+
+
+def test_arguments_are_checked_before_any_request(emulator: Any) -> None:
+    with pytest.raises(CekuraConfigurationError, match="exactly one"):
+        CekuraRerunEvaluationOperator(task_id="rerun", call_log_ids=[1], agent_id=1, assistant_id="a")
+    with pytest.raises(CekuraConfigurationError, match="exactly one"):
+        CekuraRerunEvaluationOperator(task_id="rerun", call_log_ids=[1])
+
+    # what templates rendered to is checked again in execute, before any request
+    op = CekuraRerunEvaluationOperator(task_id="rerun", call_log_ids=[1], agent_id="")
+    with pytest.raises(CekuraValidationError, match="exactly one"):
+        op.execute({})  # type: ignore[arg-type]
+    op = CekuraRerunEvaluationOperator(task_id="rerun", call_log_ids=[1], agent_id="twelve")
+    with pytest.raises(CekuraValidationError, match="agent_id"):
+        op.execute({})  # type: ignore[arg-type]
+    op = CekuraRerunEvaluationOperator(task_id="rerun", call_log_ids="1,x,3", agent_id=1)
+    with pytest.raises(CekuraValidationError, match="'x'"):
+        op.execute({})  # type: ignore[arg-type]
+
+    # nothing to rerun: [] and no request
+    for empty in ([], "", "[]"):
+        op = CekuraRerunEvaluationOperator(task_id="rerun", call_log_ids=empty, agent_id=1)
+        assert op.execute({}) == []  # type: ignore[arg-type]
+    assert emulator.count_requests() == 0
+
+
+DAG_SOURCE = """
+import pendulum
+from airflow.sdk import DAG, task
+
+from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvaluationOperator
+
+IDS = {ids!r}
+
+with DAG(
+    "rerun_operator",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    params={{"agent": 1}},
+    max_active_tasks=1,
+) as dag:
+
+    @task
+    def find_ids() -> list:
+        return IDS
+
+    rerun_all = CekuraRerunEvaluationOperator(
+        task_id="rerun_all", call_log_ids=find_ids(), agent_id="{{{{ params.agent }}}}"
+    )
+    wait_poll = CekuraRerunEvaluationOperator(
+        task_id="wait_poll", call_log_ids="{ids[0]},{ids[1]},{ids[0]}", agent_id=1,
+        wait_for_evaluation=True, deferrable=False, poll_interval=0.2, timeout=30,
+    )
+    wait_deferred = CekuraRerunEvaluationOperator(
+        task_id="wait_deferred",
+        call_log_ids="{{{{ ti.xcom_pull(task_ids='rerun_all')[-3:] | tojson }}}}",
+        assistant_id="asst-1",
+        wait_for_evaluation=True, deferrable=True, poll_interval=0.3, timeout=60,
+    )
+    nothing = CekuraRerunEvaluationOperator(task_id="nothing", call_log_ids=[], agent_id=1)
+    rerun_all >> wait_poll >> wait_deferred >> nothing
+"""
+
+
+def test_rerun_operator_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
+    now = datetime.now(UTC)
+    ids = emulator.seed(250, start=now - timedelta(days=1), end=now, agents=(1,))
+    emulator.evaluation_delay = 1.5  # long enough that the deferrable task really defers
+    emulator.reset_log()
+
+    dr = run_dag(DAG_SOURCE.format(ids=ids), "rerun_operator")
+    out, err = capfd.readouterr()
+    logs = out + err + caplog.text
+    states, xcoms = run_state(dr)
+    assert set(states.values()) == {"success"}, states
+
+    def ret(task_id: str) -> Any:
+        return xcoms[(task_id, -1, "return_value")]
+
+    # 250 ids from an upstream XCom, agent_id from a template: three POSTs (100 + 100 + 50)
+    assert ret("rerun_all") == ids
+    # a comma string (duplicates dropped), waiting by polling
+    assert ret("wait_poll") == ids[:2]
+    # a JSON list rendered from an XCom, assistant_id, waiting in the (inline) triggerer
+    assert ret("wait_deferred") == ids[-3:]
+    assert "deferring to the triggerer" in logs and "running trigger in line" in logs
+    assert ret("nothing") == []
+    assert emulator.count_requests("POST", RERUN_PATH) == 3 + 1 + 1
+    assert emulator.count_requests("POST") == 5
+
+    # every waited-for call log is evaluated again (round 1) after the wait
+    by_id = {c["id"]: c for c in emulator.call_logs()}
+    assert all(by_id[i]["status"] != "evaluating" for i in ids[:2] + ids[-3:])
+
+    # ids and dashboard link pushed; no key anywhere
+    assert xcoms[("rerun_all", -1, "call_log_ids")] == ids
+    assert xcoms[("rerun_all", -1, CALL_LOG_URL_XCOM_KEY)] == f"{DASHBOARD}{ids[0]}"
+    assert xcoms[("wait_deferred", -1, "_link_CekuraCallLogLink")] == f"{DASHBOARD}{ids[-3]}"
+    assert ("nothing", -1, CALL_LOG_URL_XCOM_KEY) not in xcoms
+    assert TEST_API_KEY not in logs
+    assert TEST_API_KEY not in json.dumps({str(k): v for k, v in xcoms.items()}, default=str)
