@@ -1,0 +1,337 @@
+"""B1 — export: CekuraCallLogsToSqlOperator into Postgres and SQLite, pipelining, naive way, memory.
+
+The emulator runs in its own process (the API is remote; its JSON encoding
+must not compete for our GIL) with ``page_size_cap=1000``. Every figure of a
+ratio comes from the same run, measured back to back, median of the repeats.
+
+- fetch-only: iterate the pages from the hook (``iter_call_log_pages``), nothing else;
+- load-only: write pages fetched beforehand to the database the way the operator does;
+- export: the operator's ``execute`` with a minimal context;
+- naive: collect every page into a list, then ``PostgresHook.insert_rows(replace=True)``;
+- memory: peak RSS (``resource.getrusage``) of a fresh process exporting 10,000 and 100,000 call logs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from benchmarks._emulator_proc import RemoteEmulator
+from benchmarks.common import ROOT, Section, median, minimal_context
+
+CEKURA_CONN = "cekura_bench_export"
+PG_CONN = "bench_pg"
+SQLITE_CONN = "bench_sqlite"
+TABLE = "bench_call_logs"
+NAIVE_TABLE = "bench_call_logs_naive"
+PAGE_SIZE = 1000
+START = datetime(2026, 1, 1, tzinfo=UTC)
+GOAL_PIPELINE = 1.25
+GOAL_NAIVE = 1.6
+GOAL_MEMORY = 0.10
+
+
+def _transfer_class() -> Any:
+    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+    return CekuraCallLogsToSqlOperator
+
+
+def _operator(sql_conn_id: str, count: int, table: str = TABLE, **extra: Any) -> Any:
+    window_end = START + timedelta(hours=24)
+    return _transfer_class()(
+        task_id=f"export_{sql_conn_id}",
+        cekura_conn_id=CEKURA_CONN,
+        sql_conn_id=sql_conn_id,
+        table=table,
+        timestamp_from=START.isoformat(),
+        timestamp_to=window_end.isoformat(),
+        page_size=PAGE_SIZE,
+        **extra,
+    )
+
+
+def _hook() -> Any:
+    from airflow_provider_cekura.hooks.cekura import CekuraHook
+
+    return CekuraHook(cekura_conn_id=CEKURA_CONN)
+
+
+def _window() -> dict[str, Any]:
+    return {"timestamp_from": START, "timestamp_to": START + timedelta(hours=24), "page_size": PAGE_SIZE}
+
+
+def _sql_hook(conn_id: str) -> Any:
+    from airflow.sdk import BaseHook
+
+    return BaseHook.get_connection(conn_id).get_hook()
+
+
+def _drop(conn_id: str, *tables: str) -> None:
+    hook = _sql_hook(conn_id)
+    for table in tables:
+        hook.run(f"DROP TABLE IF EXISTS {table}")
+
+
+def _count(conn_id: str, table: str) -> int:
+    return int(_sql_hook(conn_id).get_first(f"SELECT COUNT(*) FROM {table}")[0])
+
+
+# ---------------------------------------------------------------------------- the measured paths
+
+
+def fetch_only() -> float:
+    hook = _hook()
+    started = time.perf_counter()
+    rows = 0
+    for page in hook.iter_call_log_pages(**_window()):
+        rows += len(page)
+    elapsed = time.perf_counter() - started
+    hook.close()
+    return elapsed
+
+
+def prefetch_pages() -> list[list[dict[str, Any]]]:
+    hook = _hook()
+    try:
+        return list(hook.iter_call_log_pages(**_window()))
+    finally:
+        hook.close()
+
+
+def load_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int) -> float:
+    """Write pages fetched beforehand through the operator's own write path (no HTTP)."""
+    operator = _operator(conn_id, count)
+
+    class _PagesOnly:
+        """Stands in for the Cekura hook: serves the pages from memory."""
+
+        def iter_call_log_pages(self, **_: Any) -> Any:
+            return iter(pages)
+
+        def iter_call_logs(self, **_: Any) -> Any:
+            return (row for page in pages for row in page)
+
+        def close(self) -> None:
+            return None
+
+    _drop(conn_id, TABLE)
+    operator.__dict__["hook"] = _PagesOnly()
+    started = time.perf_counter()
+    operator.execute(minimal_context())
+    return time.perf_counter() - started
+
+
+def export(conn_id: str, count: int) -> float:
+    _drop(conn_id, TABLE)
+    operator = _operator(conn_id, count)
+    started = time.perf_counter()
+    operator.execute(minimal_context())
+    elapsed = time.perf_counter() - started
+    rows = _count(conn_id, TABLE)
+    if rows != count:
+        raise RuntimeError(f"export wrote {rows} rows into {TABLE}, expected {count}")
+    return elapsed
+
+
+def _naive_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def naive_postgres(count: int) -> float:
+    """What users write by hand: every page into one list, then ``insert_rows(replace=True)``.
+
+    The table has the operator's columns and types (``CREATE TABLE ... (LIKE ...)``), so both write the
+    same data; values come straight from the call logs (dicts and lists as JSON text).
+    """
+    hook = _sql_hook(PG_CONN)
+    _drop(PG_CONN, NAIVE_TABLE)
+    hook.run(f"CREATE TABLE {NAIVE_TABLE} (LIKE {TABLE} INCLUDING ALL)")
+    columns = [
+        r[0]
+        for r in hook.get_records(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
+            parameters=(NAIVE_TABLE,),
+        )
+    ]
+    key = "id" if "id" in columns else columns[0]
+    now = datetime.now(UTC).isoformat()
+    cekura = _hook()
+    started = time.perf_counter()
+    call_logs = list(cekura.iter_call_logs(**_window()))
+    rows = [tuple(_naive_value(c.get(col, now if col.endswith("_at") else None)) for col in columns) for c in call_logs]
+    hook.insert_rows(NAIVE_TABLE, rows, target_fields=columns, replace=True, replace_index=key, commit_every=1000)
+    elapsed = time.perf_counter() - started
+    cekura.close()
+    if _count(PG_CONN, NAIVE_TABLE) != count:
+        raise RuntimeError("the naive export did not write every row")
+    return elapsed
+
+
+# ---------------------------------------------------------------------------- memory (child process)
+
+
+def _memory_child(conn_id: str, count: int, hours: float) -> None:
+    """Runs in a fresh process: export ``hours`` of the seeded day, print the peak RSS in KiB."""
+    from benchmarks.common import quiet_logs
+
+    quiet_logs()
+    window_end = START + timedelta(hours=hours)
+    _drop(conn_id, TABLE)
+    operator = _transfer_class()(
+        task_id="export_memory",
+        cekura_conn_id=CEKURA_CONN,
+        sql_conn_id=conn_id,
+        table=TABLE,
+        timestamp_from=START.isoformat(),
+        timestamp_to=window_end.isoformat(),
+        page_size=PAGE_SIZE,
+    )
+    started = time.perf_counter()
+    operator.execute(minimal_context())
+    elapsed = time.perf_counter() - started
+    rows = _count(conn_id, TABLE)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"peak_kib": peak, "rows": rows, "expected": count, "seconds": elapsed}))
+
+
+def _memory_run(conn_id: str, count: int, hours: float) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    code = (
+        "from benchmarks.common import setup_airflow_env; setup_airflow_env()\n"
+        "from benchmarks.export import _memory_child\n"
+        f"_memory_child({conn_id!r}, {count}, {hours!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory run failed: {done.stderr[-1500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+# ---------------------------------------------------------------------------- the benchmark
+
+
+def _interleaved(repeats: int, steps: dict[str, Callable[[], float]]) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            times[name].append(step())
+    return {name: median(values) for name, values in times.items()}
+
+
+def run(*, smoke: bool = False) -> Section:
+    started = time.perf_counter()
+    count = 600 if smoke else 20_000
+    repeats = 1 if smoke else 3
+    small, large = (300, 3_000) if smoke else (10_000, 100_000)
+    section = Section(
+        "B1 — export to SQL",
+        f"{count:,} call logs seeded in the emulator (own process, `page_size_cap={PAGE_SIZE}`), exported with "
+        f"`page_size={PAGE_SIZE}`; median of {repeats} interleaved repeats.",
+    )
+    available = True
+    try:
+        _transfer_class()
+    except ImportError as error:
+        available = False
+        section.unavailable(
+            "export rows/s, pipelining, naive ratio, memory",
+            f"pipelining <= {GOAL_PIPELINE}, naive >= {GOAL_NAIVE}x, memory growth <= {GOAL_MEMORY:.0%}",
+            f"CekuraCallLogsToSqlOperator is not available (airflow_provider_cekura.transfers.call_logs_to_sql: "
+            f"{error}); only the fetch-only rate was measured.",
+        )
+    pg_uri = os.environ.get("CEKURA_TEST_POSTGRES_URI")
+    tmp = tempfile.mkdtemp(prefix="cekura-bench-export-")
+    os.environ[f"AIRFLOW_CONN_{SQLITE_CONN.upper()}"] = json.dumps(
+        {"conn_type": "sqlite", "host": str(Path(tmp) / "bench.db")}
+    )
+    if pg_uri:
+        os.environ[f"AIRFLOW_CONN_{PG_CONN.upper()}"] = pg_uri
+    else:
+        section.notes.append("No Postgres (CEKURA_TEST_POSTGRES_URI unset): the Postgres figures are not available.")
+    databases = [
+        (name, conn) for name, conn in (("Postgres", PG_CONN), ("SQLite", SQLITE_CONN)) if conn != PG_CONN or pg_uri
+    ]
+
+    with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
+        os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
+        emulator.seed(count, start=START, end=START + timedelta(hours=24))
+        fetch_s = median([fetch_only() for _ in range(repeats)])
+        section.add("fetch-only (hook pages, no database)", f"{count / fetch_s:,.0f} rows/s ({fetch_s:.2f} s)")
+        if available:
+            pages = prefetch_pages()
+            steps: dict[str, Callable[[], float]] = {}
+            for name, conn in databases:
+                steps[f"load {name}"] = functools.partial(load_only, conn, pages, count)
+                steps[f"export {name}"] = functools.partial(export, conn, count)
+            if pg_uri:
+                steps["naive Postgres"] = lambda: naive_postgres(count)
+            times = _interleaved(repeats, steps)
+            del pages
+            for name, _ in databases:
+                load_s, export_s = times[f"load {name}"], times[f"export {name}"]
+                section.add(f"export into {name} (operator)", f"{count / export_s:,.0f} rows/s ({export_s:.2f} s)")
+                section.add(f"load-only {name} (pre-fetched pages)", f"{count / load_s:,.0f} rows/s ({load_s:.2f} s)")
+                section.check(
+                    f"pipelining {name}: export / max(fetch-only, load-only)",
+                    export_s / max(fetch_s, load_s),
+                    GOAL_PIPELINE,
+                    higher_is_better=False,
+                    fmt=".2f",
+                )
+            if pg_uri:
+                naive_s = times["naive Postgres"]
+                section.add(
+                    "naive into Postgres (list of all pages + `insert_rows(replace=True)`)",
+                    f"{count / naive_s:,.0f} rows/s ({naive_s:.2f} s)",
+                )
+                section.check(
+                    "operator vs naive on Postgres (naive time / export time)",
+                    naive_s / times["export Postgres"],
+                    GOAL_NAIVE,
+                    higher_is_better=True,
+                    fmt=".2f",
+                    unit="x",
+                )
+    if available:
+        memory(section, small, large, PG_CONN if pg_uri else SQLITE_CONN, "Postgres" if pg_uri else "SQLite")
+    section.seconds = time.perf_counter() - started
+    return section
+
+
+def memory(section: Section, small: int, large: int, conn_id: str, db_name: str) -> None:
+    """Seed ``large`` call logs over 24 h; export the first ``small / large`` share of the day, then all of it."""
+    with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
+        os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
+        emulator.seed(large, start=START, end=START + timedelta(hours=24))
+        first = _memory_run(conn_id, small, 24 * small / large)
+        second = _memory_run(conn_id, large, 24.0)
+    for result in (first, second):
+        if result["rows"] != result["expected"]:
+            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
+    section.add(f"peak RSS, export of {small:,} call logs into {db_name}", f"{first['peak_kib'] / 1024:.0f} MiB")
+    section.add(
+        f"peak RSS, export of {large:,} call logs into {db_name}",
+        f"{second['peak_kib'] / 1024:.0f} MiB ({large / second['seconds']:,.0f} rows/s)",
+    )
+    section.check(
+        f"peak RSS growth {small:,} -> {large:,}",
+        second["peak_kib"] / first["peak_kib"] - 1,
+        GOAL_MEMORY,
+        higher_is_better=False,
+        fmt=".1%",
+    )

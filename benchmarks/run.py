@@ -1,0 +1,104 @@
+"""Run the benchmarks and write the results as Markdown.
+
+``python -m benchmarks.run``            full sizes, writes ``benchmarks/results.md`` (``make bench``)
+``python -m benchmarks.run --smoke``    tiny sizes, writes to a temporary file unless ``--output`` is given
+``--only export,waiting,ingest,imports`` runs a subset.
+
+Performance claims are ratios measured side by side in one run; absolute
+figures depend on the machine and its load and are given for context only.
+Exit status is 1 when a benchmark crashed (a missed goal is not a crash).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.common import ROOT, Section, machine, quiet_logs, setup_airflow_env
+
+BENCHMARKS = ("export", "waiting", "ingest", "imports")
+RESULTS = ROOT / "benchmarks" / "results.md"
+
+
+def _run_one(name: str, smoke: bool) -> tuple[Section, bool]:
+    import importlib
+
+    module = importlib.import_module(f"benchmarks.{name}")
+    started = time.perf_counter()
+    try:
+        return module.run(smoke=smoke), True
+    except Exception as err:
+        traceback.print_exc()
+        section = Section(f"{name} — crashed")
+        section.add("benchmark", f"crashed: {type(err).__name__}: {str(err)[:300]}", status="error")
+        section.seconds = time.perf_counter() - started
+        return section, False
+
+
+def render(sections: list[Section], *, smoke: bool, total: float) -> str:
+    info = machine()
+    lines = [
+        "# Benchmarks" + (" (smoke run: tiny sizes, figures meaningless)" if smoke else ""),
+        "",
+        f"Run on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with `python -m benchmarks.run"
+        f"{' --smoke' if smoke else ''}` in {total / 60:.1f} min. Performance claims are ratios measured side by "
+        "side in this one run; absolute rates depend on the machine and on whatever else it was running.",
+        "",
+        "| machine | |",
+        "|---|---|",
+        *[f"| {key} | {value} |" for key, value in info.items()],
+        "",
+        "## Summary of goals",
+        "",
+        "| benchmark | metric | measured | goal | status |",
+        "|---|---|---|---|---|",
+    ]
+    for section in sections:
+        for row in section.rows:
+            if row.goal:
+                lines.append(f"| {section.title.split(' — ')[0]} | {row.metric} | {row.measured} | {row.goal} | "
+                             f"{row.status} |")  # fmt: skip
+    lines.append("")
+    lines += [section.markdown() for section in sections]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; results to a temporary file")
+    parser.add_argument("--output", type=Path, help="where to write the Markdown results")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = set(names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s): {sorted(unknown)}")
+    output: Path = args.output or (
+        Path(tempfile.mkdtemp(prefix="cekura-bench-smoke-")) / "results.md" if args.smoke else RESULTS
+    )
+
+    setup_airflow_env()
+    quiet_logs()
+    started = time.perf_counter()
+    sections: list[Section] = []
+    ok = True
+    for name in names:
+        print(f"== {name} ...", file=sys.stderr, flush=True)
+        section, fine = _run_one(name, args.smoke)
+        ok &= fine
+        sections.append(section)
+        print(section.markdown(), file=sys.stderr, flush=True)
+    text = render(sections, smoke=args.smoke, total=time.perf_counter() - started)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print(f"results written to {output}", flush=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
