@@ -30,7 +30,8 @@ def setup_airflow_env() -> None:
         os.environ["CEKURA_BENCH_OWN_HOME"] = "1"
     os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
-    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    # Retry warnings (thousands in the faulted ingest run) would flood the output and cost time.
+    os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "ERROR"
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 
