@@ -1,0 +1,1 @@
+"""Integration tests: the provider on a real Airflow deployment (``pytest -m integration``)."""
