@@ -13,6 +13,9 @@ from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_TIMEOUT, Evalu
 from airflow_provider_cekura.exceptions import CekuraAPIError
 from airflow_provider_cekura.waiting import event_from_summary
 
+MAX_ANSWER_WINDOW = 5.0
+"""Seconds a poll may still answer once the deadline has passed (at most ``poll_interval``)."""
+
 
 class CekuraCallLogTrigger(BaseTrigger):
     """Poll Cekura until every call log is evaluated (or failed), or the deadline passes.
@@ -22,11 +25,13 @@ class CekuraCallLogTrigger(BaseTrigger):
     as the workers use, so the triggerer's event loop never blocks. It
     serializes only plain values (no key: the hook reads the connection
     itself) and always ends with exactly one event:
-    ``success``, ``evaluation_failed``, ``timeout`` or ``error``.
+    ``success``, ``evaluation_failed``, ``timeout`` or ``error``. The deadline
+    bounds the whole wait, a poll that hangs included: the trigger ends at most
+    ``min(poll_interval, 5)`` seconds after it.
 
     :param call_log_ids: Cekura call log ids to wait for.
     :param cekura_conn_id: connection id of type ``cekura``.
-    :param poll_interval: seconds between polls.
+    :param poll_interval: seconds between polls (> 0).
     :param deadline: absolute deadline, epoch seconds; ``None`` waits without limit.
     :param max_consecutive_errors: polls in a row that may fail transiently (after the hook's own
         retries) before the trigger gives up with an ``error`` event; a healthy poll resets the count.
@@ -46,8 +51,11 @@ class CekuraCallLogTrigger(BaseTrigger):
         self.cekura_conn_id = cekura_conn_id
         self.poll_interval = float(poll_interval)
         self.deadline = None if deadline is None else float(deadline)
-        self.max_consecutive_errors = int(max_consecutive_errors)
+        self.max_consecutive_errors = max(int(max_consecutive_errors), 1)
+        if not self.poll_interval > 0:
+            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
         self._hook: Any = None
+        self._in_flight: asyncio.Future[EvaluationSummary] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -73,45 +81,78 @@ class CekuraCallLogTrigger(BaseTrigger):
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "call_log_ids": self.call_log_ids, **extra})
 
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def _timeout_event(self, summary: EvaluationSummary | None, why: str = "") -> TriggerEvent:
+        if summary is None:  # no poll answered: every id is still pending as far as we know
+            summary = EvaluationSummary(pending=list(self.call_log_ids))
+        return self._event(EVENT_TIMEOUT, f"Timed out waiting for evaluation{why}: {summary.pending_message()}")
+
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        errors = 0
-        summary: EvaluationSummary | None = None
         try:
-            while True:
-                try:
-                    summary = await asyncio.to_thread(self._check)
-                    errors = 0
-                except CekuraAPIError as err:
-                    if not err.retryable:
-                        yield self._event(EVENT_ERROR, str(err))
-                        return
-                    errors += 1
-                    if errors >= self.max_consecutive_errors:
-                        yield self._event(EVENT_ERROR, f"{errors} polls in a row failed, last: {err}")
-                        return
-                    self.log.warning("Poll failed (%d/%d): %s", errors, self.max_consecutive_errors, err)
-                else:
-                    if summary.done:
-                        yield TriggerEvent({**event_from_summary(summary), "call_log_ids": self.call_log_ids})
-                        return
-                    self.log.info(
-                        "%d of %d call log(s) still evaluating",
-                        len(summary.pending) + len(summary.missing),
-                        len(self.call_log_ids),
-                    )
-                wait = self.poll_interval
-                if self.deadline is not None:
-                    remaining = self.deadline - time.time()
-                    if remaining <= 0:
-                        pending = summary.pending_message() if summary else "no successful poll"
-                        yield self._event(EVENT_TIMEOUT, f"Timed out waiting for evaluation: {pending}")
-                        return
-                    wait = min(wait, remaining)
-                await asyncio.sleep(wait)
+            event = await self._wait()
         except asyncio.CancelledError:
             raise
         except Exception as err:  # never crash the triggerer: one error event instead
-            yield self._event(EVENT_ERROR, f"{type(err).__name__}: {err}")
+            event = self._event(EVENT_ERROR, f"{type(err).__name__}: {err}")
         finally:
-            if self._hook is not None:
-                self._hook.close()
+            self._release_hook()
+        yield event
+
+    async def _wait(self) -> TriggerEvent:
+        """Poll until done, failed for good, or past the deadline; returns the one event to yield."""
+        errors = 0
+        summary: EvaluationSummary | None = None
+        while True:
+            remaining = self._remaining()
+            # A poll may take the hook's whole retry budget (read timeouts included): never let it
+            # outlive the deadline by more than a short answer window, so that a deadline already
+            # past (a triggerer that picked the trigger up late) still gets one fair look.
+            window = None if remaining is None else max(remaining, min(self.poll_interval, MAX_ANSWER_WINDOW))
+            self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._check))
+            done, _ = await asyncio.wait({self._in_flight}, timeout=window)
+            if not done:
+                return self._timeout_event(summary, " (the last poll did not answer before the deadline)")
+            future, self._in_flight = self._in_flight, None
+            try:
+                summary = future.result()
+                errors = 0
+            except CekuraAPIError as err:
+                if not err.retryable:
+                    return self._event(EVENT_ERROR, str(err))
+                errors += 1
+                if errors >= self.max_consecutive_errors:
+                    return self._event(EVENT_ERROR, f"{errors} polls in a row failed, last: {err}")
+                self.log.warning("Poll failed (%d/%d): %s", errors, self.max_consecutive_errors, err)
+            else:
+                if summary.done:
+                    return TriggerEvent({**event_from_summary(summary), "call_log_ids": self.call_log_ids})
+                self.log.info(
+                    "%d of %d call log(s) still evaluating",
+                    len(summary.pending) + len(summary.missing),
+                    len(self.call_log_ids),
+                )
+            wait = self.poll_interval
+            remaining = self._remaining()
+            if remaining is not None:
+                if remaining <= 0:
+                    return self._timeout_event(summary)
+                wait = min(wait, remaining)
+            await asyncio.sleep(wait)
+
+    def _release_hook(self) -> None:
+        """Close the hook's session once no poll uses it: now, or when the abandoned poll's task ends or is cancelled."""
+        in_flight, self._in_flight = self._in_flight, None
+
+        def close(_: Any = None) -> None:
+            if in_flight is not None and not in_flight.cancelled():
+                in_flight.exception()  # retrieved: an abandoned poll's error is not worth a warning
+            hook, self._hook = self._hook, None
+            if hook is not None:
+                hook.close()
+
+        if in_flight is not None and not in_flight.done():
+            in_flight.add_done_callback(close)
+        else:
+            close()
