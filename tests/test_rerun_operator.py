@@ -17,6 +17,11 @@ DASHBOARD = "https://dashboard.cekura.ai/observability/call-logs/"
 RERUN_PATH = "/rerun_evaluation/"
 
 
+def errors(logs: str) -> list[str]:
+    """The log lines that explain a failed task (for assertion messages)."""
+    return [line[:500] for line in logs.splitlines() if "Error" in line or "Traceback" in line][:10]
+
+
 def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any]]:
     from airflow.models.taskinstance import TaskInstance
     from airflow.models.xcom import XComModel
@@ -95,14 +100,14 @@ with DAG(
 def test_rerun_operator_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     now = datetime.now(UTC)
     ids = emulator.seed(250, start=now - timedelta(days=1), end=now, agents=(1,))
-    emulator.evaluation_delay = 1.5  # long enough that the deferrable task really defers
+    emulator.evaluation_delay = 4.0  # long enough that the deferrable task really defers, even on a busy machine
     emulator.reset_log()
 
     dr = run_dag(DAG_SOURCE.format(ids=ids), "rerun_operator")
     out, err = capfd.readouterr()
     logs = out + err + caplog.text
     states, xcoms = run_state(dr)
-    assert set(states.values()) == {"success"}, states
+    assert set(states.values()) == {"success"}, (states, errors(logs))
 
     def ret(task_id: str) -> Any:
         return xcoms[(task_id, -1, "return_value")]

@@ -161,6 +161,10 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
             raise CekuraConfigurationError(
                 "Give either call_id (one call) or calls (many calls), not both; put each call_id in its call dict."
             )
+        if voice_recording is not None and calls is not None:
+            raise CekuraConfigurationError(
+                "voice_recording belongs to one call: with calls, give each call its own 'voice_recording'."
+            )
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise CekuraConfigurationError(f"max_concurrency must be a positive integer, got {max_concurrency!r}")
         self.call_id = call_id
