@@ -104,7 +104,7 @@ def _emulator() -> RemoteEmulator:
 
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
-    count = 40 if smoke else 1000
+    count = 24 if smoke else 1000
     section = Section(
         "B3 — bulk ingest",
         f"{count} calls, emulator in its own process adding {LATENCY * 1000:.0f} ms to every request it "
@@ -157,7 +157,7 @@ def run(*, smoke: bool = False) -> Section:
 
     with _emulator() as emulator:
         emulator.call("base_latency", delay=LATENCY)
-        emulator.add_fault("429", every=5, retry_after=RETRY_AFTER)
+        emulator.add_fault("429", every=5, retry_after="0.1" if smoke else RETRY_AFTER)
         emulator.add_fault("5xx", every=7)
         emulator.add_fault("drop_after", every=11)
         calls = make_calls(count, "faulted")

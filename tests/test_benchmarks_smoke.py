@@ -27,7 +27,7 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
         check=False,
     )
     elapsed = time.monotonic() - started
