@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from .deployment import AirflowDeployment
+from .deployment import AirflowDeployment, DeploymentError
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -16,7 +16,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()
     deployment = getattr(item, "_cekura_deployment", None)
-    if report.failed and deployment is not None:
+    # a DeploymentError (a wait that timed out, a component that died) already carries the tails
+    already_there = call.excinfo is not None and call.excinfo.errisinstance(DeploymentError)
+    if report.failed and deployment is not None and not already_there:
         report.sections.append(("Airflow deployment: process logs", deployment.diagnostics(lines=80)))
 
 

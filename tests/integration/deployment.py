@@ -261,7 +261,7 @@ class AirflowDeployment:
         }
         for name, args in commands.items():
             self._spawn(name, [sys.executable, "-m", "airflow", *args], env)
-        self.wait_for(self._healthy, 120, "the API server, scheduler, dag-processor and triggerer to be healthy")
+        self.wait_for(self._healthy, 180, "the API server, scheduler, dag-processor and triggerer to be healthy")
 
     def _healthy(self) -> bool:
         self.check_alive()
@@ -284,29 +284,36 @@ class AirflowDeployment:
                 raise DeploymentError(f"{name} exited with {process.returncode}{self.diagnostics()}")
 
     def _kill(self, name: str, process: subprocess.Popen[bytes], grace: float = 15) -> None:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
+        self._stop_group({name: process}, grace)
+
+    @staticmethod
+    def _stop_group(processes: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+        """SIGTERM every process group at once, wait up to ``grace`` s in all, then SIGKILL what is left."""
+        for process in processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=grace)
-        # the group may outlive its leader (task processes, the triggerer's runner): finish it
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            print(f"{name} (pid {process.pid}) did not exit", file=sys.stderr)
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for name, process in processes.items():
+            # a group may outlive its leader (task processes, the triggerer's runner): finish it
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                print(f"{name} (pid {process.pid}) did not exit", file=sys.stderr)
 
     def stop(self) -> None:
-        """Stop every process (scheduler first, emulator last), then drop both databases."""
+        """Stop the Airflow components (all at once), then the emulator, then drop both databases."""
         self.http.close()
-        order = ["scheduler", "triggerer", "dag-processor", "api-server"]
-        order += [name for name in self.processes if name not in order and name != "emulator"]
-        order.append("emulator")
-        for name in order:
-            process = self.processes.pop(name, None)
-            if process is not None:
-                self._kill(name, process)
+        emulator = self.processes.pop("emulator", None)
+        components, self.processes = self.processes, {}
+        self._stop_group(components, grace=15)
+        if emulator is not None:
+            self._stop_group({"emulator": emulator}, grace=5)
         self.drop_databases()
 
     # -- waiting and diagnostics -------------------------------------------------------------
