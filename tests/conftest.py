@@ -21,8 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-cekura-TEST-9f3b7c1d-DO-NOT-LEAK"
 """A distinctive key: tests search logs, XComs and reprs for it."""
 
-_AIRFLOW_HOME = Path(os.environ.get("CEKURA_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="cekura-airflow-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
+if not os.environ.get("CEKURA_TEST_AIRFLOW_HOME"):
+    # Exported so that a second import of this module (``from tests.conftest import ...``) and any
+    # subprocess a test starts reuse the same Airflow home and metadata DB.
+    os.environ["CEKURA_TEST_AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="cekura-airflow-")
+_AIRFLOW_HOME = Path(os.environ["CEKURA_TEST_AIRFLOW_HOME"])
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 DAGS_DIR = _AIRFLOW_HOME / "dags"
 DAGS_DIR.mkdir(parents=True, exist_ok=True)

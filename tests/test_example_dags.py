@@ -12,8 +12,7 @@ from typing import Any
 
 import pendulum
 import pytest
-
-from tests.conftest import DAGS_DIR, ROOT, TEST_API_KEY, load_dag
+from conftest import DAGS_DIR, ROOT, TEST_API_KEY, load_dag
 
 EXAMPLES = ROOT / "example_dags"
 SAMPLE = EXAMPLES / "data" / "sample_calls.jsonl"
