@@ -22,6 +22,7 @@ from airflow_provider_cekura.exceptions import CekuraValidationError
 CALL_ID_MAX_LENGTH = 100
 TRACE_ID_MAX_LENGTH = 32
 TEXT_MAX_LENGTH = 100  # call_ended_reason, customer_number
+MAX_ID = 2**63 - 1  # agent and metric ids are 64-bit integers
 
 TRANSCRIPT_TYPES = frozenset(
     {"cekura", "vocera", "vapi", "retell", "deepgram", "pipecat", "livekit", "elevenlabs", "none-mono"}
@@ -65,7 +66,21 @@ def _fail(field: str, message: str, call_id: Any) -> CekuraValidationError:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr()`` for error messages: short, and safe for any value (a 5000-digit int cannot be repr'd)."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _optional_text(payload: dict[str, Any], name: str, call_id: str, max_length: int | None = None) -> None:
@@ -85,13 +100,13 @@ def _json_object(payload: dict[str, Any], name: str, call_id: str) -> None:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise _fail(name, f"is not valid JSON ({err.msg})", call_id) from None
+        except (ValueError, RecursionError) as err:  # ValueError: also a number too long for int()
+            raise _fail(name, f"is not valid JSON ({getattr(err, 'msg', type(err).__name__)})", call_id) from None
     if not isinstance(value, Mapping):
         raise _fail(name, f"must be an object (dict), got {type(value).__name__}", call_id)
     try:
         json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, RecursionError) as err:
         raise _fail(name, f"is not JSON-serializable: {err}", call_id) from None
     payload[name] = dict(value)
 
@@ -104,13 +119,13 @@ def _validate_cekura_transcript(turns: Any, call_id: str) -> None:
         if not isinstance(turn, Mapping):
             raise _fail(where, f"must be an object, got {type(turn).__name__}", call_id)
         role = turn.get("role")
-        if role not in CEKURA_ROLES:
-            raise _fail(f"{where}.role", f"must be 'Main Agent' or 'Testing Agent', got {role!r}", call_id)
+        if not isinstance(role, str) or role not in CEKURA_ROLES:
+            raise _fail(f"{where}.role", f"must be 'Main Agent' or 'Testing Agent', got {_show(role)}", call_id)
         if not isinstance(turn.get("content"), str):
             raise _fail(f"{where}.content", "must be a string", call_id)
         for key in ("start_time", "end_time"):
             if not _is_number(turn.get(key)):
-                raise _fail(f"{where}.{key}", f"must be a finite number, got {turn.get(key)!r}", call_id)
+                raise _fail(f"{where}.{key}", f"must be a finite number, got {_show(turn.get(key))}", call_id)
         if turn["end_time"] < turn["start_time"]:
             raise _fail(f"{where}.end_time", "must not be before start_time", call_id)
 
@@ -126,17 +141,23 @@ def normalize_metric_ids(value: Any, call_id: str | None = None) -> str | None:
     elif isinstance(value, int) and not isinstance(value, bool):
         items = [value]
     else:
-        raise _fail("metric_ids", f"must be a list of integers or a comma string, got {value!r}", call_id)
+        raise _fail("metric_ids", f"must be a list of integers or a comma string, got {_show(value)}", call_id)
     ids: list[str] = []
     for item in items:
         if isinstance(item, bool):
-            raise _fail("metric_ids", f"{item!r} is not an integer metric id", call_id)
-        if isinstance(item, int) and item > 0:
+            raise _fail("metric_ids", f"{_show(item)} is not an integer metric id", call_id)
+        if isinstance(item, int) and 0 < item <= MAX_ID:
             ids.append(str(item))
-        elif isinstance(item, str) and item.isascii() and item.isdigit() and int(item) > 0:
-            ids.append(str(int(item)))
+        elif (
+            isinstance(item, str)
+            and item.isascii()
+            and item.isdigit()
+            and len(item.lstrip("0")) <= 19
+            and 0 < int(item.lstrip("0") or "0") <= MAX_ID
+        ):
+            ids.append(str(int(item.lstrip("0"))))
         else:
-            raise _fail("metric_ids", f"{item!r} is not a positive integer metric id", call_id)
+            raise _fail("metric_ids", f"{_show(item)} is not a positive integer metric id", call_id)
     return ",".join(ids)
 
 
@@ -148,7 +169,7 @@ def normalize_timestamp(value: Any, call_id: str | None = None, field: str = "ti
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise _fail(field, f"is not an ISO 8601 date-time: {value!r}", call_id) from None
+            raise _fail(field, f"is not an ISO 8601 date-time: {_show(value)}", call_id) from None
     elif isinstance(value, datetime):
         parsed = value
     elif isinstance(value, date):
@@ -189,19 +210,19 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
     if (agent is None) == (assistant_id is None):
         raise _fail("agent", "give exactly one of agent (Cekura agent id) or assistant_id", call_id)
     if agent is not None:
-        if isinstance(agent, str) and agent.isascii() and agent.isdigit():
+        if isinstance(agent, str) and agent.isascii() and agent.isdigit() and len(agent) <= 20:
             agent = int(agent)
-        if isinstance(agent, bool) or not isinstance(agent, int) or agent <= 0:
-            raise _fail("agent", f"must be a positive integer agent id, got {agent!r}", call_id)
+        if isinstance(agent, bool) or not isinstance(agent, int) or not 0 < agent <= MAX_ID:
+            raise _fail("agent", f"must be a positive integer agent id, got {_show(agent)}", call_id)
         payload["agent"] = agent
     if assistant_id is not None and (not isinstance(assistant_id, str) or not assistant_id.strip()):
         raise _fail("assistant_id", "must be a non-empty string", call_id)
 
     transcript_type = payload.get("transcript_type", "cekura")
-    if transcript_type not in TRANSCRIPT_TYPES:
+    if not isinstance(transcript_type, str) or transcript_type not in TRANSCRIPT_TYPES:
         raise _fail(
             "transcript_type",
-            f"must be one of {', '.join(sorted(TRANSCRIPT_TYPES))}, got {transcript_type!r}",
+            f"must be one of {', '.join(sorted(TRANSCRIPT_TYPES))}, got {_show(transcript_type)}",
             call_id,
         )
     if "transcript_json" in payload:
@@ -209,15 +230,16 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(transcript, str):
             try:
                 transcript = json.loads(transcript)
-            except json.JSONDecodeError as err:
-                raise _fail("transcript_json", f"is not valid JSON ({err.msg})", call_id) from None
+            except (ValueError, RecursionError) as err:  # ValueError: also a number too long for int()
+                msg = getattr(err, "msg", type(err).__name__)
+                raise _fail("transcript_json", f"is not valid JSON ({msg})", call_id) from None
         if transcript_type == "cekura":
             _validate_cekura_transcript(transcript, call_id)
         elif not isinstance(transcript, (list, Mapping)):
             raise _fail("transcript_json", "must be a list or an object", call_id)
         try:
             json.dumps(transcript, allow_nan=False)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, RecursionError) as err:
             raise _fail("transcript_json", f"is not JSON-serializable: {err}", call_id) from None
         payload["transcript_json"] = transcript
 
@@ -240,9 +262,9 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
             redact = [part.strip() for part in redact.split(",") if part.strip()]
         if not isinstance(redact, (list, tuple)):
             raise _fail("redact_fields", "must be a list of field names", call_id)
-        bad = [r for r in redact if r not in REDACT_FIELDS]
+        bad = [r for r in redact if not isinstance(r, str) or r not in REDACT_FIELDS]
         if bad:
-            raise _fail("redact_fields", f"unknown value(s) {bad!r}; see the documented enum", call_id)
+            raise _fail("redact_fields", f"unknown value(s) {_show(bad)}; see the documented enum", call_id)
         payload["redact_fields"] = list(dict.fromkeys(redact))
 
     if "metric_ids" in payload:
@@ -255,7 +277,7 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
     if "main_agent_channel_index" in payload:
         index = payload["main_agent_channel_index"]
         if isinstance(index, bool) or index not in (0, 1):
-            raise _fail("main_agent_channel_index", f"must be 0 or 1, got {index!r}", call_id)
+            raise _fail("main_agent_channel_index", f"must be 0 or 1, got {_show(index)}", call_id)
 
     if "trace_id" in payload:
         trace_id = payload["trace_id"]
@@ -273,8 +295,10 @@ def load_calls(calls: Any) -> list[Mapping[str, Any]]:
     if isinstance(calls, str):
         try:
             calls = json.loads(calls)
-        except json.JSONDecodeError as err:
-            raise CekuraValidationError("calls", f"is not valid JSON ({err.msg})") from None
+        except (ValueError, RecursionError) as err:
+            raise CekuraValidationError(
+                "calls", f"is not valid JSON ({getattr(err, 'msg', type(err).__name__)})"
+            ) from None
     if isinstance(calls, Mapping):
         calls = [calls]
     if not isinstance(calls, (list, tuple)):

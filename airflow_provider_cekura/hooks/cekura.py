@@ -242,10 +242,19 @@ class CekuraHook(BaseHook):
                     rewind()
             self.request_count += 1
             try:
+                # Never follow redirects: requests would resend the X-CEKURA-API-KEY header to any host.
                 response = self._session.request(
-                    method, url, params=params, json=json_body, data=data, files=files, timeout=timeout
+                    method,
+                    url,
+                    params=params,
+                    json=json_body,
+                    data=data,
+                    files=files,
+                    timeout=timeout,
+                    allow_redirects=False,
                 )
-            except (requests.Timeout, requests.ConnectionError) as err:
+            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+                # ChunkedEncodingError: the connection broke while the body was read (a response cut short).
                 kind = "timed out" if isinstance(err, requests.Timeout) else "lost its connection"
                 last_error = CekuraTransportError(
                     f"{method} {path} {kind} (attempt {attempt}/{policy.max_attempts})",
@@ -255,6 +264,16 @@ class CekuraHook(BaseHook):
                 retryable = retry
                 retry_after = None
             else:
+                if 300 <= response.status_code < 400:
+                    target = urlsplit(response.headers.get("Location") or "").netloc or "unknown"
+                    response.close()
+                    raise CekuraResponseError(
+                        f"Cekura answered {method} {path} with a redirect ({response.status_code}) to {target}; "
+                        "not following it with the API key. Check the host of the connection.",
+                        status=response.status_code,
+                        method=method,
+                        path=path,
+                    )
                 if response.status_code < 400:
                     return self._decode(response, method, path)
                 last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
@@ -412,7 +431,9 @@ class CekuraHook(BaseHook):
             if not isinstance(query, dict) or not ({"field", "op"} <= set(query) or "conditions" in query):
                 raise CekuraValidationError("filters_v2", "must be {field, op, value} or {operator, conditions: [...]}")
             params["filters_v2"] = json.dumps(query, separators=(",", ":"))
-        page_size = filters.get("page_size") or self._settings["page_size"]
+        page_size = filters.get("page_size")
+        if page_size is None:
+            page_size = self._settings["page_size"]
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
         params["page_size"] = page_size
