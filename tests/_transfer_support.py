@@ -1,0 +1,144 @@
+"""Shared helpers for the transfer tests: a ``warehouse`` connection on SQLite or the real Postgres."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+START = datetime(2026, 3, 1, tzinfo=UTC)
+CALL_LOGS = "/observability/v1/call-logs/"
+
+
+@dataclass
+class Warehouse:
+    """The ``warehouse`` Airflow connection and the tables a test writes, with a query helper."""
+
+    kind: str
+    table: str
+    metrics_table: str
+    query: Callable[..., list[tuple[Any, ...]]]
+    conn_id: str = "warehouse"
+
+    def count(self, table: str | None = None) -> int:
+        return int(self.query(f"SELECT COUNT(*) FROM {table or self.table}")[0][0])
+
+    def ids(self, table: str | None = None) -> set[int]:
+        return {int(r[0]) for r in self.query(f"SELECT id FROM {table or self.table}")}
+
+    def columns(self, table: str | None = None) -> list[str]:
+        name = table or self.table
+        if self.kind == "sqlite":
+            return [r[1] for r in self.query(f"PRAGMA table_info({name})")]
+        schema, bare = name.split(".")
+        return [
+            r[0]
+            for r in self.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                "ORDER BY ordinal_position",
+                (schema, bare),
+            )
+        ]
+
+    def rows(self, columns: str, table: str | None = None) -> dict[int, dict[str, Any]]:
+        """``{id: {column: value}}`` with JSON columns parsed and timestamps as ISO text."""
+        names = [c.strip() for c in columns.split(",")]
+        out = {}
+        for row in self.query(f"SELECT id, {columns} FROM {table or self.table}"):
+            out[int(row[0])] = {name: normalize(value) for name, value in zip(names, row[1:], strict=True)}
+        return out
+
+    def metrics(self) -> dict[tuple[int, int], dict[str, Any]]:
+        rows = self.query(
+            f"SELECT call_log_id, metric_id, name, type, score, value, explanation FROM {self.metrics_table}"
+        )
+        return {
+            (int(r[0]), int(r[1])): {
+                "name": r[2],
+                "type": r[3],
+                "score": r[4],
+                "value": r[5],
+                "explanation": normalize(r[6]),
+            }
+            for r in rows
+        }
+
+
+def normalize(value: Any) -> Any:
+    """Database values made comparable: JSON text parsed (SQLite), datetimes as aware datetimes, bools as bools."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def as_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def sqlite_warehouse(path: Path, monkeypatch: pytest.MonkeyPatch) -> Warehouse:
+    # JSON form: with sqlite provider 4.3.4 the URI form ``sqlite:////abs/path`` yields an invalid sqlite3 URI.
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+
+    def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(path, timeout=30) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    return Warehouse("sqlite", "call_logs", "call_metrics", query)
+
+
+def postgres_warehouse(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
+    """A fresh schema per test on the real Postgres; dropped afterwards."""
+    import psycopg2
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(uri)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE SCHEMA {schema}")
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", uri)
+
+    def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = psycopg2.connect(uri)
+        try:
+            with conn, conn.cursor() as cursor:
+                cursor.execute(sql, params or None)
+                return cursor.fetchall() if cursor.description else []
+        finally:
+            conn.close()
+
+    try:
+        yield Warehouse("postgres", f"{schema}.call_logs", f"{schema}.call_metrics", query)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        admin.close()
+
+
+def api_call_logs(emulator: Any, start: datetime | None = None, end: datetime | None = None) -> dict[int, dict]:
+    """The emulator's call logs in ``[start, end)`` by id (as the list endpoint shows them)."""
+    out = {}
+    for call_log in emulator.call_logs():
+        stamp = as_datetime(call_log["timestamp"])
+        if (start is None or stamp >= start) and (end is None or stamp < end):
+            out[call_log["id"]] = call_log
+    return out
+
+
+def window(hours_from: float, hours_to: float) -> dict[str, str]:
+    return {
+        "timestamp_from": (START + timedelta(hours=hours_from)).isoformat(),
+        "timestamp_to": (START + timedelta(hours=hours_to)).isoformat(),
+    }

@@ -1,0 +1,193 @@
+"""The transfer's window choice, identifiers, value encoding and the fallback/psycopg2 writers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import lazy_object_proxy
+import pytest
+from _transfer_support import CALL_LOGS, START, api_call_logs, sqlite_warehouse
+
+from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraError, CekuraValidationError
+from airflow_provider_cekura.transfers import _sql
+from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator, resolve_window
+
+T0 = datetime(2026, 3, 1, 5, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def test_window_is_the_data_interval_by_default() -> None:
+    ctx = {"data_interval_start": T0, "data_interval_end": T0 + HOUR}
+    assert resolve_window(None, None, ctx)[:2] == (T0, T0 + HOUR)
+
+
+def test_empty_interval_continues_from_the_previous_success() -> None:
+    prev = T0 - 3 * HOUR
+    ctx = {
+        "data_interval_start": T0,
+        "data_interval_end": T0,
+        "prev_data_interval_end_success": lazy_object_proxy.Proxy(lambda: prev),
+    }
+    start, end, how = resolve_window(None, None, ctx)
+    assert (start, end) == (prev, T0) and "previous successful run" in how
+    # nothing new since then: an empty window, never a wider one
+    ctx["prev_data_interval_end_success"] = lazy_object_proxy.Proxy(lambda: T0 + HOUR)
+    start, end, _ = resolve_window(None, None, ctx)
+    assert start == end
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [
+        {"data_interval_start": T0, "data_interval_end": T0},
+        {"data_interval_start": T0, "data_interval_end": T0, "prev_data_interval_end_success": None},
+        {
+            "data_interval_start": T0,
+            "data_interval_end": T0,
+            "prev_data_interval_end_success": lazy_object_proxy.Proxy(lambda: None),
+        },
+        {},  # a run without a logical date has no data interval at all
+    ],
+)
+def test_empty_interval_without_previous_success_fails_clearly(ctx: dict) -> None:
+    with pytest.raises(CekuraConfigurationError, match="empty data interval") as info:
+        resolve_window(None, None, ctx)
+    assert "timestamp_from" in str(info.value) and "DeltaDataIntervalTimetable(timedelta(hours=1))" in str(info.value)
+
+
+def test_explicit_timestamps_override_and_are_checked() -> None:
+    ctx = {"data_interval_start": T0, "data_interval_end": T0 + HOUR}
+    assert resolve_window("2026-01-01T00:00:00Z", "2026-01-02", ctx)[:2] == (
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert resolve_window("2026-03-01T04:00:00+00:00", None, ctx)[:2] == (T0 - HOUR, T0 + HOUR)
+    assert resolve_window("2026-03-01 05:00:00+00:00", "2026-03-01T05:00:00Z", ctx)[0] == T0  # empty, not widened
+    with pytest.raises(CekuraValidationError, match="before timestamp_from"):
+        resolve_window("2026-01-02", "2026-01-01", ctx)
+    with pytest.raises(CekuraValidationError, match="timestamp_from"):
+        resolve_window("yesterday", None, ctx)
+    with pytest.raises(CekuraValidationError, match="rendered empty"):
+        resolve_window("", "2026-01-01", ctx)
+
+
+def test_execute_uses_the_window_since_previous_success(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wh = sqlite_warehouse(tmp_path / "w.db", monkeypatch)
+    emulator.seed(60, start=START, end=START + 6 * HOUR)
+    op = CekuraCallLogsToSqlOperator(task_id="export", sql_conn_id=wh.conn_id, table=wh.table)
+    end = START + 4 * HOUR
+    ctx = {
+        "data_interval_start": end,
+        "data_interval_end": end,
+        "prev_data_interval_end_success": lazy_object_proxy.Proxy(lambda: START + HOUR),
+    }
+    assert op.execute(ctx) == 30  # type: ignore[arg-type]
+    assert wh.ids() == set(api_call_logs(emulator, START + HOUR, end))
+
+    with pytest.raises(CekuraConfigurationError, match="empty data interval"):
+        op.execute({"data_interval_start": end, "data_interval_end": end})  # type: ignore[arg-type]
+    assert emulator.count_requests("GET", CALL_LOGS) == 1
+
+
+def test_identifiers_and_ddl() -> None:
+    assert _sql.quote_table("analytics.call_logs") == '"analytics"."call_logs"'
+    for bad in ("", "a.b.c", "x;y", 'x"', "x y", "1x", "a" * 64, "é"):
+        with pytest.raises(CekuraValidationError):
+            _sql.validate_table_name(bad)
+    assert _sql.validate_columns(["status"], include_transcript=True) == [
+        "id",
+        "status",
+        "transcript",
+        "transcript_object",
+    ]
+    spec = _sql.TableSpec("s.t", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
+    ddl = _sql.create_table_sql(spec, "postgres")
+    assert 'CREATE TABLE IF NOT EXISTS "s"."t"' in ddl and '"explanation" JSONB' in ddl
+    assert 'PRIMARY KEY ("call_log_id", "metric_id")' in ddl
+
+
+def test_values_are_encoded_as_json_not_python_repr() -> None:
+    call_log = {"id": 5, "metadata": {"a": "b'c", "n": None}, "success": "true", "agent": {"id": 3}, "metrics": "[]"}
+    row = _sql.call_log_row(call_log, ["id", "metadata", "success", "agent", "metrics", "exported_at"], "T")
+    assert row == (5, '{"a": "b\'c", "n": null}', True, 3, "[]", "T")
+    assert _sql.to_json("not json") == '"not json"'
+    rows = _sql.metric_rows(
+        5, [{"id": 1, "value": True, "score": "2.5"}, {"name": "no id"}, {"id": 1, "value": "x"}], "T"
+    )
+    assert rows == [(5, 1, None, None, None, "x", None, "T")]
+    assert _sql.copy_text([(1, None, True, "a\tb\\c\nd")]) == "1\t\\N\tt\ta\\tb\\\\c\\nd\n"
+
+
+def test_db_error_messages_are_redacted() -> None:
+    err = ValueError('invalid input syntax for type bigint: "SECRET-1"\nCONTEXT: COPY x, line 1: "SECRET"')
+    text = _sql.safe_db_error(err, {"call_logs"})
+    assert "SECRET" not in text and "<redacted>" in text and "ValueError" in text
+    kept = _sql.safe_db_error(ValueError('relation "call_logs" does not exist'), {"call_logs"})
+    assert '"call_logs"' in kept
+
+
+def test_generic_writer_delete_then_insert_in_one_transaction(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "g.db")
+    table = _sql.TableSpec("t", {"id": "int", "status": "text", "exported_at": "timestamp"}, ("id",))
+    metrics = _sql.TableSpec("m", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
+    writer = _sql.PageWriter(conn, table, metrics, placeholder="?")  # the path for databases without a writer
+    assert writer.prepare(create=True) == ["t", "m"]
+    writer.write_page([(1, "a", "T"), (2, "b", "T")], [(1, 10, "n", "r", 1.0, None, None, "T")])
+    writer.write_page([(2, "c", "T")], [(2, 11, "n", "r", 2.0, None, "[]", "T")])
+    assert conn.execute("SELECT id, status FROM t ORDER BY id").fetchall() == [(1, "a"), (2, "c")]
+    assert conn.execute("SELECT call_log_id, metric_id FROM m ORDER BY 1").fetchall() == [(1, 10), (2, 11)]
+    with pytest.raises(_sql.CekuraExportError, match="Writing 2 call log"):
+        writer.write_page([(3, "x", "T"), (4, None, "T")], [(3, 1, None, None, None, None, "{bad", "T")] * 2)
+    assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (2,)  # rolled back as a whole
+    assert _sql.writer_for(conn, table, None).__class__ is _sql.SqlitePageWriter
+    with pytest.raises(CekuraError, match="does not exist"):
+        _sql.PageWriter(conn, _sql.TableSpec("missing", {"id": "int"}, ("id",)), None, "?").prepare(create=False)
+
+
+def test_postgres_writer_with_psycopg2(postgres_uri: str) -> None:
+    import uuid
+
+    import psycopg2
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(postgres_uri)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE SCHEMA {schema}")
+        conn.commit()
+        table = _sql.TableSpec(
+            f"{schema}.logs", {c: _sql.CALL_LOG_COLUMNS[c] for c in ("id", "status", "metrics", "timestamp")}, ("id",)
+        )
+        metrics = _sql.TableSpec(f"{schema}.metrics", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
+        writer = _sql.writer_for(conn, table, metrics)
+        assert isinstance(writer, _sql.PostgresPageWriter) and writer.psycopg2
+        writer.prepare(create=True)
+        tricky = "tab\there \\N back\\slash\nnewline 'q' \"dq\" ü"
+        writer.write_page(
+            [(1, tricky, json.dumps([{"id": 1}]), "2026-03-01T00:00:00Z")],
+            [(1, 1, tricky, "t", 1.5, tricky, "[]", "2026-03-01T00:00:00Z")],
+        )
+        writer.write_page([(1, "done", "[]", "2026-03-01T00:00:00Z")], [])
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT status, metrics FROM {schema}.logs")
+            assert cur.fetchall() == [("done", [])]
+            cur.execute(f"SELECT COUNT(*) FROM {schema}.metrics")
+            assert cur.fetchone() == (0,)
+        writer.write_page([(2, tricky, None, None)], [(2, 7, tricky, None, None, tricky, None, None)])
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT status FROM {schema}.logs WHERE id = 2")
+            assert cur.fetchone() == (tricky,)
+            cur.execute(f"SELECT name, value FROM {schema}.metrics")
+            assert cur.fetchall() == [(tricky, tricky)]
+    finally:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        conn.commit()
+        conn.close()
