@@ -106,7 +106,7 @@ def _ours(stderr: str) -> int:
 
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
-    samples = 1 if smoke else 7
+    samples = 1 if smoke else 5
     baselines = dict(list(BASELINES.items())[:1]) if smoke else BASELINES
     section = Section(
         "B4 — import cost",

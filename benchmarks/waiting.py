@@ -92,7 +92,9 @@ def _warm_up() -> None:
 
 
 def requests_per_wait(section: Section, *, smoke: bool) -> None:
-    count, delay, batches, gap, interval = (20, 0.6, 2, 0.2, 0.2) if smoke else (500, 3.0, 5, 0.5, 1.0)
+    # The interval is long enough for a round of 500 detail requests on a loaded 2-core machine, so that
+    # both pollers really poll at the same interval.
+    count, delay, batches, gap, interval = (20, 0.6, 2, 0.2, 0.2) if smoke else (500, 8.0, 5, 1.5, 4.0)
     with RemoteEmulator(evaluation_delay=delay, page_size_cap=100) as emulator:
         os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = emulator.connection_json()
         _warm_up()
@@ -116,6 +118,11 @@ def requests_per_wait(section: Section, *, smoke: bool) -> None:
     section.add(f"detail endpoint per id, {count} call logs", f"{naive} requests ({naive_s:.1f} s, {rounds} rounds)")
     section.check("fewer requests (detail / trigger)", naive / max(provider, 1), GOAL_FEWER, higher_is_better=True,
                   fmt=".0f", unit="x")  # fmt: skip
+    per_poll = -(-count // 100)
+    section.add(
+        "requests per poll round (trigger / detail endpoint while all are pending)",
+        f"{per_poll} / {count} ({count / per_poll:.0f}x)",
+    )
     section.notes.append(
         f"Part 1: poll interval {interval:g} s for both; evaluations finish {delay:g} s after seeding, "
         f"seeded in {batches} batches {gap:g} s apart; the hook's default page size (100 ids per list request). "
@@ -189,7 +196,7 @@ def _run_health(emulator: RemoteEmulator, count: int, per: int, delay: float, in
 def triggerer_health(section: Section, *, smoke: bool) -> None:
     count, per, delay, interval, latency = (6, 5, 0.8, 0.3, 0.2) if smoke else (50, 10, 4.0, 1.0, 0.2)
     default_threads = min(32, (os.cpu_count() or 1) + 4)
-    floor_max, floor_p99 = _lag_stats(asyncio.run(_idle(1.0 if smoke else 3.0)))
+    floor_max, floor_p99 = _lag_stats(asyncio.run(_idle(1.0 if smoke else 6.0)))
     section.add("event-loop lag, max / p99, ticker alone (noise floor of this machine)",
                 f"{floor_max:.1f} / {floor_p99:.1f} ms")  # fmt: skip
     with RemoteEmulator(evaluation_delay=delay, page_size_cap=100) as emulator:
@@ -199,14 +206,22 @@ def triggerer_health(section: Section, *, smoke: bool) -> None:
         runs: list[tuple[str, int | None]] = [(f"default executor, {default_threads} threads", None)]
         if not smoke:
             runs.append((f"for comparison: executor of {count} threads", count))
+        repeats = 1 if smoke else 3
         for index, (label, threads) in enumerate(runs):
-            result, after_due, requests = _run_health(emulator, count, per, delay, interval, threads)
+            trials = [
+                _run_health(emulator, count, per, delay, interval, threads) for _ in range(repeats if index == 0 else 1)
+            ]
+            trials.sort(key=lambda t: _lag_stats(t[0]["lags"])[0])
+            result, after_due, requests = trials[len(trials) // 2]
             lag_max, lag_p99 = _lag_stats(result["lags"])
             steady_max, _ = _lag_stats(result["lags"], after=1.0)
             polls = requests / count
             if index == 0:
-                section.check(f"event-loop lag, max ({count} triggers, {label})", lag_max, GOAL_LAG_MS,
-                              higher_is_better=False, fmt=".1f", unit=" ms")  # fmt: skip
+                worst = _lag_stats(trials[-1][0]["lags"])[0]
+                section.check(f"event-loop lag, max ({count} triggers, {label}; median run of {repeats})", lag_max,
+                              GOAL_LAG_MS, higher_is_better=False, fmt=".1f", unit=" ms")  # fmt: skip
+                if repeats > 1:
+                    section.add(f"event-loop lag, max, worst of the {repeats} runs", f"{worst:.1f} ms")
                 section.add(f"event-loop lag, p99 ({label})", f"{lag_p99:.1f} ms")
                 section.add(f"event-loop lag, max after the first second ({label})", f"{steady_max:.1f} ms")
             else:
