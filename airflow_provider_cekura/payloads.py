@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -203,7 +204,7 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
         raise _fail("call_id", "is required and must be a non-empty string", call_id)
     if len(call_id) > CALL_ID_MAX_LENGTH:
         raise _fail("call_id", f"must be at most {CALL_ID_MAX_LENGTH} characters, got {len(call_id)}", call_id)
-    if any(ord(ch) < 32 for ch in call_id):
+    if any(unicodedata.category(ch) == "Cc" for ch in call_id):  # C0, DEL and C1
         raise _fail("call_id", "must not contain control characters", call_id)
 
     agent, assistant_id = payload.get("agent"), payload.get("assistant_id")

@@ -89,7 +89,7 @@ def test_call_id_too_long() -> None:
     assert "100" in err.reason
 
 
-@pytest.mark.parametrize("bad", ["a\nb", "a\x00b", "tab\there"])
+@pytest.mark.parametrize("bad", ["a\nb", "a\x00b", "tab\there", "del\x7f", "c1\x85x"])
 def test_call_id_control_characters(bad: str) -> None:
     rejects("call_id", bad, call_id=bad)
 

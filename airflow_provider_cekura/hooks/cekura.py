@@ -211,11 +211,10 @@ class CekuraHook(BaseHook):
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
-        data: Mapping[str, Any] | None = None,
-        files: Mapping[str, Any] | None = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
         retry: bool = True,
         on_ambiguous_failure: Any = None,
-        rewind: Any = None,
     ) -> Any:
         """Send one request under the retry policy and return its decoded JSON body.
 
@@ -232,14 +231,13 @@ class CekuraHook(BaseHook):
         timeout = self._settings["timeout"]
         last_error: CekuraAPIError | None = None
         for attempt in range(1, policy.max_attempts + 1):
-            if attempt > 1:
-                if on_ambiguous_failure is not None and last_error is not None and last_error.status != 429:
-                    found = on_ambiguous_failure()
-                    if found is not None:
-                        self.log.info("%s %s took effect before it failed; using the existing result", method, path)
-                        return found
-                if rewind is not None:
-                    rewind()
+            # A 429 was refused before any effect; anything else ambiguous may have taken effect.
+            ambiguous = last_error is not None and last_error.status != 429
+            if attempt > 1 and on_ambiguous_failure is not None and ambiguous:
+                found = on_ambiguous_failure()
+                if found is not None:
+                    self.log.info("%s %s took effect before it failed; using the existing result", method, path)
+                    return found
             self.request_count += 1
             try:
                 # Never follow redirects: requests would resend the X-CEKURA-API-KEY header to any host.
@@ -249,7 +247,7 @@ class CekuraHook(BaseHook):
                     params=params,
                     json=json_body,
                     data=data,
-                    files=files,
+                    headers=headers,
                     timeout=timeout,
                     allow_redirects=False,
                 )
@@ -332,25 +330,17 @@ class CekuraHook(BaseHook):
         if recording is None:
             body = self._request("POST", OBSERVE_PATH, json_body=dict(payload), on_ambiguous_failure=lookup)
         else:
+            from airflow_provider_cekura.hooks._multipart import MultipartBody
             from airflow_provider_cekura.payloads import open_recording
 
             with open_recording(recording, call_id) as (filename, stream):
-                start = stream.tell() if stream.seekable() else None
-
-                def rewind() -> None:
-                    if start is None:
-                        raise CekuraValidationError(
-                            "voice_recording", "stream is not seekable, cannot resend", call_id=call_id
-                        )
-                    stream.seek(start)
-
+                multipart = MultipartBody(multipart_fields(payload), "voice_recording", filename, stream)
                 body = self._request(
                     "POST",
                     OBSERVE_PATH,
-                    data=multipart_fields(payload),
-                    files={"voice_recording": (filename, stream, "application/octet-stream")},
+                    data=multipart,
+                    headers={"Content-Type": multipart.content_type},
                     on_ambiguous_failure=lookup,
-                    rewind=rewind,
                 )
         call_log = self._expect(body, dict, "the created call log")
         if "id" not in call_log:

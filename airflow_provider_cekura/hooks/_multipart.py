@@ -1,0 +1,80 @@
+"""A streaming ``multipart/form-data`` body: the recording is sent in chunks, never held whole in memory.
+
+``requests`` builds ``files=`` uploads in memory (the whole file, then the
+whole body). :class:`MultipartBody` is an iterable with a known length
+instead, so ``requests`` sends it with a ``Content-Length`` chunk by chunk.
+Each iteration starts again from the beginning (seeking the file back), so a
+retried request resends the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import IO
+
+CHUNK_SIZE = 256 * 1024
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+
+
+def _remaining_size(stream: IO[bytes]) -> int | None:
+    try:
+        if not stream.seekable():
+            return None
+        start = stream.tell()
+        try:
+            end = os.fstat(stream.fileno()).st_size
+        except (AttributeError, OSError, ValueError):
+            end = stream.seek(0, os.SEEK_END)
+            stream.seek(start)
+        return max(end - start, 0)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+class MultipartBody:
+    """Form fields plus one streamed file, as a ``multipart/form-data`` request body.
+
+    :param fields: text fields (already flattened: objects as JSON text).
+    :param file_field: form name of the file part.
+    :param filename: file name announced in the part header.
+    :param stream: binary stream positioned at the first byte to send.
+    """
+
+    def __init__(self, fields: Mapping[str, str], file_field: str, filename: str, stream: IO[bytes]) -> None:
+        boundary = uuid.uuid4().hex
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
+            + value.encode("utf-8")
+            + b"\r\n"
+            for name, value in fields.items()
+        ]
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '
+            f'filename="{_quote(filename)}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        )
+        self._head = b"".join(parts)
+        self._tail = f"\r\n--{boundary}--\r\n".encode()
+        self._stream = stream
+        self._start = stream.tell() if stream.seekable() else None
+        self._iterated = False
+        size = _remaining_size(stream)
+        if size is not None:
+            # ``requests`` reads ``len`` to send a Content-Length instead of chunked encoding.
+            self.len = len(self._head) + size + len(self._tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._iterated:
+            if self._start is None:
+                raise OSError("the recording stream is not seekable: it cannot be sent again")
+            self._stream.seek(self._start)
+        self._iterated = True
+        yield self._head
+        while chunk := self._stream.read(CHUNK_SIZE):
+            yield chunk
+        yield self._tail
