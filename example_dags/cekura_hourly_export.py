@@ -2,9 +2,10 @@
 
 Each run exports exactly [data_interval_start, data_interval_end): with ``catchup=True`` the
 scheduler backfills every missed hour, and re-running any hour upserts the same rows (no
-duplicates). The schedule is a ``timedelta`` on purpose: in Airflow 3 a cron string such as
-``"@hourly"`` is a CronTriggerTimetable whose runs have an *empty* data interval; the operator
-then exports since the previous successful run instead (and fails clearly if there is none).
+duplicates). The schedule is an *interval* timetable on purpose: in Airflow 3 a cron string such
+as ``"@hourly"`` or a plain ``timedelta`` is a trigger timetable whose runs have an *empty* data
+interval; the operator then exports since the previous successful run instead (and fails clearly
+if there is none).
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import DAG, DeltaDataIntervalTimetable
 
 from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
 
 with DAG(
     dag_id="cekura_hourly_export",
-    schedule=timedelta(hours=1),
+    schedule=DeltaDataIntervalTimetable(timedelta(hours=1)),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=True,
     max_active_runs=4,

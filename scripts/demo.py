@@ -88,7 +88,8 @@ def main() -> int:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
             "AIRFLOW_CONN_CEKURA_DEFAULT": json.dumps({"conn_type": "cekura", "host": base_url, "password": api_key}),
-            "AIRFLOW_CONN_WAREHOUSE": f"sqlite:///{WAREHOUSE}",
+            # JSON form: sqlite provider 4.3.4 turns the URI form sqlite:////abs/path into an invalid sqlite3 URI.
+            "AIRFLOW_CONN_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)}),
         }
         if not (AIRFLOW_HOME / ".migrated").exists():
             step("creating the Airflow metadata database (first run only)")
