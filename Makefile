@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export UV_FROZEN := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test lint bench postgres-start postgres-stop clean
+.PHONY: setup demo test lint bench reliability postgres-start postgres-stop clean
 
 setup:  ## create .venv from the committed uv.lock (installs uv with pip if missing)
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -22,6 +22,9 @@ test: setup  ## ruff, mypy, and the whole pytest suite against the emulator, SQL
 
 bench: setup  ## benchmarks (ratios measured side by side), results in benchmarks/results.md
 	@bash scripts/with_postgres.sh uv run --frozen python -m benchmarks.run
+
+reliability: setup  ## fault scenarios (observe -> wait -> export to Postgres), figures in docs/reliability.md
+	@bash scripts/with_postgres.sh uv run --frozen python scripts/reliability_report.py
 
 postgres-start:
 	@scripts/postgres.sh start
