@@ -12,7 +12,7 @@ from typing import Any
 
 import pendulum
 import pytest
-from conftest import DAGS_DIR, ROOT, TEST_API_KEY, load_dag
+from conftest import DAGS_DIR, ROOT, load_dag
 
 EXAMPLES = ROOT / "example_dags"
 SAMPLE = EXAMPLES / "data" / "sample_calls.jsonl"
@@ -180,10 +180,3 @@ def test_hourly_export_exports_exactly_its_interval(emulator: Any, warehouse: An
     exported = sorted(r[0] for r in warehouse("SELECT call_id FROM cekura_call_logs"))
     assert exported == sorted(hour)
     assert _xcom(run, "export") == len(hour)
-
-
-def test_demo_key_never_in_example_dag_sources() -> None:
-    for path in EXAMPLES.glob("*.py"):
-        text = path.read_text()
-        assert TEST_API_KEY not in text
-        assert "password" not in text.lower()
