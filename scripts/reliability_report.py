@@ -25,6 +25,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(ROOT))
 
+from scripts.readme_sections import replace_section  # noqa: E402
 from tests.reliability_scenarios import (  # noqa: E402  (Airflow reads its environment at import)
     EXTRAS,
     N_CALLS,
@@ -34,6 +35,12 @@ from tests.reliability_scenarios import (  # noqa: E402  (Airflow reads its envi
 )
 
 API_KEY = "reliability-report-key"
+
+
+def _readme_body(report: str) -> str:
+    """The README's copy: the report without its own heading, linking to the full text."""
+    body = report.split("\n", 1)[1] if report.startswith("## ") else report
+    return body.strip() + "\n\nFull report: [docs/reliability.md](docs/reliability.md)."
 
 
 def _faults(outcome: Outcome) -> str:
@@ -107,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>10}: {outcome.requests} requests, {_faults(outcome)} faults, {outcome.summary()}", flush=True)
         outcomes.append(outcome)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(outcomes, args.calls))
+    report = render(outcomes, args.calls)
+    args.output.write_text(report)
     print(f"wrote {args.output}")
+    if args.output == ROOT / "docs" / "reliability.md" and replace_section("reliability", _readme_body(report)):
+        print("updated the Reliability section of README.md")
     return 0 if all(o.ok for o in outcomes) else 1
 
 
