@@ -19,7 +19,7 @@ import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.common import ROOT, Section, machine, quiet_logs, setup_airflow_env
+from benchmarks.common import INFO, ROOT, Section, machine, quiet_logs, setup_airflow_env
 
 BENCHMARKS = ("export", "waiting", "ingest", "imports")
 RESULTS = ROOT / "benchmarks" / "results.md"
@@ -60,7 +60,7 @@ def render(sections: list[Section], *, smoke: bool, total: float) -> str:
     ]
     for section in sections:
         for row in section.rows:
-            if row.goal:
+            if row.goal and row.status != INFO:
                 lines.append(f"| {section.title.split(' — ')[0]} | {row.metric} | {row.measured} | {row.goal} | "
                              f"{row.status} |")  # fmt: skip
     lines.append("")

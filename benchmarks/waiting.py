@@ -124,8 +124,9 @@ def requests_per_wait(section: Section, *, smoke: bool) -> None:
         f"{per_poll} / {count} ({count / per_poll:.0f}x)",
     )
     section.notes.append(
-        f"Part 1: poll interval {interval:g} s for both; evaluations finish {delay:g} s after seeding, "
-        f"seeded in {batches} batches {gap:g} s apart; the hook's default page size (100 ids per list request). "
+        f"Part 1: poll interval {interval:g} s for both; each call log finishes evaluating {delay:g} s after it "
+        f"was seeded, in {batches} batches {gap:g} s apart (the wait starts once all are seeded); the hook's "
+        "default page size (100 ids per list request). "
         "The per-id poller stops polling ids that are done; its rounds take longer than the interval when "
         "they hold more requests than fit in it, which only lowers its count."
     )
@@ -237,7 +238,8 @@ def triggerer_health(section: Section, *, smoke: bool) -> None:
         f"request answered after {latency * 1000:.0f} ms (`add_fault('latency')`), evaluations finish "
         f"{delay:g} s after the start; the ticker sleeps 10 ms at a time and records how late it wakes up. "
         f"The trigger polls in `asyncio.to_thread`, i.e. the loop's default executor: min(32, CPUs + 4) = "
-        f"{default_threads} threads here."
+        f"{default_threads} threads here. The lag depends on what else the machine runs: compare with the "
+        "noise floor (the ticker alone, measured just before)."
     )
     if not smoke:
         section.notes.append(
