@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import sqlite3
@@ -139,6 +140,9 @@ def report(returncode: int, leaked: bool, elapsed: float, log_path: Path) -> boo
         ids = xcom("observe")
         if isinstance(ids, list):
             print(f"  call logs ingested: {len(ids)} (ids {min(ids)}..{max(ids)})")
+            existing = re.search(r"(\d+) of (\d+) call\(s\) already exist", log_path.read_text())
+            if existing:
+                print(f"    {existing.group(1)} of them were already in Cekura (an earlier demo run): not sent again")
         quality = xcom("quality_summary")
         if isinstance(quality, dict):
             print(
