@@ -383,6 +383,17 @@ def _recording_name(source: Any) -> str:
     return os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "recording"
 
 
+def _resolve_recording(source: RecordingSource) -> RecordingSource:
+    """A ``file://`` URL becomes a local path, another URL (s3://, gs://, ...) an ``ObjectStoragePath``."""
+    if isinstance(source, str) and source.startswith("file://"):
+        return source[len("file://") :]
+    if isinstance(source, str) and "://" in source:
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(source)
+    return source
+
+
 def check_recording(source: RecordingSource, call_id: str | None = None) -> None:
     """Fail before any request if ``source`` is not a readable recording."""
     if source is None:
@@ -391,12 +402,7 @@ def check_recording(source: RecordingSource, call_id: str | None = None) -> None
         if getattr(source, "closed", False):
             raise _fail("voice_recording", "file object is closed", call_id)
         return
-    if isinstance(source, str) and "://" in source and not source.startswith("file://"):
-        from airflow.sdk import ObjectStoragePath
-
-        source = ObjectStoragePath(source)
-    if isinstance(source, str) and source.startswith("file://"):
-        source = source[len("file://") :]
+    source = _resolve_recording(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
@@ -424,12 +430,7 @@ def open_recording(source: RecordingSource, call_id: str | None = None) -> Itera
     if hasattr(source, "read"):
         yield _recording_name(source), source
         return
-    if isinstance(source, str) and "://" in source and not source.startswith("file://"):
-        from airflow.sdk import ObjectStoragePath
-
-        source = ObjectStoragePath(source)
-    if isinstance(source, str) and source.startswith("file://"):
-        source = source[len("file://") :]
+    source = _resolve_recording(source)
     if isinstance(source, (str, os.PathLike)):
         with open(os.fspath(source), "rb") as stream:
             yield _recording_name(source), stream
