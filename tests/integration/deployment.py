@@ -54,6 +54,14 @@ class DeploymentError(AssertionError):
     """A wait timed out or a component died; the message carries the tails of the process logs."""
 
 
+class ApiError(AssertionError):
+    """A REST API answer with an unexpected status; ``wait_for`` retries those >= 500 (transient)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def free_port() -> int:
     """A free TCP port on loopback (bound and released: good enough for a test)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -91,8 +99,10 @@ class AirflowDeployment:
         self.emulator_url = ""
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self._created_dbs: list[str] = []
+        self.transient_errors: list[str] = []
+        """Errors a wait retried (5xx answers, refused connections): shown with the diagnostics."""
         self._fernet_key = _fernet_key()
-        self._jwt_secret = secrets.token_urlsafe(32)
+        self._jwt_secret = secrets.token_urlsafe(64)  # >= 64 bytes: HS512 warns below
         self._secret_key = secrets.token_urlsafe(32)
         self.http = requests.Session()
         self.http.trust_env = False  # loopback only: never through a proxy from the environment
@@ -328,8 +338,14 @@ class AirflowDeployment:
                     return value
             except DeploymentError:
                 raise
+            except ApiError as err:
+                if err.status < 500:
+                    raise
+                last_error = err
+                self.transient_errors.append(str(err)[:500])
             except (requests.RequestException, ValueError) as err:
                 last_error = err
+                self.transient_errors.append(repr(err)[:500])
             if time.monotonic() > deadline:
                 detail = f" (last error: {last_error!r})" if last_error else ""
                 raise DeploymentError(f"timed out after {timeout}s waiting for {what}{detail}{self.diagnostics()}")
@@ -342,6 +358,9 @@ class AirflowDeployment:
     def diagnostics(self, names: list[str] | None = None, lines: int = 40) -> str:
         """The last lines of each process log, for failure messages."""
         out = []
+        if self.transient_errors:
+            shown = self.transient_errors[-10:]
+            out.append(f"\n----- errors retried while waiting (last {len(shown)}) -----\n" + "\n".join(shown))
         for path in sorted(self.logs.glob("*.log")):
             if names and path.stem not in names:
                 continue
@@ -357,7 +376,7 @@ class AirflowDeployment:
         response = self.http.request(method, f"{self.api_url}/api/v2{path}", **kwargs)
         expected = (expect,) if isinstance(expect, int) else expect
         if response.status_code not in expected:
-            raise AssertionError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
+            raise ApiError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}", response.status_code)
         return response.json() if response.content else None
 
     def dag_run(self, dag_id: str, run_id: str) -> dict[str, Any]:

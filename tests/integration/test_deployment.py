@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from .deployment import DASHBOARD_URL, DEPLOY_API_KEY, EXAMPLE_DAGS, AirflowDeployment
 
@@ -97,7 +96,7 @@ def warehouse_counts(d: AirflowDeployment) -> tuple[int, int, int, int]:
 
 def emulator_call_log_count(d: AirflowDeployment, day: str = SAMPLE_DAY) -> int:
     """Call logs the Cekura endpoint holds for ``day`` (observe must never have created duplicates)."""
-    response = requests.get(
+    response = d.http.get(
         f"{d.emulator_url}/observability/v1/call-logs/",
         params={"timestamp_from": f"{day}T00:00:00Z", "timestamp_to": f"{day}T23:59:59Z", "page_size": 1},
         headers={"X-CEKURA-API-KEY": DEPLOY_API_KEY},
@@ -166,7 +165,7 @@ def test_ingest_then_evaluate_on_a_real_deployment(airflow_deployment: AirflowDe
     assert isinstance(ids, list) and len(ids) == 50, ids
     links = d.api("GET", f"/dags/{DAG_ID}/dagRuns/{FIRST_RUN}/taskInstances/observe/links")
     assert links["extra_links"] == {"Cekura call log": f"{DASHBOARD_URL}/observability/call-logs/{ids[0]}"}
-    first = requests.get(
+    first = d.http.get(
         f"{d.emulator_url}/observability/v1/call-logs/{ids[0]}/",
         headers={"X-CEKURA-API-KEY": DEPLOY_API_KEY},
         timeout=10,
