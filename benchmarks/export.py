@@ -32,8 +32,26 @@ from benchmarks.common import ROOT, Section, median, minimal_context
 CEKURA_CONN = "cekura_bench_export"
 PG_CONN = "bench_pg"
 SQLITE_CONN = "bench_sqlite"
-TABLE = "bench_call_logs"
-NAIVE_TABLE = "bench_call_logs_naive"
+PG_SCHEMA = "cekura_bench"
+"""A private schema on Postgres: the test database may be shared with test suites that reset ``public``."""
+TABLE_NAME = "bench_call_logs"
+NAIVE_NAME = "bench_call_logs_naive"
+NAIVE_TABLE = f"{PG_SCHEMA}.{NAIVE_NAME}"
+
+
+def _table(conn_id: str) -> str:
+    return f"{PG_SCHEMA}.{TABLE_NAME}" if conn_id == PG_CONN else TABLE_NAME
+
+
+def _ensure_schema(conn_id: str) -> None:
+    if conn_id == PG_CONN:
+        _sql_hook(conn_id).run(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
+
+
+def _drop_schema() -> None:
+    _sql_hook(PG_CONN).run(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+
+
 PAGE_SIZE = 1000
 START = datetime(2026, 1, 1, tzinfo=UTC)
 GOAL_PIPELINE = 1.25
@@ -47,13 +65,13 @@ def _transfer_class() -> Any:
     return CekuraCallLogsToSqlOperator
 
 
-def _operator(sql_conn_id: str, count: int, table: str = TABLE, **extra: Any) -> Any:
+def _operator(sql_conn_id: str, count: int, **extra: Any) -> Any:
     window_end = START + timedelta(hours=24)
     return _transfer_class()(
         task_id=f"export_{sql_conn_id}",
         cekura_conn_id=CEKURA_CONN,
         sql_conn_id=sql_conn_id,
-        table=table,
+        table=_table(sql_conn_id),
         timestamp_from=START.isoformat(),
         timestamp_to=window_end.isoformat(),
         page_size=PAGE_SIZE,
@@ -130,7 +148,7 @@ def load_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int) -> fl
         def close(self) -> None:
             return None
 
-    _drop(conn_id, TABLE)
+    _drop(conn_id, _table(conn_id))
     operator.__dict__["hook"] = _PagesOnly()
     started = time.perf_counter()
     operator.execute(minimal_context())
@@ -138,14 +156,14 @@ def load_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int) -> fl
 
 
 def export(conn_id: str, count: int) -> float:
-    _drop(conn_id, TABLE)
+    _drop(conn_id, _table(conn_id))
     operator = _operator(conn_id, count)
     started = time.perf_counter()
     operator.execute(minimal_context())
     elapsed = time.perf_counter() - started
-    rows = _count(conn_id, TABLE)
+    rows = _count(conn_id, _table(conn_id))
     if rows != count:
-        raise RuntimeError(f"export wrote {rows} rows into {TABLE}, expected {count}")
+        raise RuntimeError(f"export wrote {rows} rows into {_table(conn_id)}, expected {count}")
     return elapsed
 
 
@@ -176,12 +194,13 @@ def naive_postgres(count: int) -> float:
 def _naive_prepare() -> tuple[Any, list[str], str]:
     hook = _sql_hook(PG_CONN)
     _drop(PG_CONN, NAIVE_TABLE)
-    hook.run(f"CREATE TABLE {NAIVE_TABLE} (LIKE {TABLE} INCLUDING ALL)")
+    hook.run(f"CREATE TABLE {NAIVE_TABLE} (LIKE {_table(PG_CONN)} INCLUDING ALL)")
     columns = [
         r[0]
         for r in hook.get_records(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = %s ORDER BY ordinal_position",
-            parameters=(NAIVE_TABLE,),
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+            "ORDER BY ordinal_position",
+            parameters=(PG_SCHEMA, NAIVE_NAME),
         )
     ]
     return hook, columns, "id" if "id" in columns else columns[0]
@@ -223,12 +242,12 @@ def _memory_child(conn_id: str, count: int, hours: float) -> None:
 
     quiet_logs()
     window_end = START + timedelta(hours=hours)
-    _drop(conn_id, TABLE)
+    _drop(conn_id, _table(conn_id))
     operator = _transfer_class()(
         task_id="export_memory",
         cekura_conn_id=CEKURA_CONN,
         sql_conn_id=conn_id,
-        table=TABLE,
+        table=_table(conn_id),
         timestamp_from=START.isoformat(),
         timestamp_to=window_end.isoformat(),
         page_size=PAGE_SIZE,
@@ -248,7 +267,7 @@ def _memory_child(conn_id: str, count: int, hours: float) -> None:
     elapsed = time.perf_counter() - started
     done.set()
     sampler.join()
-    rows = _count(conn_id, TABLE)
+    rows = _count(conn_id, _table(conn_id))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(
@@ -297,7 +316,8 @@ def _warm_up(databases: list[tuple[str, str]]) -> None:
     finally:
         hook.close()
     for _, conn in databases:
-        _drop(conn, TABLE)
+        _ensure_schema(conn)
+        _drop(conn, _table(conn))
 
 
 def _interleaved(repeats: int, steps: dict[str, Callable[[], float]]) -> dict[str, float]:
@@ -407,9 +427,18 @@ def run(*, smoke: bool = False) -> Section:
                     "(fetch + naive write) / fetch. The write paths alone are compared in the row above."
                 )
     if available:
-        memory(
-            section, small, large, PG_CONN if pg_uri else SQLITE_CONN, "Postgres" if pg_uri else "SQLite", smoke=smoke
-        )
+        try:
+            memory(
+                section,
+                small,
+                large,
+                PG_CONN if pg_uri else SQLITE_CONN,
+                "Postgres" if pg_uri else "SQLite",
+                smoke=smoke,
+            )
+        finally:
+            if pg_uri:
+                _drop_schema()
     section.seconds = time.perf_counter() - started
     return section
 
@@ -419,6 +448,7 @@ def memory(section: Section, small: int, large: int, conn_id: str, db_name: str,
     each in a fresh process (after one unmeasured run that fills a bytecode cache). A smoke run exports only
     the small share, once."""
     cache = tempfile.mkdtemp(prefix="cekura-bench-pycache-")
+    _ensure_schema(conn_id)
     with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
         os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
         emulator.seed(large, start=START, end=START + timedelta(hours=24))
