@@ -5,7 +5,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 data="$here/.pgdata"
-port="${CEKURA_PG_PORT:-55432}"
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
 
 find_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
@@ -27,6 +29,9 @@ case "${1:-}" in
     if [ -f "$data/db/postmaster.pid" ] && as_pg "$bin/pg_ctl" -D "$data/db" status >/dev/null 2>&1; then
       cat "$data/uri"; exit 0
     fi
+    port="${CEKURA_PG_PORT:-55432}"
+    # Another checkout's test server (or anything else) may hold the port: take a free one then.
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then port="$(free_port)"; fi
     rm -rf "$data"; mkdir -p "$data"
     [ "$(id -u)" = 0 ] && chown postgres "$data"
     as_pg "$bin/initdb" -D "$data/db" -U postgres -A trust --no-sync >/dev/null
