@@ -97,7 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     print(f"results written to {output}", flush=True)
+    if output == RESULTS and names == list(BENCHMARKS):
+        from scripts.readme_sections import replace_section
+
+        if replace_section("benchmarks", readme_summary(text)):
+            print("updated the Benchmarks section of README.md", flush=True)
     return 0 if ok else 1
+
+
+def readme_summary(results: str) -> str:
+    """The README's copy of a full run: its date line and the summary of goals, linking to the rest."""
+    lines = results.splitlines()
+    run_line = next((line for line in lines if line.startswith("Run on ")), "")
+    start = lines.index("## Summary of goals") + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return "\n".join(
+        [run_line, "", *lines[start:end], "", "Every figure, with the method and the machine: "
+         "[benchmarks/results.md](benchmarks/results.md); what they mean: [docs/benchmarks.md](docs/benchmarks.md)."]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
