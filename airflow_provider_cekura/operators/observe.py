@@ -244,40 +244,45 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
         from concurrent.futures import ThreadPoolExecutor
 
         from airflow_provider_cekura.exceptions import CekuraAuthError
+        from airflow_provider_cekura.hooks.cekura import LOOKUP_CHUNK
 
         hook = self.hook
         call_ids = [payload["call_id"] for payload, _ in batch]
-        existing = hook.find_call_logs(call_ids) if call_ids else {}
-        ids: list[int | None] = [int(existing[cid]["id"]) if cid in existing else None for cid in call_ids]
-        todo = [index for index, cid in enumerate(call_ids) if cid not in existing]
-        if existing:
-            self.log.info(
-                "%d of %d call(s) already exist in Cekura (a retry or re-run); not sending them again",
-                len(existing),
-                len(call_ids),
-            )
-        failures: dict[str, Exception] = {}
-        if not todo:
-            return ids, failures
-        stop = threading.Event()
-
-        def send(index: int) -> None:
-            payload, recording = batch[index]
-            if stop.is_set():
-                failures[payload["call_id"]] = CekuraConfigurationError("not sent: an earlier call was refused")
-                return
-            try:
-                call_log = hook.observe(payload, recording)
-                ids[index] = int(call_log["id"])
-            except Exception as err:
-                if isinstance(err, (CekuraAuthError, CekuraConfigurationError)):
-                    stop.set()
-                failures[payload["call_id"]] = err
-
-        started = time.monotonic()
-        workers = min(self.max_concurrency, len(todo))
-        self.log.info("Sending %d call(s) to Cekura, %d at a time", len(todo), workers)
+        workers = max(1, min(self.max_concurrency, len(call_ids)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cekura-observe") as pool:
+            # The existence check runs in the same pool: one list request per 50 call_ids, concurrently.
+            existing: dict[str, dict[str, Any]] = {}
+            chunks = [call_ids[i : i + LOOKUP_CHUNK] for i in range(0, len(call_ids), LOOKUP_CHUNK)]
+            for found in pool.map(hook.find_call_logs, chunks):
+                existing.update(found)
+            ids: list[int | None] = [int(existing[cid]["id"]) if cid in existing else None for cid in call_ids]
+            todo = [index for index, cid in enumerate(call_ids) if cid not in existing]
+            if existing:
+                self.log.info(
+                    "%d of %d call(s) already exist in Cekura (a retry or re-run); not sending them again",
+                    len(existing),
+                    len(call_ids),
+                )
+            failures: dict[str, Exception] = {}
+            if not todo:
+                return ids, failures
+            stop = threading.Event()
+
+            def send(index: int) -> None:
+                payload, recording = batch[index]
+                if stop.is_set():
+                    failures[payload["call_id"]] = CekuraConfigurationError("not sent: an earlier call was refused")
+                    return
+                try:
+                    call_log = hook.observe(payload, recording)
+                    ids[index] = int(call_log["id"])
+                except Exception as err:
+                    if isinstance(err, (CekuraAuthError, CekuraConfigurationError)):
+                        stop.set()
+                    failures[payload["call_id"]] = err
+
+            started = time.monotonic()
+            self.log.info("Sending %d call(s) to Cekura, %d at a time", len(todo), min(workers, len(todo)))
             for future in [pool.submit(send, index) for index in todo]:
                 future.result()
         elapsed = time.monotonic() - started
