@@ -14,12 +14,13 @@ import json
 import os
 import re
 import secrets
-import signal
 import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from airflow_provider_cekura.testing.process import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
@@ -33,32 +34,6 @@ LOGICAL_DATE = "2026-11-02"  # ingests the day before: 2026-11-01, the day of th
 
 def step(message: str) -> None:
     print(f"==> {message}", flush=True)
-
-
-def start_emulator(api_key: str) -> tuple[subprocess.Popen[bytes], int]:
-    port_file = DEMO / "emulator.port"
-    port_file.unlink(missing_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "airflow_provider_cekura.testing",
-        "--port",
-        "0",
-        "--port-file",
-        str(port_file),
-        "--state-file",
-        str(STATE),
-        "--evaluation-delay",
-        "3",
-    ]
-    env = {**os.environ, "CEKURA_EMULATOR_API_KEY": api_key}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not port_file.exists() or not port_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the emulator did not start: {process.stderr.read().decode() if process.stderr else ''}")
-        time.sleep(0.05)
-    return process, int(port_file.read_text())
 
 
 def airflow(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -78,9 +53,9 @@ def main() -> int:
     api_key = KEY_FILE.read_text().strip()
 
     step("starting the Cekura emulator")
-    emulator, port = start_emulator(api_key)
+    emulator = EmulatorProcess(api_key, evaluation_delay=3, state_file=STATE)
+    base_url = emulator.start()
     try:
-        base_url = f"http://127.0.0.1:{port}"
         print(f"    listening on {base_url}")
         env = {
             **os.environ,
@@ -88,7 +63,7 @@ def main() -> int:
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
-            "AIRFLOW_CONN_CEKURA_DEFAULT": json.dumps({"conn_type": "cekura", "host": base_url, "password": api_key}),
+            "AIRFLOW_CONN_CEKURA_DEFAULT": emulator.connection_json(),
             # JSON form: sqlite provider 4.3.4 turns the URI form sqlite:////abs/path into an invalid sqlite3 URI.
             "AIRFLOW_CONN_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)}),
         }
@@ -106,8 +81,7 @@ def main() -> int:
         result = airflow("dags", "test", DAG_ID, LOGICAL_DATE, env=env, log=log_path)
     finally:
         step("stopping the emulator")
-        emulator.send_signal(signal.SIGTERM)
-        emulator.wait(timeout=30)
+        emulator.stop()
 
     output = log_path.read_text()
     leaked = api_key in output

@@ -12,6 +12,7 @@ import pytest
 from conftest import TEST_API_KEY
 
 from airflow_provider_cekura.hooks._multipart import MultipartBody
+from airflow_provider_cekura.testing.process import EmulatorProcess
 
 
 def test_body_is_valid_multipart_and_restartable(tmp_path: Path) -> None:
@@ -57,27 +58,12 @@ def test_unseekable_stream_is_sent_once_then_refused() -> None:
 
 def test_upload_memory_stays_far_below_the_file_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The emulator runs in its own process here, so tracemalloc sees only the client's memory."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import time
-
     from airflow_provider_cekura.hooks.cekura import CekuraHook
 
-    port_file = tmp_path / "port"
-    server = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0", "--port-file", str(port_file)],
-        env={**os.environ, "CEKURA_EMULATOR_API_KEY": TEST_API_KEY},
-        stdout=subprocess.DEVNULL,
-    )
+    server = EmulatorProcess(TEST_API_KEY)
+    server.start()
     try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert time.monotonic() < deadline and server.poll() is None, "emulator did not start"
-            time.sleep(0.05)
-        conn = {"conn_type": "cekura", "host": f"http://127.0.0.1:{port_file.read_text()}", "password": TEST_API_KEY}
-        monkeypatch.setenv("AIRFLOW_CONN_CEKURA_DEFAULT", json.dumps(conn))
+        monkeypatch.setenv("AIRFLOW_CONN_CEKURA_DEFAULT", server.connection_json())
         size = 24 * 1024 * 1024
         recording = tmp_path / "big.wav"
         with recording.open("wb") as handle:
@@ -96,8 +82,7 @@ def test_upload_memory_stays_far_below_the_file_size(tmp_path: Path, monkeypatch
         # requests' own files= upload would hold the file twice (~48 MiB); streaming holds a few chunks.
         assert peak < size / 8, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB recording"
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()
 
 
 def test_upload_retried_after_a_dropped_connection_resends_the_same_bytes(emulator: Any, tmp_path: Path) -> None:

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
+from airflow_provider_cekura.testing.process import EmulatorProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_DAGS = ROOT / "example_dags"
 
@@ -216,28 +218,16 @@ class AirflowDeployment:
         return process
 
     def start_emulator(self) -> None:
-        port_file = self.workdir / "emulator.port"
-        command = [
-            sys.executable,
-            "-m",
-            "airflow_provider_cekura.testing",
-            "--port",
-            "0",
-            "--port-file",
-            str(port_file),
-            "--evaluation-delay",
-            str(EVALUATION_DELAY),
-        ]
-        env = {**os.environ, "CEKURA_EMULATOR_API_KEY": DEPLOY_API_KEY}
-        process = self._spawn("emulator", command, env)
-
-        def port() -> int | None:
-            if process.poll() is not None:
-                raise DeploymentError(f"the emulator exited with {process.returncode}{self.diagnostics()}")
-            text = port_file.read_text().strip() if port_file.exists() else ""
-            return int(text) if text else None
-
-        self.emulator_url = f"http://127.0.0.1:{self.wait_for(port, 30, 'the emulator to listen')}"
+        emulator = EmulatorProcess(DEPLOY_API_KEY, evaluation_delay=EVALUATION_DELAY, new_session=True)
+        with open(self.logs / "emulator.log", "ab") as log:
+            emulator.stdout = log
+            try:
+                self.emulator_url = emulator.start(timeout=30)
+            except RuntimeError as err:
+                raise DeploymentError(f"{err}{self.diagnostics()}") from None
+            finally:
+                if emulator.process is not None:
+                    self.processes["emulator"] = emulator.process
 
     def airflow(self, *args: str, timeout: float) -> None:
         """Run one ``airflow`` CLI command to completion (output appended to its log file)."""

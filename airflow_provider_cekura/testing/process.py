@@ -1,0 +1,106 @@
+"""The emulator in a process of its own, for tests and demos that run Airflow in other processes.
+
+Example::
+
+    from airflow_provider_cekura.testing.process import EmulatorProcess
+
+    with EmulatorProcess(api_key="test-key", evaluation_delay=3) as emulator:
+        os.environ["AIRFLOW_CONN_CEKURA_DEFAULT"] = emulator.connection_json()
+        ...  # run `airflow dags test ...`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+
+class EmulatorProcess:
+    """Run ``python -m airflow_provider_cekura.testing`` on a free loopback port.
+
+    The API key travels in the child's environment (``CEKURA_EMULATOR_API_KEY``), not on its
+    command line. :meth:`stop` sends SIGTERM, so a ``state_file`` is saved on the way out.
+
+    :param api_key: the key clients must send.
+    :param evaluation_delay: seconds a call log stays ``evaluating``.
+    :param state_file: load call logs from it at start, save them at stop.
+    :param stdout: where the child's output goes (default: discarded).
+    :param new_session: start the child in its own process group.
+    """
+
+    def __init__(
+        self,
+        api_key: str,
+        *,
+        evaluation_delay: float = 1.0,
+        state_file: str | Path | None = None,
+        stdout: IO[Any] | int = subprocess.DEVNULL,
+        new_session: bool = False,
+    ) -> None:
+        self.api_key = api_key
+        self.evaluation_delay = evaluation_delay
+        self.state_file = state_file
+        self.stdout = stdout
+        self.new_session = new_session
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError("emulator process not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def connection_json(self) -> str:
+        """An ``AIRFLOW_CONN_*`` value pointing at this emulator."""
+        return json.dumps({"conn_type": "cekura", "host": self.base_url, "password": self.api_key})
+
+    def start(self, timeout: float = 30.0) -> str:
+        """Start the child and wait until it listens; returns the base URL."""
+        port_file = Path(tempfile.mkdtemp(prefix="cekura-emulator-")) / "port"
+        command = [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0"]
+        command += ["--port-file", str(port_file), "--evaluation-delay", str(self.evaluation_delay)]
+        if self.state_file is not None:
+            command += ["--state-file", str(self.state_file)]
+        self.process = subprocess.Popen(
+            command,
+            env={**os.environ, "CEKURA_EMULATOR_API_KEY": self.api_key},
+            stdin=subprocess.DEVNULL,
+            stdout=self.stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
+        )
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the emulator exited with {self.process.returncode} before listening")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the emulator did not listen within {timeout:.0f}s")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        return self.base_url
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM (the state file is saved), then SIGKILL if it lingers. Idempotent."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=timeout)
+
+    def __enter__(self) -> EmulatorProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
