@@ -33,6 +33,8 @@ DAGS_DIR.mkdir(parents=True, exist_ok=True)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_DIR)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME}/airflow.db"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+# The OpenLineage provider is a dev dependency (its facets are tested directly); no listener in DAG runs.
+os.environ.setdefault("AIRFLOW__OPENLINEAGE__DISABLED", "True")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 sys.path.insert(0, str(ROOT))
 

@@ -645,3 +645,15 @@ def test_body_cut_short_is_a_transport_error(monkeypatch: pytest.MonkeyPatch) ->
         with pytest.raises(CekuraTransportError):
             CekuraHook().get_call_log(1)
     assert len(server.hits) == 3
+
+
+def test_list_results_without_an_id_are_skipped_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    results = [ROW, {"call_id": "no-id"}, "junk"]
+    with _server(lambda h: h.page(results, None)) as url:
+        use_connection(monkeypatch, url, max_attempts=1)
+        found = list(CekuraHook().iter_call_logs(timestamp_from=T0, timestamp_to=T0 + timedelta(days=1)))
+    assert [c["id"] for c in found] == [1]
+    captured = capfd.readouterr()
+    assert "Skipped 2 list result(s) without a call log id" in captured.out + captured.err

@@ -512,6 +512,8 @@ class CekuraHook(BaseHook):
                 if not isinstance(results, list):
                     raise CekuraResponseError("Cekura's call log page has no 'results' list")
                 rows = [normalize_call_log(r) for r in results if isinstance(r, dict) and "id" in r]
+                if len(rows) < len(results):
+                    self.log.warning("Skipped %d list result(s) without a call log id", len(results) - len(rows))
                 if window is not None:
                     rows = [r for r in rows if _before(r, window[1])]
                 next_url = page.get("next")
