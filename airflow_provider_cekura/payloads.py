@@ -162,13 +162,19 @@ def normalize_metric_ids(value: Any, call_id: str | None = None) -> str | None:
     return ",".join(ids)
 
 
-def normalize_timestamp(value: Any, call_id: str | None = None, field: str = "timestamp") -> str | None:
-    """A datetime (naive = UTC) or ISO 8601 string → ISO 8601 string with an offset."""
-    if value is None or value == "":
+def parse_timestamp(value: Any, field: str = "timestamp", call_id: str | None = None) -> datetime | None:
+    """The one timestamp parser: a datetime or date (naive means UTC) or ISO 8601 text → an aware datetime.
+
+    ``None``, blank text and the text ``"None"`` (what a template renders for a missing value) give ``None``.
+    """
+    if value is None:
         return None
     if isinstance(value, str):
+        text = value.strip()
+        if not text or text == "None":
+            return None
         try:
-            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise _fail(field, f"is not an ISO 8601 date-time: {_show(value)}", call_id) from None
     elif isinstance(value, datetime):
@@ -177,9 +183,13 @@ def normalize_timestamp(value: Any, call_id: str | None = None, field: str = "ti
         parsed = datetime(value.year, value.month, value.day)
     else:
         raise _fail(field, f"must be a datetime or ISO 8601 string, got {type(value).__name__}", call_id)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.isoformat().replace("+00:00", "Z")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def normalize_timestamp(value: Any, call_id: str | None = None, field: str = "timestamp") -> str | None:
+    """A datetime (naive = UTC) or ISO 8601 string → ISO 8601 text with an offset (``Z`` for UTC)."""
+    parsed = parse_timestamp(value, field, call_id)
+    return None if parsed is None else parsed.isoformat().replace("+00:00", "Z")
 
 
 def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from airflow_provider_cekura.exceptions import (
     CekuraValidationError,
 )
 from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
-from airflow_provider_cekura.payloads import multipart_fields, normalize_timestamp
+from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
 from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
 
 if TYPE_CHECKING:
@@ -51,10 +51,10 @@ def _is_loopback(host: str) -> bool:
 
 
 def _to_datetime(value: datetime | str, name: str) -> datetime:
-    text = normalize_timestamp(value, field=name)
-    if text is None:
+    parsed = parse_timestamp(value, name)
+    if parsed is None:
         raise CekuraValidationError(name, "must not be empty")
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed
 
 
 def _iso(value: datetime) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.payloads import parse_timestamp
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -25,23 +26,6 @@ IDS_PER_REQUEST = 100
 
 def _templated(value: Any) -> bool:
     return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
-def parse_timestamp(value: Any, field: str) -> datetime | None:
-    """A timezone-aware datetime from a datetime or ISO 8601 text (naive means UTC); blank or ``"None"`` is None."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        text = str(value).strip()
-        if not text or text == "None":
-            return None
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise CekuraValidationError(field, f"is not an ISO 8601 timestamp: {text[:60]!r}") from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _unwrap(value: Any) -> Any:
