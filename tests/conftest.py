@@ -14,6 +14,7 @@ import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +118,25 @@ def postgres_uri() -> str:
             pytest.fail("CEKURA_TEST_POSTGRES_URI is not set: run the suite with `make test`")
         pytest.skip("no Postgres: run with `make test` (or scripts/with_postgres.sh pytest ...)")
     return uri
+
+
+# ------------------------------------------------------------------ DAG run inspection (shared by tests)
+
+
+def errors(logs: str) -> list[str]:
+    """The log lines that explain a failed task (for assertion messages)."""
+    return [line[:500] for line in logs.splitlines() if "Error" in line or "Traceback" in line][:10]
+
+
+def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any]]:
+    """``({(task_id, map_index): state}, {(task_id, map_index, key): value})`` of a finished DagRun."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+        states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in tis}
+        rows = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+        xcoms = {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
+    return states, xcoms

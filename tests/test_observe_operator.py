@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
+from conftest import ROOT, TEST_API_KEY, errors, run_state  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
@@ -26,25 +26,6 @@ TRANSCRIPT = [
 ]
 DASHBOARD = "https://dashboard.cekura.ai/observability/call-logs/"
 LINK_XCOM_KEY = "_link_CekuraCallLogLink"
-
-
-def errors(logs: str) -> list[str]:
-    """The log lines that explain a failed task (for assertion messages)."""
-    return [line[:500] for line in logs.splitlines() if "Error" in line or "Traceback" in line][:10]
-
-
-def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any]]:
-    """``({(task_id, map_index): state}, {(task_id, map_index, key): value})`` of a finished DagRun."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in tis}
-        rows = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        xcoms = {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
-    return states, xcoms
 
 
 def captured(capfd: Any, caplog: Any) -> str:

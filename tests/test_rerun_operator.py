@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
+from conftest import TEST_API_KEY, errors, run_state  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
@@ -15,24 +15,6 @@ from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvalua
 
 DASHBOARD = "https://dashboard.cekura.ai/observability/call-logs/"
 RERUN_PATH = "/rerun_evaluation/"
-
-
-def errors(logs: str) -> list[str]:
-    """The log lines that explain a failed task (for assertion messages)."""
-    return [line[:500] for line in logs.splitlines() if "Error" in line or "Traceback" in line][:10]
-
-
-def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any]]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in tis}
-        rows = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        xcoms = {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
-    return states, xcoms
 
 
 def test_arguments_are_checked_before_any_request(emulator: Any) -> None:
