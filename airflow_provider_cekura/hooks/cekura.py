@@ -213,15 +213,14 @@ class CekuraHook(BaseHook):
         json_body: Any = None,
         data: Any = None,
         headers: Mapping[str, str] | None = None,
-        retry: bool = True,
         on_ambiguous_failure: Any = None,
     ) -> Any:
         """Send one request under the retry policy and return its decoded JSON body.
 
-        429 is always retried (the server did not act). 5xx, timeouts and
-        dropped connections are retried when ``retry`` is true; before such a
-        retry ``on_ambiguous_failure()`` may return a result to use instead
-        (how observe avoids duplicates). 4xx other than 429 is never retried.
+        429 is retried (the server did not act). 500/502/503/504, timeouts and
+        dropped connections are retried too; before such a retry
+        ``on_ambiguous_failure()`` may return a result to use instead (how
+        observe avoids duplicates). 4xx other than 429 is never retried.
         """
         import requests
 
@@ -259,7 +258,7 @@ class CekuraHook(BaseHook):
                     method=method,
                     path=path,
                 )
-                retryable = retry
+                retryable = True
                 retry_after = None
             else:
                 if 300 <= response.status_code < 400:
@@ -276,7 +275,7 @@ class CekuraHook(BaseHook):
                     return self._decode(response, method, path)
                 last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
                 response.close()
-                retryable = response.status_code == 429 or (retry and response.status_code in RETRYABLE_STATUSES)
+                retryable = response.status_code in RETRYABLE_STATUSES
                 retry_after = getattr(last_error, "retry_after", None)
             if not retryable or attempt == policy.max_attempts:
                 raise last_error

@@ -30,7 +30,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -819,9 +818,3 @@ class _Handled(Exception):
 @dataclass
 class _BadBody:
     reason: str
-
-
-def iter_requests(emulator: CekuraEmulator) -> Iterator[LoggedRequest]:
-    """A snapshot of the request log (thread-safe)."""
-    with emulator._lock:
-        yield from list(emulator.requests)
