@@ -65,10 +65,10 @@ def _transfer_class() -> Any:
     return CekuraCallLogsToSqlOperator
 
 
-def _operator(sql_conn_id: str, count: int, **extra: Any) -> Any:
-    window_end = START + timedelta(hours=24)
+def _operator(sql_conn_id: str, *, hours: float = 24, task_id: str | None = None, **extra: Any) -> Any:
+    window_end = START + timedelta(hours=hours)
     return _transfer_class()(
-        task_id=f"export_{sql_conn_id}",
+        task_id=task_id or f"export_{sql_conn_id}",
         cekura_conn_id=CEKURA_CONN,
         sql_conn_id=sql_conn_id,
         table=_table(sql_conn_id),
@@ -134,7 +134,7 @@ def prefetch_pages() -> list[list[dict[str, Any]]]:
 
 def load_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int) -> float:
     """Write pages fetched beforehand through the operator's own write path (no HTTP)."""
-    operator = _operator(conn_id, count)
+    operator = _operator(conn_id)
 
     class _PagesOnly:
         """Stands in for the Cekura hook: serves the pages from memory."""
@@ -157,7 +157,7 @@ def load_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int) -> fl
 
 def export(conn_id: str, count: int) -> float:
     _drop(conn_id, _table(conn_id))
-    operator = _operator(conn_id, count)
+    operator = _operator(conn_id)
     started = time.perf_counter()
     operator.execute(minimal_context())
     elapsed = time.perf_counter() - started
@@ -241,17 +241,8 @@ def _memory_child(conn_id: str, count: int, hours: float) -> None:
     from benchmarks.common import quiet_logs
 
     quiet_logs()
-    window_end = START + timedelta(hours=hours)
     _drop(conn_id, _table(conn_id))
-    operator = _transfer_class()(
-        task_id="export_memory",
-        cekura_conn_id=CEKURA_CONN,
-        sql_conn_id=conn_id,
-        table=_table(conn_id),
-        timestamp_from=START.isoformat(),
-        timestamp_to=window_end.isoformat(),
-        page_size=PAGE_SIZE,
-    )
+    operator = _operator(conn_id, hours=hours, task_id="export_memory")
     before = _vm_rss_kib()
     samples = [before]
     done = threading.Event()

@@ -297,7 +297,6 @@ def run_direct(tables: PostgresTables, calls: list[dict[str, Any]]) -> dict[str,
     from airflow_provider_cekura import waiting
     from airflow_provider_cekura.hooks.cekura import CekuraHook
     from airflow_provider_cekura.operators.observe import CekuraObserveOperator
-    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
 
     context: Any = {"ti": _TaskInstance()}
     failed: dict[str, str] = {}
@@ -316,7 +315,18 @@ def run_direct(tables: PostgresTables, calls: list[dict[str, Any]]) -> dict[str,
         failed["wait"] = f"{type(err).__name__}: {err}"
     finally:
         hook.close()
-    export = CekuraCallLogsToSqlOperator(
+    try:
+        export_operator(tables).execute(context)
+    except Exception as err:
+        failed["export"] = f"{type(err).__name__}: {err}"
+    return failed
+
+
+def export_operator(tables: PostgresTables, **extra: Any) -> Any:
+    """The pipeline's export of the scenario window into ``tables`` (the operator, not yet executed)."""
+    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+    return CekuraCallLogsToSqlOperator(
         task_id="export",
         sql_conn_id=SQL_CONN_ID,
         cekura_conn_id=CONN_ID,
@@ -324,12 +334,8 @@ def run_direct(tables: PostgresTables, calls: list[dict[str, Any]]) -> dict[str,
         metrics_table=tables.metrics_table,
         timestamp_from=WINDOW[0].isoformat(),
         timestamp_to=WINDOW[1].isoformat(),
+        **extra,
     )
-    try:
-        export.execute(context)
-    except Exception as err:
-        failed["export"] = f"{type(err).__name__}: {err}"
-    return failed
 
 
 DAG_SOURCE = """

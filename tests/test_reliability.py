@@ -35,6 +35,7 @@ from tests.reliability_scenarios import (
     WINDOW,
     PostgresTables,
     cekura_connection,
+    export_operator,
     make_calls,
     postgres_tables,
     run_scenario,
@@ -221,8 +222,6 @@ def test_observe_killed_at_25_50_75_percent_then_a_rerun_completes(
 def test_export_killed_at_25_50_75_percent_then_a_rerun_completes(
     pipeline: tuple[CekuraEmulator, PostgresTables], fork_server: ForkServer
 ) -> None:
-    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
-
     emulator, tables = pipeline
     total = 1000
     span = WINDOW[1] - WINDOW[0]
@@ -244,16 +243,7 @@ def test_export_killed_at_25_50_75_percent_then_a_rerun_completes(
         assert partial < total
 
     emulator.clear_faults()
-    op = CekuraCallLogsToSqlOperator(
-        task_id="export",
-        cekura_conn_id=CONN_ID,
-        sql_conn_id=SQL_CONN_ID,
-        table=tables.table,
-        metrics_table=tables.metrics_table,
-        timestamp_from=WINDOW[0].isoformat(),
-        timestamp_to=WINDOW[1].isoformat(),
-    )
-    assert op.execute({}) == total  # type: ignore[arg-type]
+    assert export_operator(tables).execute({}) == total  # type: ignore[arg-type]
     rows = tables.rows()
     assert {r[0] for r in rows} == {c["id"] for c in emulator.call_logs()}
     assert len({r[1] for r in rows}) == len(rows) == total
