@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperatorLink
+from airflow_provider_cekura.version_compat import BaseOperatorLink
 
 if TYPE_CHECKING:
-    from airflow.sdk import BaseOperator
-    from airflow.sdk.types import TaskInstanceKey
+    from airflow_provider_cekura.version_compat import BaseOperator, TaskInstanceKey
 
 CALL_LOG_URL_XCOM_KEY = "cekura_call_log_url"
 """XCom key under which operators push the dashboard URL, before they wait."""
@@ -26,7 +25,7 @@ class CekuraCallLogLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         try:
-            from airflow.sdk.execution_time.xcom import XCom
+            from airflow_provider_cekura.version_compat import XCom
 
             value: Any = XCom.get_value(ti_key=ti_key, key=CALL_LOG_URL_XCOM_KEY)
         except Exception:

@@ -398,7 +398,7 @@ def _resolve_recording(source: RecordingSource) -> RecordingSource:
     if isinstance(source, str) and source.startswith("file://"):
         return source[len("file://") :]
     if isinstance(source, str) and "://" in source:
-        from airflow.sdk import ObjectStoragePath
+        from airflow_provider_cekura.version_compat import ObjectStoragePath
 
         return ObjectStoragePath(source)
     return source

@@ -12,8 +12,6 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_cekura.evaluation import normalize_call_log
 from airflow_provider_cekura.exceptions import (
     CekuraAPIError,
@@ -25,6 +23,7 @@ from airflow_provider_cekura.exceptions import (
 from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
 from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
 from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
+from airflow_provider_cekura.version_compat import BaseHook
 
 if TYPE_CHECKING:
     import requests
@@ -114,7 +113,7 @@ class CekuraHook(BaseHook):
             raise CekuraConfigurationError(
                 f"Connection {self.cekura_conn_id!r} has no API key: put it in the password field."
             )
-        from airflow.sdk.log import mask_secret
+        from airflow_provider_cekura.version_compat import mask_secret
 
         mask_secret(api_key)
         extra = conn.extra_dejson or {}

@@ -19,16 +19,14 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
-
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraWaitTimeoutError
 from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY, CekuraCallLogLink
+from airflow_provider_cekura.version_compat import BaseOperator
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from airflow_provider_cekura.evaluation import EvaluationSummary
     from airflow_provider_cekura.hooks.cekura import CekuraHook
+    from airflow_provider_cekura.version_compat import Context
 
 CALL_LOG_IDS_XCOM_KEY = "call_log_ids"
 """XCom key of the list of call log ids a task worked on (pushed before waiting, and before a partial failure)."""
@@ -158,7 +156,7 @@ class CekuraEvaluationWaitOperator(BaseOperator):
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Turn a defer timeout raised by the scheduler into a wait timeout that names the pending ids."""
-        from airflow.sdk.exceptions import TaskDeferralTimeout
+        from airflow_provider_cekura.version_compat import TaskDeferralTimeout
 
         try:
             return super().resume_execution(next_method, next_kwargs, context)

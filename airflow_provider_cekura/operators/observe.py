@@ -7,16 +7,14 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import conf
-
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
 from airflow_provider_cekura.payloads import OBSERVE_FIELDS
+from airflow_provider_cekura.version_compat import conf
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from airflow_provider_cekura.payloads import RecordingSource
+    from airflow_provider_cekura.version_compat import Context
 
 _AGENT_FIELDS = ("agent", "assistant_id")
 

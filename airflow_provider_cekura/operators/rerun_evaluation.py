@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import conf
-
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
+from airflow_provider_cekura.version_compat import conf
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow_provider_cekura.version_compat import Context
 
 
 def _blank(value: Any) -> bool:

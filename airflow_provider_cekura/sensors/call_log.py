@@ -8,17 +8,14 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowSensorTimeout
-
 from airflow_provider_cekura.exceptions import CekuraWaitTimeoutError
 from airflow_provider_cekura.payloads import parse_call_log_ids
+from airflow_provider_cekura.version_compat import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue, conf
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from airflow_provider_cekura.evaluation import EvaluationSummary
     from airflow_provider_cekura.hooks.cekura import CekuraHook
+    from airflow_provider_cekura.version_compat import Context
 
 
 class CekuraCallLogSensor(BaseSensorOperator):

@@ -8,17 +8,16 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook, BaseOperator
-
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.payloads import parse_timestamp
+from airflow_provider_cekura.version_compat import BaseHook, BaseOperator
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
-    from airflow.sdk import Context
 
     from airflow_provider_cekura.hooks.cekura import CekuraHook
     from airflow_provider_cekura.transfers._sql import PageWriter
+    from airflow_provider_cekura.version_compat import Context
 
 IDS_PER_REQUEST = 100
 """Call log ids per list request when exporting given ``call_log_ids`` (keeps URLs short)."""
@@ -198,7 +197,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         from airflow_provider_cekura.transfers._sql import validate_columns, validate_table_name
 
         if "outlets" not in kwargs and not any(_templated(v) for v in (sql_conn_id, table, metrics_table)):
-            from airflow.sdk import Asset
+            from airflow_provider_cekura.version_compat import Asset
 
             validate_table_name(table)
             names = [table] + ([validate_table_name(metrics_table, "metrics_table")] if metrics_table else [])

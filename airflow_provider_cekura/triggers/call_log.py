@@ -7,10 +7,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
 from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_TIMEOUT, EvaluationSummary
 from airflow_provider_cekura.exceptions import CekuraAPIError
+from airflow_provider_cekura.version_compat import BaseTrigger, TriggerEvent
 from airflow_provider_cekura.waiting import event_from_summary
 
 MAX_ANSWER_WINDOW = 5.0

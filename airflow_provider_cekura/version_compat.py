@@ -1,0 +1,97 @@
+"""Every difference between the Airflow lines this provider supports, in one place.
+
+Task-facing names come from ``apache-airflow-providers-common-compat``
+(``airflow.providers.common.compat.sdk``), which resolves them to ``airflow.sdk`` on
+Airflow 3 and to their old homes on Airflow 2.11. What that package does not cover
+(the deferral-timeout exception, version flags) is resolved here. No other module of
+this provider checks the Airflow version or imports a moved name with ``try/except``.
+
+Names that cost import time and are needed only on some paths (``ObjectStoragePath``,
+``Asset``, ``XCom``, ``mask_secret``) are resolved lazily on first attribute access, so
+that a DAG file importing an operator does not pay for them at every parse.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowSensorTimeout,
+    BaseHook,
+    BaseOperator,
+    BaseOperatorLink,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+
+def _version_tuple(version: str) -> tuple[int, int, int]:
+    from packaging.version import Version
+
+    parsed = Version(version)
+    return parsed.major, parsed.minor, parsed.micro
+
+
+AIRFLOW_VERSION_TUPLE: tuple[int, int, int] = _version_tuple(AIRFLOW_VERSION)
+AIRFLOW_V_3_0_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 0, 0)
+AIRFLOW_V_3_1_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 1, 0)
+AIRFLOW_V_3_2_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 2, 0)
+AIRFLOW_V_3_3_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 3, 0)
+
+if AIRFLOW_V_3_0_PLUS:
+    from airflow.sdk.exceptions import TaskDeferralTimeout
+else:  # Airflow 2.11
+    from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef]
+
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import (
+        Asset,
+        Context,
+        ObjectStoragePath,
+        TaskInstanceKey,
+        XCom,
+        mask_secret,
+    )
+
+_LAZY = frozenset({"Asset", "Context", "ObjectStoragePath", "TaskInstanceKey", "XCom", "mask_secret"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from airflow.providers.common.compat import sdk
+
+        value = getattr(sdk, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "AIRFLOW_VERSION_TUPLE",
+    "AIRFLOW_V_3_0_PLUS",
+    "AIRFLOW_V_3_1_PLUS",
+    "AIRFLOW_V_3_2_PLUS",
+    "AIRFLOW_V_3_3_PLUS",
+    "AirflowException",
+    "AirflowSensorTimeout",
+    "Asset",
+    "BaseHook",
+    "BaseOperator",
+    "BaseOperatorLink",
+    "BaseSensorOperator",
+    "BaseTrigger",
+    "Context",
+    "ObjectStoragePath",
+    "PokeReturnValue",
+    "TaskDeferralTimeout",
+    "TaskInstanceKey",
+    "TriggerEvent",
+    "XCom",
+    "conf",
+    "mask_secret",
+]
