@@ -92,6 +92,7 @@ class Fault:
     :param times: stop after this many hits (``None`` = no limit).
     :param method: only requests with this HTTP method.
     :param path: only requests whose path contains this text.
+    :param call_id: only list requests whose ``call_ids=`` include this call log id.
     """
 
     kind: str
@@ -99,16 +100,19 @@ class Fault:
     times: int | None = None
     method: str | None = None
     path: str | None = None
+    call_id: int | None = None
     retry_after: str = "1"
     status: int = 503
     delay: float = 0.0
     seen: int = 0
     hits: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, query: dict[str, str] | None = None) -> bool:
         if self.method and self.method != method:
             return False
         if self.path and self.path not in path:
+            return False
+        if self.call_id is not None and str(self.call_id) not in (query or {}).get("call_ids", "").split(","):
             return False
         if self.times is not None and self.hits >= self.times:
             return False
@@ -707,7 +711,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry = LoggedRequest(method, split.path, query, 0)
         with emulator._lock:
             emulator.requests.append(entry)
-            fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
+            fault = next((f for f in emulator._faults if f.matches(method, split.path, query)), None)
         body = self._read_body()
         entry.fault = fault.kind if fault else None
         try:

@@ -30,10 +30,12 @@ import asyncio
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_provider_cekura.evaluation import EvaluationState
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.evaluation import EvaluationSummary
@@ -87,17 +89,17 @@ class Subscription:
         self.poll_by: float | None = None
         self.in_flight = False
         self.closed = False
-        self.done_logs: dict[int, Mapping[str, Any]] = {}
-        """Call logs already evaluated or failed: not asked about again."""
+        self.done_entries: dict[int, dict[str, Any]] = {}
+        """Results of the call logs already evaluated or failed: not asked about again."""
         self._outcome: asyncio.Future[EvaluationSummary] | None = None
 
     def pending_ids(self) -> list[int]:
-        return [i for i in self.call_log_ids if i not in self.done_logs]
+        return [i for i in self.call_log_ids if i not in self.done_entries]
 
     def poll_before(self, deadline: float) -> None:
         """Make sure one poll starts by ``deadline`` (epoch seconds), even when the interval is longer."""
         self.poll_by = self._poller.loop.time() + (deadline - time.time())
-        self._poller.wake()
+        self._poller.wake(self.due_at)
 
     @property
     def due_at(self) -> float:
@@ -157,6 +159,7 @@ class SharedPoller:
         self._runner: asyncio.Task[None] | None = None
         self._round_tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
+        self._sleeps_until = float("-inf")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cekura_conn_id={self.cekura_conn_id!r}, waits={len(self.subscriptions)})"
@@ -173,7 +176,7 @@ class SharedPoller:
         if not self.running:
             self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="cekura-poller")
             self._runner = self.loop.create_task(self._run(), name=f"cekura-poller-{self.cekura_conn_id}")
-        self.wake()
+        self.wake(subscription.due_at)
         try:
             yield subscription
         finally:
@@ -182,15 +185,18 @@ class SharedPoller:
             if not self.subscriptions:
                 self._stop()
 
-    def wake(self) -> None:
-        self._wakeup.set()
+    def wake(self, due_at: float | None = None) -> None:
+        """Have the scheduler look again (only if ``due_at`` comes before the moment it will anyway)."""
+        if due_at is None or due_at < self._sleeps_until:
+            self._wakeup.set()
 
     # ------------------------------------------------------------------ scheduling (on the loop)
 
     async def _run(self) -> None:
         while self.subscriptions:
             now = self.loop.time()
-            idle = [s for s in self.subscriptions if not s.in_flight]
+            # a wait whose ids are all done has its outcome and is about to leave
+            idle = [s for s in self.subscriptions if not s.in_flight and s.pending_ids()]
             if idle and min(s.due_at for s in idle) <= now:
                 # take along whatever falls due within half the shortest interval: waits fall into step
                 horizon = now + 0.5 * min(s.poll_interval for s in self.subscriptions)
@@ -204,10 +210,13 @@ class SharedPoller:
                 continue
             self._wakeup.clear()
             timeout = None if not idle else min(s.due_at for s in idle) - now
+            self._sleeps_until = float("inf") if timeout is None else now + timeout
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
                 pass
+            finally:
+                self._sleeps_until = float("-inf")
 
     async def _round(self, asked: dict[Subscription, list[int]]) -> None:
         ids = sorted({i for pending in asked.values() for i in pending})
@@ -252,7 +261,10 @@ class SharedPoller:
 
     # ------------------------------------------------------------------ HTTP (in the poller's threads)
 
-    def _fetch(self, page: list[int]) -> list[dict[str, Any]]:
+    def _fetch(self, page: list[int]) -> EvaluationSummary:
+        """One list request for ``page``, classified at once (the raw call logs are dropped here, young)."""
+        from airflow_provider_cekura.evaluation import summarize
+
         with self._hook_lock:
             if self._hook is None:
                 # imports and the connection lookup happen here, off the event loop, once per poller
@@ -262,32 +274,41 @@ class SharedPoller:
                 hook.base_url  # noqa: B018 - resolves the connection (its errors fail this page)
                 self._hook = hook
             hook = self._hook
-        return hook.get_call_logs(page)
+        return summarize(page, hook.get_call_logs(page))
 
 
 def _outcomes(
     asked: dict[Subscription, list[int]], pages: list[list[int]], answers: list[Any]
 ) -> dict[Subscription, EvaluationSummary | BaseException]:
     """Each subscription's summary of one round (or the error of a page holding one of its ids)."""
-    from airflow_provider_cekura.evaluation import summarize
+    from airflow_provider_cekura.evaluation import EvaluationSummary
 
-    found: dict[int, Mapping[str, Any]] = {}
+    done: dict[int, dict[str, Any]] = {}
+    pending: set[int] = set()
     failed: dict[int, BaseException] = {}
     for page, answer in zip(pages, answers, strict=True):
         if isinstance(answer, BaseException):
             failed.update(dict.fromkeys(page, answer))
         else:
-            found.update((int(c["id"]), c) for c in answer)
+            done.update(answer.evaluated)
+            done.update(answer.failed)
+            pending.update(answer.pending)
     outcomes: dict[Subscription, EvaluationSummary | BaseException] = {}
-    for subscription, pending in asked.items():
-        error = next((failed[i] for i in pending if i in failed), None)
+    for subscription, asked_ids in asked.items():
+        error = next((failed[i] for i in asked_ids if i in failed), None)
         if error is not None:
             outcomes[subscription] = error
             continue
-        logs = [*subscription.done_logs.values(), *(found[i] for i in pending if i in found)]
-        summary = summarize(subscription.call_log_ids, logs)
-        for cid in (*summary.evaluated, *summary.failed):
-            if cid not in subscription.done_logs:
-                subscription.done_logs[cid] = found[cid]
+        known = subscription.done_entries
+        summary = EvaluationSummary()
+        for cid in subscription.call_log_ids:
+            entry = known.get(cid) or done.get(cid)
+            if entry is not None:
+                known[cid] = entry
+                (summary.failed if entry["state"] == EvaluationState.FAILED else summary.evaluated)[cid] = entry
+            elif cid in pending:
+                summary.pending.append(cid)
+            else:
+                summary.missing.append(cid)
         outcomes[subscription] = summary
     return outcomes
