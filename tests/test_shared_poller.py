@@ -55,7 +55,7 @@ def test_many_triggers_share_one_poll_with_ids_spread_over_pages(emulator: Any) 
     async def scenario() -> tuple[list[list[Any]], _poller.SharedPoller]:
         poller = _poller.shared_poller("cekura_default")
         waits = asyncio.gather(*(collect(t) for t in triggers))
-        await until(lambda: poller.rounds >= 2)  # two rounds saw every id pending
+        await until(lambda: poller.rounds >= 2)  # the first round saw every id pending
         emulator.finish_evaluations()
         results = await waits
         assert not poller.running and "cekura_default" not in _poller._POLLERS.get(asyncio.get_running_loop(), {})
@@ -69,7 +69,7 @@ def test_many_triggers_share_one_poll_with_ids_spread_over_pages(emulator: Any) 
         assert set(events[0].payload["results"]) == {str(i) for i in group}
 
     asked = list_requests(emulator)
-    assert poller.rounds >= 3
+    assert poller.rounds >= 2
     assert len(asked) == sum(poller.pages), "one list request per page, no retries needed"
     assert max(poller.pages) == 3 and all(len(page) <= 100 for page in asked)
     # thirty triggers polling on their own would have made 30 requests per round; the shared poll made 3
