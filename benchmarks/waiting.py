@@ -285,7 +285,9 @@ def triggerer_health(section: Section, *, smoke: bool) -> None:
         repeats = 1 if smoke else 3
         for shared in (True, False):
             label = PATHS[shared]
-            trials = [_run_health(emulator, count, per, delay, interval, shared) for _ in range(repeats if shared else 1)]
+            trials = [
+                _run_health(emulator, count, per, delay, interval, shared) for _ in range(repeats if shared else 1)
+            ]
             trials.sort(key=lambda t: _lag_stats(t[0]["lags"])[0])
             result, after_due, requests = trials[len(trials) // 2]
             lag_max, lag_p99 = _lag_stats(result["lags"])

@@ -32,6 +32,7 @@ class EmulatorProcess:
     :param state_file: load call logs from it at start, save them at stop.
     :param stdout: where the child's output goes (default: discarded).
     :param new_session: start the child in its own process group.
+    :param request_log: append one JSON line per request handled to this file (``--request-log``).
     """
 
     def __init__(
@@ -42,12 +43,14 @@ class EmulatorProcess:
         state_file: str | Path | None = None,
         stdout: IO[Any] | int = subprocess.DEVNULL,
         new_session: bool = False,
+        request_log: str | Path | None = None,
     ) -> None:
         self.api_key = api_key
         self.evaluation_delay = evaluation_delay
         self.state_file = state_file
         self.stdout = stdout
         self.new_session = new_session
+        self.request_log = request_log
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
 
@@ -68,6 +71,8 @@ class EmulatorProcess:
         command += ["--port-file", str(port_file), "--evaluation-delay", str(self.evaluation_delay)]
         if self.state_file is not None:
             command += ["--state-file", str(self.state_file)]
+        if self.request_log is not None:
+            command += ["--request-log", str(self.request_log)]
         self.process = subprocess.Popen(
             command,
             env={**os.environ, "CEKURA_EMULATOR_API_KEY": self.api_key},

@@ -13,13 +13,14 @@ together, one ``call_ids=`` request per :data:`PAGE_IDS` ids, at most
   within half the shortest interval, so waits that started at different moments
   fall into step and share requests.
 - Ids that are done (evaluated or failed) are not asked about again by that subscription.
-- A page that fails (after the hook's own retries) fails the subscriptions with an id
-  in it for that round only; the others get their summaries.
+- A wait gets its outcome as soon as the pages holding its ids have answered. A page
+  that fails (after the hook's own retries) fails the subscriptions with an id in it
+  for that round only; the others get their summaries.
 - HTTP goes through the sync :class:`~airflow_provider_cekura.hooks.cekura.CekuraHook`
   (its one retry policy) on a small thread pool owned by the poller, never the loop's
   default executor; the hook is imported, built and its connection looked up there.
-  Grouping ids and classifying call logs run there too, so the loop only hands out
-  results, a batch at a time.
+  Each page's call logs are classified there too, so the loop only merges small
+  results and hands them out, a batch at a time.
 - The poller starts with the first subscription and stops with the last one (its
   threads end and the hook closes once the requests still in flight return).
 """
@@ -53,9 +54,7 @@ JOIN_DELAY = 0.1
 HANDOUT_BATCH = 100
 """Subscriptions woken per event-loop turn when a round hands out its results."""
 
-_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPoller]] = (
-    weakref.WeakKeyDictionary()
-)
+_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPoller]] = weakref.WeakKeyDictionary()
 
 
 def shared_poller(cekura_conn_id: str) -> SharedPoller:
@@ -219,25 +218,44 @@ class SharedPoller:
                 self._sleeps_until = float("-inf")
 
     async def _round(self, asked: dict[Subscription, list[int]]) -> None:
+        """Ask about the pending ids of ``asked``; each wait gets its outcome as soon as its pages answered."""
         ids = sorted({i for pending in asked.values() for i in pending})
         pages = [ids[n : n + PAGE_IDS] for n in range(0, len(ids), PAGE_IDS)]
         self.rounds += 1
         self.pages.append(len(pages))
+        page_of = {cid: n for n, page in enumerate(pages) for cid in page}
+        waits_on: list[list[Subscription]] = [[] for _ in pages]
+        unanswered: dict[Subscription, int] = {}
+        for subscription, pending in asked.items():
+            needed = {page_of[i] for i in pending}
+            unanswered[subscription] = len(needed)
+            for n in needed:
+                waits_on[n].append(subscription)
+        answers = _Answers()
+        ready = [s for s, count in unanswered.items() if not count]
+        fetches = {self.loop.run_in_executor(self._executor, self._fetch, page): n for n, page in enumerate(pages)}
+        in_flight = set(fetches)
         try:
-            answers = await asyncio.gather(
-                *(self.loop.run_in_executor(self._executor, self._fetch, page) for page in pages),
-                return_exceptions=True,
-            )
-            outcomes = await self.loop.run_in_executor(self._executor, _outcomes, asked, pages, answers)
-        except asyncio.CancelledError:
-            raise
-        except Exception as err:  # not an answer of the API (say the pool is gone): every wait of the round
-            outcomes = dict.fromkeys(asked, err)
-        for n, (subscription, outcome) in enumerate(outcomes.items(), 1):
-            subscription.deliver(outcome)
-            if n % HANDOUT_BATCH == 0:
-                await asyncio.sleep(0)  # let the woken triggers (and everything else) run
-        self.wake()
+            while True:
+                for n, subscription in enumerate(ready, 1):
+                    subscription.deliver(answers.outcome(subscription, asked[subscription]))
+                    if n % HANDOUT_BATCH == 0:
+                        await asyncio.sleep(0)  # let the woken triggers (and everything else) run
+                if not in_flight:
+                    break
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                ready = []
+                for fetch in done:
+                    n = fetches[fetch]
+                    answers.add(pages[n], fetch.exception() or fetch.result())
+                    for subscription in waits_on[n]:
+                        unanswered[subscription] -= 1
+                        if not unanswered[subscription]:
+                            ready.append(subscription)
+        finally:
+            for fetch in in_flight:
+                fetch.cancel()
+            self.wake()
 
     def _stop(self) -> None:
         """The last subscription left: stop polling; threads end and the hook closes once idle."""
@@ -251,7 +269,9 @@ class SharedPoller:
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
             # a request still in flight ends within the hook's timeouts; close the hook after it
-            threading.Thread(target=self._close_after, args=(executor,), name="cekura-poller-close", daemon=True).start()
+            threading.Thread(
+                target=self._close_after, args=(executor,), name="cekura-poller-close", daemon=True
+            ).start()
 
     def _close_after(self, executor: ThreadPoolExecutor) -> None:
         executor.shutdown(wait=True)
@@ -277,38 +297,38 @@ class SharedPoller:
         return summarize(page, hook.get_call_logs(page))
 
 
-def _outcomes(
-    asked: dict[Subscription, list[int]], pages: list[list[int]], answers: list[Any]
-) -> dict[Subscription, EvaluationSummary | BaseException]:
-    """Each subscription's summary of one round (or the error of a page holding one of its ids)."""
-    from airflow_provider_cekura.evaluation import EvaluationSummary
+class _Answers:
+    """What the pages of one round answered so far, merged into each wait's own summary."""
 
-    done: dict[int, dict[str, Any]] = {}
-    pending: set[int] = set()
-    failed: dict[int, BaseException] = {}
-    for page, answer in zip(pages, answers, strict=True):
+    def __init__(self) -> None:
+        self.done: dict[int, dict[str, Any]] = {}
+        self.pending: set[int] = set()
+        self.failed: dict[int, BaseException] = {}
+
+    def add(self, page: list[int], answer: EvaluationSummary | BaseException) -> None:
         if isinstance(answer, BaseException):
-            failed.update(dict.fromkeys(page, answer))
-        else:
-            done.update(answer.evaluated)
-            done.update(answer.failed)
-            pending.update(answer.pending)
-    outcomes: dict[Subscription, EvaluationSummary | BaseException] = {}
-    for subscription, asked_ids in asked.items():
-        error = next((failed[i] for i in asked_ids if i in failed), None)
+            self.failed.update(dict.fromkeys(page, answer))
+            return
+        self.done.update(answer.evaluated)
+        self.done.update(answer.failed)
+        self.pending.update(answer.pending)
+
+    def outcome(self, subscription: Subscription, asked: list[int]) -> EvaluationSummary | BaseException:
+        """The wait's summary (done ids remembered), or the error of a page that held one of its ids."""
+        from airflow_provider_cekura.evaluation import EvaluationSummary
+
+        error = next((self.failed[i] for i in asked if i in self.failed), None)
         if error is not None:
-            outcomes[subscription] = error
-            continue
+            return error
         known = subscription.done_entries
         summary = EvaluationSummary()
         for cid in subscription.call_log_ids:
-            entry = known.get(cid) or done.get(cid)
+            entry = known.get(cid) or self.done.get(cid)
             if entry is not None:
                 known[cid] = entry
                 (summary.failed if entry["state"] == EvaluationState.FAILED else summary.evaluated)[cid] = entry
-            elif cid in pending:
+            elif cid in self.pending:
                 summary.pending.append(cid)
             else:
                 summary.missing.append(cid)
-        outcomes[subscription] = summary
-    return outcomes
+        return summary

@@ -92,6 +92,8 @@ class AirflowDeployment:
         self.home = workdir / "airflow"
         self.dags = workdir / "dags"
         self.logs = workdir / "process-logs"
+        self.request_log = workdir / "emulator-requests.jsonl"
+        """Every request the emulator handled, one JSON line each (see ``requests_logged``)."""
         suffix = secrets.token_hex(4)
         self.meta_db = f"cekura_it_meta_{suffix}"
         self.warehouse_db = f"cekura_it_warehouse_{suffix}"
@@ -133,6 +135,13 @@ class AirflowDeployment:
             except Exception as err:  # report, but go on dropping the others
                 print(f"could not drop database {name}: {err}", file=sys.stderr)
         self._created_dbs.clear()
+
+    def requests_logged(self) -> list[dict[str, Any]]:
+        """The requests the emulator has handled so far: ``{"at" (epoch s), "method", "path", "call_ids"}``."""
+        if not self.request_log.exists():
+            return []
+        lines = self.request_log.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.endswith("}")]
 
     def warehouse_query(self, sql: str) -> list[tuple[Any, ...]]:
         import psycopg2
@@ -218,7 +227,9 @@ class AirflowDeployment:
         return process
 
     def start_emulator(self) -> None:
-        emulator = EmulatorProcess(DEPLOY_API_KEY, evaluation_delay=EVALUATION_DELAY, new_session=True)
+        emulator = EmulatorProcess(
+            DEPLOY_API_KEY, evaluation_delay=EVALUATION_DELAY, new_session=True, request_log=self.request_log
+        )
         with open(self.logs / "emulator.log", "ab") as log:
             emulator.stdout = log
             try:

@@ -1,0 +1,105 @@
+"""A mapped deferrable sensor (100 tasks, one call log each) waiting in the running triggerer.
+
+Same deployment as ``test_deployment.py`` (the ``airflow_deployment`` fixture). While the 100
+mapped sensors defer one after the other, the test keeps their call logs ``evaluating`` (a rerun
+every few seconds); once all of them wait in the triggerer it lets the evaluations finish. The
+emulator's request log then shows the triggerer's shared poll: list requests that ask about the
+ids of all 100 waits at once, instead of 100 requests of one id each per poll round.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .deployment import DEPLOY_API_KEY, AirflowDeployment
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+DAG_ID = "cekura_mapped_wait"
+DAG_FILE = Path(__file__).parent / "dags" / f"{DAG_ID}.py"
+WAITS = 100
+AGENT = 7
+LIST_PATH = "/observability/v1/call-logs/"
+RERUN_EVERY = 8.0
+"""Seconds between reruns that keep the call logs evaluating (the emulator evaluates in 20 s)."""
+
+
+def emulator_post(d: AirflowDeployment, path: str, body: dict[str, Any]) -> Any:
+    response = d.http.post(
+        f"{d.emulator_url}/observability/v1/{path}", json=body, headers={"X-CEKURA-API-KEY": DEPLOY_API_KEY}, timeout=30
+    )
+    assert response.status_code in (200, 201), f"{path}: {response.status_code} {response.text[:300]}"
+    return response.json()
+
+
+def mapped_sensors(d: AirflowDeployment, run_id: str) -> list[dict[str, Any]]:
+    path = f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait/listMapped"
+    return d.api("GET", path, params={"limit": WAITS * 2})["task_instances"]
+
+
+@pytest.mark.timeout(900)
+def test_mapped_deferrable_sensor_shares_one_poll_in_the_triggerer(airflow_deployment: AirflowDeployment) -> None:
+    d = airflow_deployment
+    shutil.copy2(DAG_FILE, d.dags / DAG_FILE.name)
+    d.wait_for_dag(DAG_ID, timeout=180)
+    d.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+
+    transcript = [{"role": "Main Agent", "content": "Hello, how can I help?"}]
+    ids = [
+        int(
+            emulator_post(d, "observe/", {"call_id": f"mapped-{n}", "agent": AGENT, "transcript_json": transcript})[
+                "id"
+            ]
+        )
+        for n in range(WAITS)
+    ]
+    run_id = "shared_poller__1"
+    d.api("POST", f"/dags/{DAG_ID}/dagRuns", json={"dag_run_id": run_id, "logical_date": None,
+                                                  "conf": {"call_log_ids": ids}})  # fmt: skip
+
+    last_rerun = [0.0]
+
+    def all_deferred() -> list[dict[str, Any]] | None:
+        d.check_alive()
+        if time.monotonic() - last_rerun[0] > RERUN_EVERY:  # keep every call log evaluating meanwhile
+            emulator_post(d, "call-logs/rerun_evaluation/", {"agent_id": AGENT, "call_logs": ids})
+            last_rerun[0] = time.monotonic()
+        tis = mapped_sensors(d, run_id)
+        states = [ti["state"] for ti in tis]
+        assert not {"success", "failed", "upstream_failed"} & set(states), d.run_summary(DAG_ID, run_id)
+        waiting = [ti for ti in tis if ti["state"] == "deferred" and (ti.get("trigger") or {}).get("triggerer_id")]
+        return tis if len(tis) == WAITS and len(waiting) == WAITS else None
+
+    deferred = d.wait_for(all_deferred, 600, f"all {WAITS} mapped sensors to wait in the triggerer", interval=2)
+    all_waiting_at = time.time()  # from now on, every list request comes from the triggerer
+    assert {ti["trigger"]["classpath"] for ti in deferred} == {
+        "airflow_provider_cekura.triggers.call_log.CekuraCallLogTrigger"
+    }
+    assert len({ti["trigger"]["triggerer_id"] for ti in deferred}) == 1  # one triggerer, one event loop
+
+    d.wait_for_run(DAG_ID, run_id, timeout=600)  # the evaluations finish 20 s after the last rerun
+    assert {ti["state"] for ti in mapped_sensors(d, run_id)} == {"success"}
+
+    polls = [
+        r["call_ids"]
+        for r in d.requests_logged()
+        if r["path"] == LIST_PATH and r["call_ids"] and r["at"] > all_waiting_at
+    ]
+    print(f"{len(polls)} list requests while all {WAITS} waits were deferred; ids per request: "
+          f"{[len(p) for p in polls]}")  # fmt: skip
+    assert polls, "the triggerer polled"
+    assert all(set(p) <= set(ids) for p in polls)
+    # the shared poll: one request asked about all 100 waits at once, and on average a request
+    # carried the ids of many waits (per-trigger polling: 100 requests of one id each per round)
+    assert max(len(p) for p in polls) == WAITS
+    assert sum(len(p) for p in polls) / len(polls) >= WAITS / 2
+    full_rounds = sum(1 for p in polls if len(p) == WAITS)
+    assert len(polls) < WAITS * full_rounds / 10
+
+    blocked = [line for line in d.log_text("triggerer").splitlines() if "async thread was blocked" in line]
+    print(f"triggerer 'async thread was blocked' warnings: {len(blocked)}", *blocked[:5], sep="\n")
