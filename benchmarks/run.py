@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.run``            full sizes, writes ``benchmarks/results.md`` (``make bench``)
 ``python -m benchmarks.run --smoke``    tiny sizes, writes to a temporary file unless ``--output`` is given
-``--only export,waiting,ingest,imports`` runs a subset; so does ``python -m benchmarks.run B2`` (B1..B4).
+``--only export,waiting,ingest,imports`` runs a subset; so does ``python -m benchmarks.run B2`` (B1..B4);
+a subset also writes to a temporary file unless ``--output`` is given.
 
 Performance claims are ratios measured side by side in one run; absolute
 figures depend on the machine and its load and are given for context only.
@@ -85,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {sorted(unknown)}")
+    # only a full run replaces benchmarks/results.md; a smoke run or a subset goes to a temporary file
+    partial = args.smoke or names != list(BENCHMARKS)
     output: Path = args.output or (
-        Path(tempfile.mkdtemp(prefix="cekura-bench-smoke-")) / "results.md" if args.smoke else RESULTS
+        Path(tempfile.mkdtemp(prefix="cekura-bench-")) / "results.md" if partial else RESULTS
     )
 
     setup_airflow_env()

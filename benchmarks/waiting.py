@@ -14,6 +14,7 @@ answers every request after 200 ms, next to a ticker coroutine that sleeps
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import threading
 import time
@@ -214,6 +215,36 @@ async def _ticker(lags: list[tuple[float, float]], stop: asyncio.Event, origin: 
         threads.append(threading.active_count())
 
 
+class _FullCollections:
+    """Records the (start, end) perf_counter times of CPython's full (generation 2) garbage collections."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float]] = []
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((self._start, time.perf_counter()))
+
+    def __enter__(self) -> _FullCollections:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+def _lag_outside(lags: list[tuple[float, float]], pauses: list[tuple[float, float]], origin: float) -> float:
+    """Max ticker lag (ms) over the ticks that no full garbage collection overlapped."""
+    spans = [(a - origin, b - origin) for a, b in pauses]
+    clean = [lag for lag, at in lags if not any(a < at + 0.01 + lag and b > at for a, b in spans)]
+    return max(clean, default=float("nan")) * 1000
+
+
 async def _health(ids_per: list[list[int]], interval: float, shared: bool) -> dict[str, Any]:
     """Start one trigger per id list, one per loop turn as the triggerer does, and await every first event."""
     from airflow_provider_cekura.triggers._poller import shared_poller
@@ -223,18 +254,21 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool) -> di
     stop = asyncio.Event()
     origin = time.perf_counter()
     threads_before = threading.active_count()
-    tick = asyncio.create_task(_ticker(lags, stop, origin, threads))
-    await asyncio.sleep(0.05)
-    poller = shared_poller(CONN_ID) if shared else None  # the one the triggers will join
-    started = time.monotonic()
-    tasks = []
-    for ids in ids_per:
-        tasks.append(asyncio.create_task(_first_event(_trigger(ids, interval, shared))))
-        await asyncio.sleep(0)
-    results = await asyncio.gather(*tasks)
-    stop.set()
-    await tick
+    with _FullCollections() as collections:
+        tick = asyncio.create_task(_ticker(lags, stop, origin, threads))
+        await asyncio.sleep(0.05)
+        poller = shared_poller(CONN_ID) if shared else None  # the one the triggers will join
+        started = time.monotonic()
+        tasks = []
+        for ids in ids_per:
+            tasks.append(asyncio.create_task(_first_event(_trigger(ids, interval, shared))))
+            await asyncio.sleep(0)
+        results = await asyncio.gather(*tasks)
+        stop.set()
+        await tick
     return {
+        "gc_pauses_ms": [(b - a) * 1000 for a, b in collections.pauses],
+        "lag_outside_gc_ms": _lag_outside(lags, collections.pauses, origin),
         "lags": lags,
         "threads": max(threads, default=threads_before) - threads_before,
         "last_event_s": max(at for _, at in results) - started,
@@ -315,6 +349,14 @@ def triggerer_health(section: Section, *, smoke: bool) -> None:
     )
 
 
+def _gc_row(section: Section, what: str, result: dict[str, Any]) -> None:
+    pauses = result["gc_pauses_ms"]
+    section.add(
+        f"full garbage collections: count / longest; loop lag, max outside them ({what})",
+        f"{len(pauses)} / {max(pauses, default=0):.0f} ms; {result['lag_outside_gc_ms']:.1f} ms",
+    )
+
+
 def thousand_waits(section: Section, *, smoke: bool) -> None:
     """1,000 deferred waits in one loop: the shared poller against per-trigger polling, 1 and 10 ids each."""
     import math
@@ -346,6 +388,7 @@ def thousand_waits(section: Section, *, smoke: bool) -> None:
                                   fmt=".1f", unit=" ms")  # fmt: skip
                     section.add(f"event-loop lag, p99 / threads used ({what})",
                                 f"{lag_p99:.1f} ms / {result['threads']} (pool of {MAX_THREADS})")  # fmt: skip
+                    _gc_row(section, what, result)
                 else:
                     polls = requests / waits
                     section.add(f"last event after the evaluations finished ({what})", f"{after_due:.2f} s",
@@ -354,6 +397,7 @@ def thousand_waits(section: Section, *, smoke: bool) -> None:
                                 f"{requests / max(polls, 1e-9):.0f} ({requests} requests, {polls:.1f} polls per wait)")  # fmt: skip
                     section.add(f"event-loop lag, max / p99 / threads used ({what})",
                                 f"{lag_max:.1f} / {lag_p99:.1f} ms / {result['threads']}")  # fmt: skip
+                    _gc_row(section, what, result)
     section.notes.append(
         f"Part 3: {waits:,} waits started one per loop turn in one event loop, poll interval {interval:g} s, every "
         f"request answered after {latency * 1000:.0f} ms, evaluations finish {delay:g} s after seeding; lateness is "
