@@ -28,6 +28,7 @@ together, one ``call_ids=`` request per :data:`PAGE_IDS` ids, at most
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import weakref
@@ -174,6 +175,8 @@ class SharedPoller:
         self.subscriptions.append(subscription)
         if not self.running:
             self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="cekura-poller")
+            # Thread.start() waits until the new thread runs: start the pool's threads off the event loop
+            threading.Thread(target=_start_threads, args=(self._executor,), name="cekura-poller-start").start()
             self._runner = self.loop.create_task(self._run(), name=f"cekura-poller-{self.cekura_conn_id}")
         self.wake(subscription.due_at)
         try:
@@ -295,6 +298,19 @@ class SharedPoller:
                 self._hook = hook
             hook = self._hook
         return summarize(page, hook.get_call_logs(page))
+
+
+def _start_threads(executor: ThreadPoolExecutor) -> None:
+    """Have ``executor`` start all its threads now (each job waits until every thread holds one)."""
+    barrier = threading.Barrier(MAX_THREADS)
+
+    def hold() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+
+    with contextlib.suppress(RuntimeError):  # the poller stopped already
+        for _ in range(MAX_THREADS):
+            executor.submit(hold)
 
 
 class _Answers:
