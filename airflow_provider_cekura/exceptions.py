@@ -128,3 +128,14 @@ class CekuraEvaluationFailedError(CekuraError):
 
 class CekuraWaitTimeoutError(CekuraError):
     """Evaluation did not finish before the deadline; the message names the pending ids."""
+
+
+class CekuraEvaluationCheckError(CekuraError):
+    """Evaluation quality checks did not hold; the message names each one with its value and threshold.
+
+    :param summary: the gate's full summary (the same dict it pushes to XCom).
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        self.summary = summary or {}
+        super().__init__(message)

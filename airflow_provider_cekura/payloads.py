@@ -353,15 +353,18 @@ def multipart_fields(payload: Mapping[str, Any]) -> dict[str, str]:
 def parse_call_log_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
     """Cekura call log ids from an int, a list, a comma string or JSON text (a rendered XCom).
 
+    The sensor's result, ``{"<id>": {...}}`` (as a dict or as JSON text), gives its keys.
     Duplicates are dropped, order kept; anything that is not a positive integer is an error.
     """
     if isinstance(call_log_ids, str):
         text = call_log_ids.strip()
-        if text.startswith("["):
+        if text.startswith(("[", "{")):
             try:
                 call_log_ids = json.loads(text)
             except ValueError:
-                raise CekuraValidationError(name, f"is not a JSON list: {text[:80]!r}") from None
+                raise CekuraValidationError(name, f"is not a JSON list or object: {text[:80]!r}") from None
+    if isinstance(call_log_ids, Mapping):
+        call_log_ids = list(call_log_ids)
         else:
             call_log_ids = [part for part in text.split(",") if part.strip()]
     if isinstance(call_log_ids, (int, str)):
