@@ -363,10 +363,10 @@ def parse_call_log_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[in
                 call_log_ids = json.loads(text)
             except ValueError:
                 raise CekuraValidationError(name, f"is not a JSON list or object: {text[:80]!r}") from None
-    if isinstance(call_log_ids, Mapping):
-        call_log_ids = list(call_log_ids)
         else:
             call_log_ids = [part for part in text.split(",") if part.strip()]
+    if isinstance(call_log_ids, Mapping):
+        call_log_ids = list(call_log_ids)
     if isinstance(call_log_ids, (int, str)):
         call_log_ids = [call_log_ids]
     if not isinstance(call_log_ids, Iterable):
