@@ -209,23 +209,35 @@ def parse_checks(checks: Any, *, baseline: bool) -> list[Check]:
             parsed.append(_check(name, name, checks[name], metric=None, drop_allowed=name == SUCCESS_RATE))
     metrics = checks.get("metrics", {})
     if not isinstance(metrics, Mapping) or ("metrics" in checks and not metrics):
-        raise CekuraValidationError("checks.metrics", f"must be a non-empty dict {{metric: {{statistic: ...}}}}, got {metrics!r}")
+        raise CekuraValidationError(
+            "checks.metrics", f"must be a non-empty dict {{metric: {{statistic: ...}}}}, got {metrics!r}"
+        )
     for metric, statistics in metrics.items():
-        if isinstance(metric, bool) or not isinstance(metric, (str, int)) or (isinstance(metric, str) and not metric.strip()):
+        if (
+            isinstance(metric, bool)
+            or not isinstance(metric, (str, int))
+            or (isinstance(metric, str) and not metric.strip())
+        ):
             raise CekuraValidationError("checks.metrics", f"a metric is named by its name or int id, got {metric!r}")
         label = metric_label(metric)
         if not isinstance(statistics, Mapping) or not statistics:
-            raise CekuraValidationError(label, f"must be a non-empty dict {{statistic: {{comparison: value}}}}, got {statistics!r}")
+            raise CekuraValidationError(
+                label, f"must be a non-empty dict {{statistic: {{comparison: value}}}}, got {statistics!r}"
+            )
         for statistic, spec in statistics.items():
             statistic = str(statistic)
-            if statistic not in STATISTICS and not (statistic.startswith(SHARE_PREFIX) and statistic[len(SHARE_PREFIX) :]):
+            if statistic not in STATISTICS and not (
+                statistic.startswith(SHARE_PREFIX) and statistic[len(SHARE_PREFIX) :]
+            ):
                 allowed = ", ".join([*STATISTICS, f"{SHARE_PREFIX}<value>"])
                 raise CekuraValidationError(label, f"unknown statistic {statistic!r} (allowed: {allowed})")
             parsed.append(_check(f"{label}.{statistic}", statistic, spec, metric=metric, drop_allowed=True))
     if not baseline:
         needing = [c.name for c in parsed if c.max_drop is not None]
         if needing:
-            raise CekuraValidationError("baseline_call_log_ids", f"max_drop needs baseline call logs ({', '.join(needing)})")
+            raise CekuraValidationError(
+                "baseline_call_log_ids", f"max_drop needs baseline call logs ({', '.join(needing)})"
+            )
     return parsed
 
 
@@ -383,7 +395,9 @@ class CheckReport:
     def failure_message(self) -> str:
         lines = self.failures()
         total = len(self.results) + (1 if self.pending_blocks else 0)
-        return f"{len(lines)} of {total} evaluation check(s) failed on {self.call_logs} call log(s): " + "; ".join(lines)
+        return f"{len(lines)} of {total} evaluation check(s) failed on {self.call_logs} call log(s): " + "; ".join(
+            lines
+        )
 
     def table(self) -> str:
         """A plain-text table of every check, held or not, for the task log."""
@@ -396,7 +410,15 @@ class CheckReport:
             baseline = "" if r.baseline is None else _fmt(r.baseline)
             rows.append((r.check.name, value, expected, baseline, "yes" if r.held else "NO"))
         if self.pending:
-            rows.append((PENDING, str(len(self.pending)), "== 0" if self.require_evaluated else "(ignored)", "", "NO" if self.require_evaluated else "yes"))
+            rows.append(
+                (
+                    PENDING,
+                    str(len(self.pending)),
+                    "== 0" if self.require_evaluated else "(ignored)",
+                    "",
+                    "NO" if self.require_evaluated else "yes",
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))

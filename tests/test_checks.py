@@ -183,7 +183,9 @@ def test_baseline_and_max_drop() -> None:
     assert better.held
 
     missing = gate({"metrics": {"Satisfaction": {"mean": {"max_drop": 1}}}}, ids=[1], baseline=summarize([5], LOGS))
-    assert missing.failures() == ['metrics["Satisfaction"].mean = 4.00, expected drop from baseline n/a <= 1, but no baseline value']
+    assert missing.failures() == [
+        'metrics["Satisfaction"].mean = 4.00, expected drop from baseline n/a <= 1, but no baseline value'
+    ]
 
     pending_baseline = gate({"success_rate": {"max_drop": 1}}, ids=[1], baseline=summarize([6], LOGS))
     assert not pending_baseline.held and pending_baseline.pending == [6]

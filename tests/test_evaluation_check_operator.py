@@ -199,7 +199,9 @@ def test_gate_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any)
     assert summary("templated")["held"] is True  # ids from rendered JSON, threshold from a template
 
     # every kind of check fails, each named with its measured value, in one message
-    (message,) = {line.split("CekuraEvaluationCheckError: ")[1] for line in logs.splitlines() if "8 of 9 evaluation" in line}
+    (message,) = {
+        line.split("CekuraEvaluationCheckError: ")[1] for line in logs.splitlines() if "8 of 9 evaluation" in line
+    }
     assert message.startswith("8 of 9 evaluation check(s) failed on 30 call log(s): ")
 
     def value_in_message(pattern: str) -> float:
@@ -222,16 +224,20 @@ def test_gate_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any)
     ) == pytest.approx(s["escalated"], abs=5e-3)
     assert 'metrics["Empathy"].mean = n/a, expected >= 3, but no evaluated call log has this metric' in message
     assert 'metrics["Instruction Following"]' not in message  # the check that held is not in the failure message
-    assert summary("fails")["failed_checks"] == [
-        "success_rate",
-        "failed_evaluations",
-        f'metrics["{CS}"].mean',
-        f'metrics["{CS}"].min',
-        f'metrics["{CS}"].max',
-        f'metrics["{CS}"].count',
-        f'metrics["{OUTCOME}"].share:escalated',
-        'metrics["Empathy"].mean',
-    ] and summary("fails")["held"] is False
+    assert (
+        summary("fails")["failed_checks"]
+        == [
+            "success_rate",
+            "failed_evaluations",
+            f'metrics["{CS}"].mean',
+            f'metrics["{CS}"].min',
+            f'metrics["{CS}"].max',
+            f'metrics["{CS}"].count',
+            f'metrics["{OUTCOME}"].share:escalated',
+            'metrics["Empathy"].mean',
+        ]
+        and summary("fails")["held"] is False
+    )
     assert "pending_call_logs" not in message
     # ... and the logged table lists every check, held or not
     assert re.search(rf'metrics\["Instruction Following"\]\.count +{s["evaluated"]} +>= 1 +yes', logs)
@@ -251,7 +257,9 @@ def test_gate_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any)
     (regressed,) = summary("regression")["checks"]
     assert regressed["value"] == pytest.approx(lo["mean"]) and regressed["baseline"] == pytest.approx(b["mean"])
     assert regressed["held"] is False
-    assert re.search(rf'metrics\["{CS}"\]\.mean = [0-9.]+, expected drop from baseline [0-9.]+ <= [0-9.]+ \(dropped', logs)
+    assert re.search(
+        rf'metrics\["{CS}"\]\.mean = [0-9.]+, expected drop from baseline [0-9.]+ <= [0-9.]+ \(dropped', logs
+    )
     assert summary("no_regression")["held"] is True
 
     # a bad checks dict that only exists after rendering: refused with the name, before any request

@@ -197,6 +197,7 @@ def test_nightly_quality_gate_holds_or_stops_the_export(
     emulator.evaluation_delay = 1.0
     agent_11 = sorted(c["id"] for c in emulator.call_logs() if c["agent"] == 11)
     dag = example_dag("cekura_nightly_quality_gate")
+    dag.get_task("wait_for_evaluation").poke_interval = 0.5  # the example polls every 5 s
     night = pendulum.datetime(2026, 11, 2, 3, tz="UTC")  # re-checks 2026-11-01, the sample day
 
     run = dag.test(logical_date=night)
@@ -218,6 +219,8 @@ def test_nightly_quality_gate_holds_or_stops_the_export(
     report = _xcom(strict, "report")
     assert report["held"] is False
     assert report["lines"][0] == f"Quality gate on {len(agent_11)} call log(s): FAILED: success_rate"
-    assert not path.exists() or sqlite3.connect(path).execute(
-        "SELECT name FROM sqlite_master WHERE name = 'cekura_call_logs'"
-    ).fetchall() == []
+    assert (
+        not path.exists()
+        or sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE name = 'cekura_call_logs'").fetchall()
+        == []
+    )

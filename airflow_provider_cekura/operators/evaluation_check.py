@@ -178,7 +178,7 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
         summary = report.to_dict()
         context["ti"].xcom_push(key=EVALUATION_CHECKS_XCOM_KEY, value=summary)
         self.log.info(
-            "Evaluation checks on %d call log(s) (%d evaluated, %d failed, %d pending):\n%s",
+            "Evaluation checks on %d call log(s) (%d evaluated, %d failed, %d pending):\n%s\n",
             report.call_logs,
             report.evaluated,
             report.failed,
