@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ COMPARISONS: dict[str, str] = {
 }
 """Comparison keys (common.sql's column-check keys) and how a threshold is shown."""
 
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 OPTIONS = ("tolerance", "max_drop")
 STATISTICS = ("mean", "min", "max", "count")
 SHARE_PREFIX = "share:"
@@ -79,20 +81,9 @@ class Check:
 
     def holds(self, value: float) -> bool:
         """common.sql's ``_get_match``: every given bound holds, widened by the tolerance."""
-        bounds = _bounds(self)
-        held = True
         if "equal_to" in self.expected and self.tolerance is None:
-            held = value == self.expected["equal_to"]
-        for key, bound in bounds.items():
-            if key == ">=":
-                held = held and value >= bound
-            elif key == ">":
-                held = held and value > bound
-            elif key == "<=":
-                held = held and value <= bound
-            elif key == "<":
-                held = held and value < bound
-        return held
+            return value == self.expected["equal_to"]  # equal_to is never combined with another bound
+        return all(_COMPARE[op](value, bound) for op, bound in _bounds(self).items())
 
 
 def _bounds(check: Check) -> dict[str, float]:
@@ -119,8 +110,6 @@ def _bounds(check: Check) -> dict[str, float]:
 
 def _fmt(value: Any) -> str:
     """Numbers as the message shows them: two decimals unless that would hide a digit (0.895 stays 0.895)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
     if isinstance(value, int):
         return str(value)
     if abs(value - round(value, 2)) < 1e-9:
@@ -172,9 +161,8 @@ def _check(name: str, statistic: str, spec: Any, *, metric: str | int | None, dr
     high_key = next((k for k in ("less_than", "leq_to") if k in expected), None)
     if low_key and high_key:
         low, high = expected[low_key], expected[high_key]
-        if (low_key == "geq_to" and high_key == "leq_to" and low > high) or (
-            not (low_key == "geq_to" and high_key == "leq_to") and low >= high
-        ):
+        strict = (low_key, high_key) != ("geq_to", "leq_to")  # geq_to 1 with leq_to 1 may hold
+        if low > high or (strict and low == high):
             raise CekuraValidationError(name, f"{low_key} {low:g} and {high_key} {high:g} can never both hold")
     return Check(
         name=name, statistic=statistic, expected=expected, tolerance=tolerance, max_drop=max_drop, metric=metric
@@ -325,7 +313,8 @@ class CheckResult:
         if self.reason:
             text += f", but {self.reason}"
         elif self.check.max_drop is not None and self.baseline is not None and self.value is not None:
-            text += f" (dropped {_fmt(self.baseline - self.value)})"
+            delta = self.baseline - self.value
+            text += f" (dropped {_fmt(delta)})" if delta > 0 else f" (rose {_fmt(-delta)})"
         return text
 
     def to_dict(self) -> dict[str, Any]:

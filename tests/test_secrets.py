@@ -230,6 +230,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, host: str, password: str = KEY, conn_i
 
 
 def _operators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from airflow_provider_cekura.operators.evaluation_check import CekuraEvaluationCheckOperator
     from airflow_provider_cekura.operators.observe import CekuraObserveOperator
     from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvaluationOperator
     from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
@@ -252,6 +253,9 @@ def _operators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
             {"ti": TI()}
         ),
         "sensor": lambda: CekuraCallLogSensor(task_id="s", call_log_ids=[5], timeout=5, **conn).execute({}),
+        "gate": lambda: CekuraEvaluationCheckOperator(
+            task_id="g", call_log_ids=[5], checks={"success_rate": {"geq_to": 0}}, **conn
+        ).execute({"ti": TI()}),
         "export": lambda: CekuraCallLogsToSqlOperator(
             task_id="e",
             sql_conn_id="auth_warehouse",
