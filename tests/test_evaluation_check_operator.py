@@ -136,17 +136,20 @@ with DAG(
         task_id="mapped", checks={{"failed_evaluations": {{"geq_to": 0}}}},
     ).expand(call_log_ids=[IDS[:2], IDS[2:5]])
 
-    @task
+    @task(trigger_rule="all_done")  # last, so that nothing runs between the rerun and the gate that waits
     def rerun():
         CekuraHook().rerun_evaluation(RERUN, agent_id=1)  # evaluating again for the emulator's delay
         return RERUN
 
+    rerun_ids = rerun()
     waits = CekuraEvaluationCheckOperator(
-        task_id="waits", call_log_ids=rerun(), wait_for_evaluation=True, deferrable=True,
+        task_id="waits", call_log_ids=rerun_ids, wait_for_evaluation=True, deferrable=True,
         poll_interval=0.3, timeout=60, checks={{"metrics": {{"Customer Satisfaction": {{"count": {{"equal_to": 3}}}}}}}},
     )
 
     wait >> [holds, templated, fails, branch_only, pending, pending_left_out]
+    [holds, templated, fails, branch_only, pending, pending_left_out, regression, no_regression, bad_checks,
+     mapped] >> rerun_ids
 """
 
 
@@ -164,7 +167,7 @@ def test_gate_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any)
     low, base = halves
     emulator.evaluation_delay = 120.0
     pending = emulator.seed(2, call_id_prefix="slow", evaluated=False, **window)
-    emulator.evaluation_delay = 2.0
+    emulator.evaluation_delay = 4.0  # long enough that the gate that waits really defers, even on a busy machine
     rerun = emulator.seed(3, call_id_prefix="rerun", **window)
     s, b, lo = stats(emulator, ids), stats(emulator, base), stats(emulator, low)
     assert 0 < s["failed"] < 30 and 0 < s["escalated"] < 1 and b["mean"] > lo["mean"], "seed data is varied"
