@@ -326,3 +326,25 @@ def test_one_list_request_per_100_ids_current_and_baseline_together(emulator: An
     with pytest.raises(CekuraEvaluationCheckError, match=r"success_rate = [0-9.]+, expected >= 1.5") as info:
         failing.execute({"ti": ti})  # type: ignore[arg-type]
     assert info.value.summary == ti.xcoms[EVALUATION_CHECKS_XCOM_KEY] and info.value.summary["held"] is False
+
+
+def test_blocking_wait_then_check(emulator: Any) -> None:
+    now = datetime.now(UTC)
+    emulator.evaluation_delay = 0.8
+    ids = emulator.seed(3, start=now - timedelta(hours=1), end=now, agents=(1,), evaluated=False)
+    ti = _TI()
+    no_wait = CekuraEvaluationCheckOperator(task_id="g", call_log_ids=ids, checks={"failed_evaluations": {"leq_to": 0}})
+    with pytest.raises(CekuraEvaluationCheckError, match=r"pending_call_logs = 3, expected == 0"):
+        no_wait.execute({"ti": ti})  # type: ignore[arg-type]
+    gate = CekuraEvaluationCheckOperator(
+        task_id="g",
+        call_log_ids=ids,
+        checks={"failed_evaluations": {"leq_to": 0}},
+        wait_for_evaluation=True,
+        deferrable=False,
+        poll_interval=0.2,
+        timeout=30,
+    )
+    result = gate.execute({"ti": ti})  # type: ignore[arg-type]
+    assert result["held"] is True and result["pending"] == [] and result["evaluated"] == 3
+    assert ti.xcoms["call_log_ids"] == ids  # pushed before waiting (a deferral timeout names the pending ones)
