@@ -117,24 +117,22 @@ def map_query(context: Any, query: dict[str, Any]) -> dict[str, Any]:
         query["call_ids"] = ",".join(str(_pick((query["call_ids"], n), ids)) for n in range(1 + len(query["call_ids"]) % 5))
     if "filters_v2" in query:
         query["filters_v2"] = json.dumps(_pick(query["filters_v2"], FILTER_EXAMPLES))
-    if "page" in query:
-        query["page"] = 1 + abs(int(query["page"])) % 2
     if "page_size" in query:
         query["page_size"] = 1 + abs(int(query["page_size"])) % 150
     for name in ("agent_id", "project_id"):
         if name in query:
             query[name] = abs(int(query[name]))
-    if "page" in query:  # within the result set: page 2 only when page 1 is full enough to have one
-        query["page_size"] = max(int(query.get("page_size", 10)), 1)
-        if query["page"] == 2 and ("call_ids" in query or "filters_v2" in query or "agent_id" in query):
-            query["page"] = 1
+    if "page" in query:
+        # Within the result set: page 2 exists only unfiltered, with pages smaller than the 45 call logs.
+        unfiltered = set(query) <= {"page", "page_size"} and int(query.get("page_size", 10)) <= 20
+        query["page"] = 1 + abs(int(query["page"])) % 2 if unfiltered else 1
     return query
 
 
 @pytest.fixture(scope="module")
 def contract_emulator() -> Iterator[CekuraEmulator]:
     # max_window_days=None: the documents state no maximum window (the cap is an emulator option).
-    emulator = CekuraEmulator(api_key=TEST_API_KEY, evaluation_delay=0.0, max_window_days=None)
+    emulator = CekuraEmulator(api_key=TEST_API_KEY, evaluation_delay=3600, max_window_days=None)
     emulator.start()
     now = datetime.now(UTC)
     ids = emulator.seed(40, start=now - timedelta(days=3), end=now, agents=(1, 2, 3))
