@@ -138,6 +138,8 @@ class LoggedRequest:
     status: int | str
     fault: str | None = None
     at: float = field(default_factory=time.monotonic)
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
 
 
 class _Dropped(Exception):
@@ -155,6 +157,8 @@ class CekuraEmulator:
     :param default_page_size: page size when the client sends none.
     :param max_window_days: widest ``timestamp_from``..``timestamp_to`` range accepted (400 beyond).
     :param project_id: the project every call log belongs to.
+    :param record_requests: keep each request's headers and body in :attr:`requests` (for tests that
+        check what a client sent; off by default: bodies may be large).
     :param response_style: ``"documented"`` (default) answers in the shapes of the published schemas:
         a string field without a value is ``""``, metrics carry every documented key with its documented
         type, the detail's ``metrics``/``critical_categories`` are JSON text. ``"loose"`` answers with the
@@ -175,6 +179,7 @@ class CekuraEmulator:
         max_window_days: float | None = 31,
         project_id: int = 1,
         response_style: str = "documented",
+        record_requests: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -188,6 +193,7 @@ class CekuraEmulator:
         if response_style not in RESPONSE_STYLES:
             raise ValueError(f"response_style must be one of {RESPONSE_STYLES}, got {response_style!r}")
         self.response_style = response_style
+        self.record_requests = record_requests
         self.metric_catalog: list[dict[str, Any]] = [dict(m) for m in DEFAULT_METRICS]
         self.agents: dict[int, str] = {}
         self._host, self._port = host, port
@@ -638,9 +644,7 @@ def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
     )
     if kind == "cekura" and transcript is not None and "transcript_json" not in errors and not roles_ok:
         errors["transcript_json"] = ['Roles must be "Main Agent" or "Testing Agent".']
-    redact = body.get("redact_fields")
-    if isinstance(redact, str):
-        redact = body["redact_fields"] = json.loads(redact) if redact.startswith("[") else redact.split(",")
+    redact = body.get("redact_fields")  # a JSON list, or a form list (one part per item)
     if redact is not None and (not isinstance(redact, list) or any(r not in REDACT_FIELDS for r in redact)):
         errors["redact_fields"] = ["Invalid redact field."]
     metric_ids = body.get("metric_ids")
@@ -732,6 +736,7 @@ def _duration(transcript: Any) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     emulator: CekuraEmulator
+    _raw_body = b""
     protocol_version = "HTTP/1.1"
     server_version = "CekuraEmulator/1"
 
@@ -758,6 +763,8 @@ class _Handler(BaseHTTPRequestHandler):
             emulator.requests.append(entry)
             fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
         body = self._read_body()
+        if emulator.record_requests:
+            entry.headers, entry.body = dict(self.headers.items()), self._raw_body
         entry.fault = fault.kind if fault else None
         try:
             if fault is not None:
@@ -820,7 +827,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._raw_body = self.rfile.read(length) if length else b""
         if not raw:
             return None
         ctype = self.headers.get("Content-Type", "")
@@ -844,6 +851,8 @@ class _Handler(BaseHTTPRequestHandler):
                         "size": len(payload),
                         "sha256": hashlib.sha256(payload).hexdigest(),
                     }
+                elif name == "redact_fields":  # a form list: one part per item
+                    form.setdefault("redact_fields", []).append(payload.decode("utf-8"))
                 elif name:
                     form[str(name)] = payload.decode("utf-8")
             if "agent" in form and str(form["agent"]).isdigit():
