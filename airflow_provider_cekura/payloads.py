@@ -337,16 +337,26 @@ def build_observe_payloads(calls: Any) -> list[dict[str, Any]]:
     return payloads
 
 
-def multipart_fields(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Flatten a validated payload into multipart form fields (objects and lists as JSON text)."""
-    fields: dict[str, str] = {}
+MULTIPART_ARRAY_FIELDS = frozenset({"redact_fields"})
+"""Fields the observe schema types as arrays: in a form body, one part per item (as a form list is read)."""
+
+
+def multipart_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flatten a validated payload into multipart form fields, in order.
+
+    A documented array (:data:`MULTIPART_ARRAY_FIELDS`) becomes one field per item; other objects and
+    lists (``transcript_json``, ``metadata``, ``dynamic_variables``: JSON per the documents) JSON text.
+    """
+    fields: list[tuple[str, str]] = []
     for key, value in payload.items():
-        if isinstance(value, (dict, list)):
-            fields[key] = json.dumps(value)
+        if key in MULTIPART_ARRAY_FIELDS and isinstance(value, list):
+            fields.extend((key, str(item)) for item in value)
+        elif isinstance(value, (dict, list)):
+            fields.append((key, json.dumps(value)))
         elif isinstance(value, bool):
-            fields[key] = "true" if value else "false"
+            fields.append((key, "true" if value else "false"))
         else:
-            fields[key] = str(value)
+            fields.append((key, str(value)))
     return fields
 
 

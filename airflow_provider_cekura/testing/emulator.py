@@ -55,6 +55,17 @@ OBSERVE = "/observability/v1/observe/"
 CALL_LOGS = "/observability/v1/call-logs/"
 RERUN = "/observability/v1/call-logs/rerun_evaluation/"
 
+RESPONSE_STYLES = ("documented", "loose")
+
+# Fields the documents type as (non-nullable) strings: "" when the call has no value.
+_LIST_STRINGS = ("call_ended_reason", "customer_number", "feedback", "trace_id", "topic", "dropoff_point")
+_DETAIL_STRINGS = (*_LIST_STRINGS, "voice_recording_url", "assistant_id")
+
+
+def _route(path: str) -> str:
+    """The documented path for ``path``: Cekura's router serves its routes with and without the trailing slash."""
+    return path if path.endswith("/") else path + "/"
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -127,6 +138,8 @@ class LoggedRequest:
     status: int | str
     fault: str | None = None
     at: float = field(default_factory=time.monotonic)
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
 
 
 class _Dropped(Exception):
@@ -144,6 +157,13 @@ class CekuraEmulator:
     :param default_page_size: page size when the client sends none.
     :param max_window_days: widest ``timestamp_from``..``timestamp_to`` range accepted (400 beyond).
     :param project_id: the project every call log belongs to.
+    :param record_requests: keep each request's headers and body in :attr:`requests` (for tests that
+        check what a client sent; off by default: bodies may be large).
+    :param response_style: ``"documented"`` (default) answers in the shapes of the published schemas:
+        a string field without a value is ``""``, metrics carry every documented key with its documented
+        type, the detail's ``metrics``/``critical_categories`` are JSON text. ``"loose"`` answers with the
+        other forms a real server may send and a client must accept too: ``null`` for those strings and
+        metric keys, JSON values where the documented form is JSON text and JSON text where it is a value.
     :param host: interface to bind (loopback by default).
     :param port: port to bind (0 = a free one).
     """
@@ -158,6 +178,8 @@ class CekuraEmulator:
         default_page_size: int = 10,
         max_window_days: float | None = 31,
         project_id: int = 1,
+        response_style: str = "documented",
+        record_requests: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -168,6 +190,10 @@ class CekuraEmulator:
         self.default_page_size = default_page_size
         self.max_window_days = max_window_days
         self.project_id = project_id
+        if response_style not in RESPONSE_STYLES:
+            raise ValueError(f"response_style must be one of {RESPONSE_STYLES}, got {response_style!r}")
+        self.response_style = response_style
+        self.record_requests = record_requests
         self.metric_catalog: list[dict[str, Any]] = [dict(m) for m in DEFAULT_METRICS]
         self.agents: dict[int, str] = {}
         self._host, self._port = host, port
@@ -357,16 +383,16 @@ class CekuraEmulator:
             "metrics": [],
             "critical_categories": [],
             "transcript_type": call.get("transcript_type", "cekura"),
-            "transcript_object": transcript if isinstance(transcript, list) else [],
+            "transcript_object": [t for t in transcript if isinstance(t, dict)] if isinstance(transcript, list) else [],
             "transcript": _render_transcript(transcript),
-            "voice_recording_url": call.get("voice_recording_url"),
-            "call_ended_reason": call.get("call_ended_reason"),
-            "customer_number": call.get("customer_number"),
+            "voice_recording_url": call.get("voice_recording_url") or "",
+            "call_ended_reason": call.get("call_ended_reason") or "",
+            "customer_number": call.get("customer_number") or "",
             "metadata": call.get("metadata") or {},
             "dynamic_variables": call.get("dynamic_variables") or {},
             "feedback": call.get("feedback") or "",
             "trace_id": call.get("trace_id") or "",
-            "timestamp": call.get("timestamp") or now,
+            "timestamp": _iso(_parse_time(call.get("timestamp")) or _now()) if call.get("timestamp") else now,
             "duration": _duration(transcript),
             "error_message": None,
             "topic": "",
@@ -402,6 +428,7 @@ class CekuraEmulator:
         metrics = []
         for index, metric in enumerate(catalog):
             roll = _digest(seed, metric["id"], index)
+            # None: the key does not apply to the metric's type (see _metric_view for how it is sent).
             entry = {
                 "id": metric["id"],
                 "name": metric["name"],
@@ -443,19 +470,43 @@ class CekuraEmulator:
 
     def _list_view(self, record: dict[str, Any]) -> dict[str, Any]:
         self._evaluate_if_due(record)
-        return {k: v for k, v in record.items() if not k.startswith("_")}
+        view = {k: v for k, v in record.items() if not k.startswith("_")}
+        loose = self.response_style == "loose"
+        view["metrics"] = [_metric_view(m, loose) for m in view["metrics"]]
+        if loose:
+            for name in _DETAIL_STRINGS:
+                view[name] = view[name] or None
+            # The list schema types transcript_object as a string (its example is JSON); metadata as text too.
+            for name in ("transcript_object", "metadata", "dynamic_variables"):
+                view[name] = json.dumps(view[name])
+        elif view["assistant_id"] is None:
+            del view["assistant_id"]  # not in the list schema; absent rather than null
+        return view
 
     def _detail_view(self, record: dict[str, Any]) -> dict[str, Any]:
         view = self._list_view(record)
-        # The detail schema types these as strings: serve them as JSON text, as the API may.
+        view["agent_id"] = str(view["agent"])
+        if self.response_style == "loose":
+            view["transcript_object"] = json.loads(view["transcript_object"])
+            return view
+        # The detail schema types these as strings: JSON text, as the API may send them.
         view["metrics"] = json.dumps(view["metrics"])
         view["critical_categories"] = json.dumps(view["critical_categories"])
+        return view
+
+    def _evaluated_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The rerun response's shape (``CallLogEvaluated``): ``agent_id`` text, metrics under ``evaluation``."""
+        view = self._list_view(record)
         view["agent_id"] = str(view["agent"])
+        view["evaluation"] = {"metrics": view["metrics"]}
+        if self.response_style == "loose":
+            view["transcript_object"] = json.loads(view["transcript_object"])
         return view
 
     # ------------------------------------------------------------------ endpoints
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, base: str) -> tuple[int, Any]:
+        path = _route(path)
         if method == "POST" and path == OBSERVE:
             return self._observe(body)
         if method == "POST" and path == RERUN:
@@ -491,8 +542,8 @@ class CekuraEmulator:
         if (body.get("agent_id") is None) == (body.get("assistant_id") is None):
             return 400, {"agent_id": ["Provide exactly one of agent_id or assistant_id."]}
         ids = body.get("call_logs")
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-            return 400, {"call_logs": ["A non-empty list of integer call log ids is required."]}
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            return 400, {"call_logs": ["A list of integer call log ids is required."]}
         if len(ids) > 100:
             return 400, {"call_logs": ["At most 100 call logs per request."]}
         with self._lock:
@@ -507,9 +558,7 @@ class CekuraEmulator:
                 record.update(status="evaluating", success=None, metrics=[], error_message=None,
                               _round=record["_round"] + 1, _due=time.monotonic() + self.evaluation_delay,
                               updated_at=_iso(_now()))  # fmt: skip
-                view = self._list_view(record)
-                view["evaluation"] = {"metrics": []}
-                out.append(view)
+                out.append(self._evaluated_view(record))
             return 200, out
 
     def _list(self, query: dict[str, str], base: str) -> tuple[int, Any]:
@@ -595,9 +644,7 @@ def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
     )
     if kind == "cekura" and transcript is not None and "transcript_json" not in errors and not roles_ok:
         errors["transcript_json"] = ['Roles must be "Main Agent" or "Testing Agent".']
-    redact = body.get("redact_fields")
-    if isinstance(redact, str):
-        redact = body["redact_fields"] = json.loads(redact) if redact.startswith("[") else redact.split(",")
+    redact = body.get("redact_fields")  # a JSON list, or a form list (one part per item)
     if redact is not None and (not isinstance(redact, list) or any(r not in REDACT_FIELDS for r in redact)):
         errors["redact_fields"] = ["Invalid redact field."]
     metric_ids = body.get("metric_ids")
@@ -607,12 +654,24 @@ def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
         value = body.get(name)
         if isinstance(value, str):
             try:
-                body[name] = json.loads(value)
+                value = body[name] = json.loads(value)
             except ValueError:
                 errors[name] = ["Value must be valid JSON."]
+                continue
+        if value is not None and not isinstance(value, dict):
+            errors[name] = ["Value must be a JSON object."]
     if body.get("timestamp") and _parse_time(body["timestamp"]) is None:
         errors["timestamp"] = ["Datetime has wrong format."]
     return errors
+
+
+def _metric_view(metric: dict[str, Any], loose: bool) -> dict[str, Any]:
+    """A metric as sent: the list schema requires score (number), enum and value (strings) on every metric,
+    so a key that does not apply to its type is sent as 0 / "" ("loose": null)."""
+    if loose:
+        return dict(metric)
+    defaults = {"score": 0.0, "enum": "", "value": ""}
+    return {k: defaults[k] if v is None and k in defaults else v for k, v in metric.items()}
 
 
 def _check_filter(condition: Any) -> None:
@@ -677,6 +736,7 @@ def _duration(transcript: Any) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     emulator: CekuraEmulator
+    _raw_body = b""
     protocol_version = "HTTP/1.1"
     server_version = "CekuraEmulator/1"
 
@@ -703,6 +763,8 @@ class _Handler(BaseHTTPRequestHandler):
             emulator.requests.append(entry)
             fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
         body = self._read_body()
+        if emulator.record_requests:
+            entry.headers, entry.body = dict(self.headers.items()), self._raw_body
         entry.fault = fault.kind if fault else None
         try:
             if fault is not None:
@@ -765,7 +827,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._raw_body = self.rfile.read(length) if length else b""
         if not raw:
             return None
         ctype = self.headers.get("Content-Type", "")
@@ -789,6 +851,8 @@ class _Handler(BaseHTTPRequestHandler):
                         "size": len(payload),
                         "sha256": hashlib.sha256(payload).hexdigest(),
                     }
+                elif name == "redact_fields":  # a form list: one part per item
+                    form.setdefault("redact_fields", []).append(payload.decode("utf-8"))
                 elif name:
                     form[str(name)] = payload.decode("utf-8")
             if "agent" in form and str(form["agent"]).isdigit():
