@@ -122,7 +122,7 @@ def run_cell(cell: dict[str, Any], matrix: dict[str, Any], wheel: Path, work: Pa
     cell_env = {**env, "CEKURA_TEST_AIRFLOW_HOME": str(scratch / name / "pytest-home"), "PYTHONDONTWRITEBYTECODE": "1"}
     pytest_log = logs / "pytest.log"
     step = time.monotonic()
-    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not postgres and not integration"]
+    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10", "-m", "not postgres and not integration"]
     code = _run([*command, *matrix["tests"]], pytest_log, cwd=work, env=cell_env)
     result["pytest_s"] = round(time.monotonic() - step, 1)
     result["pytest"] = _pytest_counts(pytest_log)
@@ -152,6 +152,7 @@ def run_cell(cell: dict[str, Any], matrix: dict[str, Any], wheel: Path, work: Pa
     result["problems"] += report.pop("problems", [])
     result.update(report)
     result["seconds"] = round(time.monotonic() - started, 1)
+    (logs / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
