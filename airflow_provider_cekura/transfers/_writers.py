@@ -327,7 +327,9 @@ class PostgresPageWriter(PageWriter):
             self.conn.commit()
         except Exception as err:
             self.conn.rollback()
-            raise CekuraExportError(f"Preparing the staging tables failed: {self.error(err)}") from None
+            raise CekuraExportError(
+                f"Preparing the staging tables for {self.table.name} failed at {self.step}: {self.error(err)}"
+            ) from None
 
     def _copy(self, cursor: Any, stage: str, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
         sql = self._sql(
