@@ -1,4 +1,4 @@
-"""Shared test fixtures: one Airflow home and metadata DB per session, the emulator, Postgres.
+"""Shared test fixtures: one Airflow home and metadata DB per session, the emulator, Postgres, MariaDB.
 
 Environment is set before anything imports Airflow.
 """
@@ -131,12 +131,23 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 @pytest.fixture(scope="session")
 def postgres_uri() -> str:
-    """URI of the real Postgres started by ``make test`` (scripts/with_postgres.sh)."""
+    """URI of the real Postgres started by ``make test`` (scripts/with_test_servers.sh)."""
     uri = os.environ.get("CEKURA_TEST_POSTGRES_URI")
     if not uri:
         if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
             pytest.fail("CEKURA_TEST_POSTGRES_URI is not set: run the suite with `make test`")
-        pytest.skip("no Postgres: run with `make test` (or scripts/with_postgres.sh pytest ...)")
+        pytest.skip("no Postgres: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mariadb_uri() -> str:
+    """URI of the real MariaDB started by ``make test`` (scripts/with_test_servers.sh)."""
+    uri = os.environ.get("CEKURA_TEST_MARIADB_URI")
+    if not uri:
+        if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail("CEKURA_TEST_MARIADB_URI is not set: run the suite with `make test`")
+        pytest.skip("no MariaDB: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
     return uri
 
 
