@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 TRANSCRIPT_TYPES = {"cekura", "vocera", "vapi", "retell", "deepgram", "pipecat", "livekit", "elevenlabs", "none-mono"}
@@ -166,6 +166,8 @@ class CekuraEmulator:
         metric keys, JSON values where the documented form is JSON text and JSON text where it is a value.
     :param host: interface to bind (loopback by default).
     :param port: port to bind (0 = a free one).
+    :param request_log: when set, one line per request is written to it once answered:
+        ``METHOD path status`` (and ``fault=<kind>`` when one was injected); never headers or bodies.
     """
 
     def __init__(
@@ -182,8 +184,10 @@ class CekuraEmulator:
         record_requests: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        request_log: IO[str] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.request_log = request_log
         self.evaluation_delay = evaluation_delay
         self.evaluation_failure_rate = evaluation_failure_rate
         self.page_size_cap = page_size_cap
@@ -306,6 +310,14 @@ class CekuraEmulator:
             return sum(
                 1 for r in self.requests if (method is None or r.method == method) and (path is None or path in r.path)
             )
+
+    def _log_request(self, entry: LoggedRequest | None) -> None:
+        if self.request_log is None or entry is None:
+            return
+        fault = f" fault={entry.fault}" if entry.fault else ""
+        with self._lock:
+            self.request_log.write(f"{entry.method} {entry.path} {entry.status}{fault}\n")
+            self.request_log.flush()
 
     # ------------------------------------------------------------------ data
 
@@ -737,6 +749,7 @@ def _duration(transcript: Any) -> str:
 class _Handler(BaseHTTPRequestHandler):
     emulator: CekuraEmulator
     _raw_body = b""
+    _entry: LoggedRequest | None = None
     protocol_version = "HTTP/1.1"
     server_version = "CekuraEmulator/1"
 
@@ -758,7 +771,7 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.emulator
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        entry = LoggedRequest(method, split.path, query, 0)
+        entry = self._entry = LoggedRequest(method, split.path, query, 0)
         with emulator._lock:
             emulator.requests.append(entry)
             fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
@@ -820,10 +833,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.emulator._stopping.wait(fault.delay)
 
     def handle_one_request(self) -> None:
+        self._entry = None
         try:
             super().handle_one_request()
         except (TimeoutError, ConnectionError):
             self.close_connection = True
+        finally:
+            self.emulator._log_request(self._entry)
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
