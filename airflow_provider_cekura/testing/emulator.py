@@ -27,6 +27,7 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
@@ -131,6 +132,35 @@ class Fault:
 
 
 @dataclass
+class RateLimit:
+    """A token bucket in front of every endpoint: ``rate`` requests/s, up to ``burst`` at once.
+
+    A request that finds the bucket empty is answered 429 with ``Retry-After``
+    in whole seconds (until a token is back, at least 1), like a real plan limit.
+
+    :param retry_after: a fixed ``Retry-After`` value instead (e.g. an HTTP date).
+    """
+
+    rate: float
+    burst: float
+    retry_after: str | None = None
+    tokens: float = 0.0
+    updated: float = 0.0
+    hits: int = 0
+
+    def take(self, now: float) -> Fault | None:
+        """Spend a token, or return the 429 to answer with."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        self.hits += 1
+        wait = self.retry_after or str(max(1, math.ceil((1 - self.tokens) / self.rate)))
+        return Fault(kind="rate_limit", retry_after=wait, hits=1)
+
+
+@dataclass
 class LoggedRequest:
     method: str
     path: str
@@ -205,6 +235,7 @@ class CekuraEmulator:
         self._records: dict[int, dict[str, Any]] = {}
         self._next_id = 1000
         self._faults: list[Fault] = []
+        self.rate_limit: RateLimit | None = None
         self.requests: list[LoggedRequest] = []
         self.recordings: dict[int, dict[str, Any]] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -297,8 +328,29 @@ class CekuraEmulator:
         return fault
 
     def clear_faults(self) -> None:
+        """Remove every injected fault and the rate limit."""
         with self._lock:
             self._faults.clear()
+            self.rate_limit = None
+
+    def set_rate_limit(
+        self, rate: float | None, *, burst: float | None = None, retry_after: str | None = None
+    ) -> RateLimit | None:
+        """Limit every request to ``rate`` per second (token bucket, ``burst`` default: one second's worth).
+
+        Throttled requests get 429 with ``Retry-After`` in whole seconds (see :class:`RateLimit`); ``None``
+        removes the limit. Calling it again mid-run changes the limit (the bucket keeps its tokens, capped).
+        """
+        with self._lock:
+            if rate is None:
+                self.rate_limit = None
+                return None
+            if rate <= 0:
+                raise ValueError("rate must be > 0")
+            size = float(burst if burst is not None else max(rate, 1.0))
+            tokens = size if self.rate_limit is None else min(self.rate_limit.tokens, size)
+            self.rate_limit = RateLimit(rate, size, retry_after, tokens=tokens, updated=time.monotonic())
+            return self.rate_limit
 
     def reset_log(self) -> None:
         with self._lock:
@@ -774,7 +826,10 @@ class _Handler(BaseHTTPRequestHandler):
         entry = self._entry = LoggedRequest(method, split.path, query, 0)
         with emulator._lock:
             emulator.requests.append(entry)
-            fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
+            # The rate limit comes first: a throttled request meets no other fault.
+            fault = emulator.rate_limit.take(time.monotonic()) if emulator.rate_limit is not None else None
+            if fault is None:
+                fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
         body = self._read_body()
         if emulator.record_requests:
             entry.headers, entry.body = dict(self.headers.items()), self._raw_body
@@ -808,7 +863,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _pre_fault(self, fault: Fault, entry: LoggedRequest) -> None:
         if fault.kind == "latency":
             time.sleep(fault.delay)
-        elif fault.kind == "429":
+        elif fault.kind in ("429", "rate_limit"):
             entry.status = 429
             self._send(429, {"detail": "Request was throttled."}, headers={"Retry-After": fault.retry_after})
             raise _Handled
