@@ -651,12 +651,14 @@ class CekuraEmulator:
                 predicates.append(lambda r, k=key, v=int(query[name]): r[k] == v)
         if query.get("assistant_id"):
             predicates.append(lambda r, v=query["assistant_id"]: r["assistant_id"] == v)
+        wanted: set[int] | None = None
         if "call_ids" in query:
             try:
-                wanted = {int(x) for x in query["call_ids"].split(",") if x.strip()}
+                ids = {int(x) for x in query["call_ids"].split(",") if x.strip()}
             except ValueError:
                 return 400, {"call_ids": ["Comma-separated integers are required."]}
-            predicates.append(lambda r: r["id"] in wanted)
+            wanted = ids
+            predicates.append(lambda r: r["id"] in ids)
         if query.get("filters_v2"):
             try:
                 condition = json.loads(query["filters_v2"])
@@ -665,7 +667,11 @@ class CekuraEmulator:
                 return 400, {"filters_v2": [f"Invalid filter: {err}"]}
             predicates.append(lambda r: _match(condition, self._list_view(r)))
         with self._lock:
-            matching = [r for _, r in sorted(self._records.items(), reverse=True) if all(p(r) for p in predicates)]
+            if wanted is not None:  # look the ids up instead of scanning every record (same order: newest id first)
+                candidates = [self._records[i] for i in sorted(wanted, reverse=True) if i in self._records]
+            else:
+                candidates = [r for _, r in sorted(self._records.items(), reverse=True)]
+            matching = [r for r in candidates if all(p(r) for p in predicates)]
             count = len(matching)
             first = (page - 1) * size
             if first >= count and page != 1:
