@@ -76,10 +76,17 @@ class CekuraNotFoundError(CekuraAPIError):
 
 
 class CekuraRateLimitError(CekuraAPIError):
-    """429 after every retry was spent."""
+    """429 for longer than the connection's ``rate_limit_max_wait``.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+    :param retry_after: the server's last ``Retry-After``, in seconds.
+    :param waited: seconds the request stayed throttled before giving up.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, waited: float | None = None, **kwargs: Any
+    ) -> None:
         self.retry_after = retry_after
+        self.waited = waited
         super().__init__(message, **kwargs)
 
     @property
