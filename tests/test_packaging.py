@@ -38,7 +38,9 @@ PUBLIC_MODULES = sorted(
 
 def _run(*args: str | Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> str:
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert result.returncode == 0, f"{args[:3]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{args[:3]} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result.stdout
 
 
@@ -85,7 +87,11 @@ def test_wheel_installs_alone_imports_and_registers_the_provider(dist: Path, tmp
     assert {"airflow-provider-cekura", "apache-airflow", "apache-airflow-providers-common-sql", "requests"} <= installed
     assert not installed & {"pytest", "schemathesis", "cekura", "apache-airflow-providers-sqlite", "psycopg2-binary"}
 
-    env = {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "home")}
+    env = {
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+        "HOME": str(tmp_path),
+        "AIRFLOW_HOME": str(tmp_path / "home"),
+    }
     script = (
         "import importlib, json, pkgutil, airflow_provider_cekura as p;"
         "names = sorted(n for _, n, _ in pkgutil.walk_packages(p.__path__, 'airflow_provider_cekura.')"

@@ -41,8 +41,14 @@ def test_sdk_send_list_get_rerun_read_back_through_the_hook(served: CekuraEmulat
     hook = CekuraHook()
 
     sent = [
-        client.calls.send(call_id=f"sdk-{n}", agent=5, transcript_type="cekura", transcript_json=TRANSCRIPT,
-                          customer_number="+14155551234", metadata={"n": n})  # fmt: skip
+        client.calls.send(
+            call_id=f"sdk-{n}",
+            agent=5,
+            transcript_type="cekura",
+            transcript_json=TRANSCRIPT,
+            customer_number="+14155551234",
+            metadata={"n": n},
+        )
         for n in range(3)
     ]
     assert [c["status"] for c in sent] == ["evaluating"] * 3 and all(isinstance(c["id"], int) for c in sent)
