@@ -1,7 +1,8 @@
 """An in-process emulator of the Cekura observability API, for tests, demos and benchmarks.
 
 It follows the documented API (``../shared/cekura-api``): the
-``X-CEKURA-API-KEY`` header, the four endpoints with trailing slashes,
+``X-CEKURA-API-KEY`` header, the four endpoints (with or without the trailing
+slash, as Cekura's router serves them), the documented response shapes,
 ``{field: [messages]}`` validation errors, page-number pagination with
 absolute ``next`` links and a page-size cap, the list filters (including a
 maximum timestamp window), asynchronous evaluation that leaves
@@ -547,24 +548,26 @@ class CekuraEmulator:
             del view["assistant_id"]  # not in the list schema; absent rather than null
         return view
 
-    def _detail_view(self, record: dict[str, Any]) -> dict[str, Any]:
+    def _typed_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The detail and rerun schemas: ``agent_id`` as text, ``transcript_object`` a JSON value."""
         view = self._list_view(record)
         view["agent_id"] = str(view["agent"])
         if self.response_style == "loose":
             view["transcript_object"] = json.loads(view["transcript_object"])
-            return view
-        # The detail schema types these as strings: JSON text, as the API may send them.
-        view["metrics"] = json.dumps(view["metrics"])
-        view["critical_categories"] = json.dumps(view["critical_categories"])
+        return view
+
+    def _detail_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        view = self._typed_view(record)
+        if self.response_style == "documented":
+            # The detail schema types these as strings: JSON text, as the API may send them.
+            view["metrics"] = json.dumps(view["metrics"])
+            view["critical_categories"] = json.dumps(view["critical_categories"])
         return view
 
     def _evaluated_view(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The rerun response's shape (``CallLogEvaluated``): ``agent_id`` text, metrics under ``evaluation``."""
-        view = self._list_view(record)
-        view["agent_id"] = str(view["agent"])
+        """The rerun response's shape (``CallLogEvaluated``): metrics under ``evaluation``."""
+        view = self._typed_view(record)
         view["evaluation"] = {"metrics": view["metrics"]}
-        if self.response_style == "loose":
-            view["transcript_object"] = json.loads(view["transcript_object"])
         return view
 
     # ------------------------------------------------------------------ endpoints
