@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export UV_FROZEN := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup demo test lint bench reliability postgres-start postgres-stop mariadb-start mariadb-stop clean
+.PHONY: setup demo test test-compat lint bench reliability postgres-start postgres-stop mariadb-start mariadb-stop clean
 
 setup:  ## create .venv from the committed uv.lock (installs uv with pip if missing)
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -20,6 +20,9 @@ lint: setup
 
 test: setup  ## ruff, mypy, and the whole pytest suite against the emulator, SQLite, DuckDB and real Postgres and MariaDB servers
 	@bash scripts/test.sh
+
+test-compat: setup  ## compatibility matrix (compat/cells.toml): each Airflow line x Python in a throwaway venv
+	@uv run --frozen python scripts/compat.py
 
 bench: setup  ## benchmarks (ratios measured side by side), results in benchmarks/results.md
 	@bash scripts/with_test_servers.sh uv run --frozen python -m benchmarks.run
@@ -38,4 +41,4 @@ mariadb-stop:
 
 clean:
 	@scripts/postgres.sh stop; scripts/mariadb.sh stop
-	rm -rf .venv .airflow .demo .testservers
+	rm -rf .venv .airflow .demo .testservers .compat

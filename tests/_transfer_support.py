@@ -202,9 +202,12 @@ def make_warehouse(
 
 
 def api_call_logs(emulator: Any, start: datetime | None = None, end: datetime | None = None) -> dict[int, dict]:
-    """The emulator's call logs in ``[start, end)`` by id (as the list endpoint shows them)."""
+    """The emulator's call logs in ``[start, end)`` by id, as the list endpoint shows them and the hook reads them
+    (:func:`~airflow_provider_cekura.evaluation.normalize_call_log`)."""
+    from airflow_provider_cekura.evaluation import normalize_call_log
+
     out = {}
-    for call_log in emulator.call_logs():
+    for call_log in map(normalize_call_log, emulator.call_logs()):
         stamp = as_datetime(call_log["timestamp"])
         if (start is None or stamp >= start) and (end is None or stamp < end):
             out[call_log["id"]] = call_log
