@@ -40,6 +40,15 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limiters() -> Iterator[None]:
+    """Each test starts with no learned rate limit (the limiters are shared per process)."""
+    from airflow_provider_cekura.hooks._rate_limit import reset_shared_limiters
+
+    reset_shared_limiters()
+    yield
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Create the session's Airflow metadata DB once (``airflow db migrate``)."""

@@ -32,6 +32,8 @@ DOUBLING = 10.0
 """Seconds in which the rate doubles while nothing is throttled."""
 MIN_SAMPLES = 10
 """Admitted requests a window between two throttles needs before its estimate may lower the rate."""
+MIN_FIRST_SAMPLES = 5
+"""Admitted requests the first window (or one after a long calm) needs to give an estimate at all."""
 MIN_RATE = 1.0
 """Requests per second the estimate never goes below (``max_requests_per_second`` may)."""
 MAX_CUT = 0.5
@@ -39,7 +41,7 @@ MAX_CUT = 0.5
 WINDOW_MAX = 30.0
 """Seconds of admitted requests an estimate looks back at, at most."""
 INITIAL_IN_FLIGHT = 2.0
-"""Requests in flight at first; one more per round trip until the first throttle (or 64)."""
+"""Requests in flight at first; one more per round trip until a rate is estimated (or 64)."""
 MAX_IN_FLIGHT = 64.0
 
 
@@ -74,6 +76,11 @@ class RateLimiter:
         shown = "unlimited" if rate is None else f"{rate:.1f}/s"
         return f"RateLimiter(rate={shown}, max_rate={self.max_rate}, throttles={self.throttles})"
 
+    @property
+    def estimate(self) -> float | None:
+        """Requests per second the server admitted, as estimated at the last throttle (``None``: none yet)."""
+        return self._estimate
+
     def rate(self, now: float | None = None) -> float | None:
         """The requests per second allowed now (``None``: not limited)."""
         if self._estimate is None:
@@ -86,8 +93,12 @@ class RateLimiter:
         """Seconds until requests may be sent again (0 when not paused)."""
         return max(self._blocked_until - time.monotonic(), 0.0)
 
-    def acquire(self) -> float:
-        """Wait until this request may be sent (shared pause, then pacing); returns the send time."""
+    def acquire(self, deadline: float | None = None) -> float | None:
+        """Wait until this request may be sent (shared pause, then pacing); returns the send time.
+
+        :param deadline: a ``time.monotonic()`` value; ``None`` is returned (nothing waited) when the
+            request could not be sent before it.
+        """
         with self._cond:
             while True:
                 now = time.monotonic()
@@ -110,6 +121,10 @@ class RateLimiter:
                         self._in_flight += 1
                         return now
                     wait = slot - now
+                if deadline is not None and (wait is None or now + wait > deadline):
+                    if wait is not None or now >= deadline:
+                        return None
+                    wait = deadline - now
                 self._cond.wait(wait)
 
     def release(self) -> None:
@@ -140,7 +155,6 @@ class RateLimiter:
         with self._cond:
             now = time.monotonic()
             self.throttles += 1
-            self._window = None  # from now on the rate paces
             self._blocked_until = max(self._blocked_until, now + pause)
             self._next_slot = max(self._next_slot, self._blocked_until)
             if sent_at < self._episode_start or self._pending is not None:
@@ -158,7 +172,8 @@ class RateLimiter:
         # A fresh window began with a full bucket, which held about one pause worth of requests.
         span = throttled_at - start + (pause if fresh else 0.0)
         admitted = sum(1 for t in self._admitted if start <= t < throttled_at)
-        if (fresh or self._estimate is None or admitted >= MIN_SAMPLES) and span > 0:
+        if admitted >= (MIN_FIRST_SAMPLES if fresh else MIN_SAMPLES) and span > 0:
+            self._window = None  # from now on the rate paces
             estimate = admitted / span
             current = self.rate(throttled_at)
             if current is not None:
@@ -166,6 +181,8 @@ class RateLimiter:
             estimate = max(estimate, MIN_RATE)
             self._estimate = estimate if self.max_rate is None else min(estimate, self.max_rate)
             self._estimated_at = self._blocked_until
+        elif self._estimate is None:
+            self._window = 1.0  # too little to estimate from: start again with one request in flight
         self._window_start, self._after_throttle = throttled_at, True
         while self._admitted and self._admitted[0] < throttled_at:
             self._admitted.popleft()

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_cekura.evaluation import normalize_call_log
@@ -263,8 +263,8 @@ class CekuraHook(BaseHook):
         # 429s spend the time budget, not the attempts (unless a limiter says otherwise: the benchmark baseline).
         throttles_spend_attempts = getattr(limiter, "throttles_spend_attempts", False)
         attempt = 0
-        throttled_since: float | None = None
-        throttles = 0
+        throttled_since: float | None = None  # when this request met its first 429
+        throttles: list[CekuraRateLimitError] = []
         last_error: CekuraAPIError | None = None
         while True:
             # A 429 was refused before any effect; anything else ambiguous may have taken effect.
@@ -273,7 +273,12 @@ class CekuraHook(BaseHook):
                 if found is not None:
                     self.log.info("%s %s took effect before it failed; using the existing result", method, path)
                     return found
-            sent_at = limiter.acquire()
+            if throttled_since is None:
+                sent_at = limiter.acquire()
+            else:
+                sent_at = limiter.acquire(throttled_since + self._settings["rate_limit_max_wait"])
+                if sent_at is None:
+                    self._raise_rate_limit(throttles, time.monotonic() - throttled_since)
             self.request_count += 1
             try:
                 try:
@@ -318,11 +323,12 @@ class CekuraHook(BaseHook):
                 last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
                 response.close()
                 if isinstance(last_error, CekuraRateLimitError) and not throttles_spend_attempts:
-                    throttles += 1
+                    throttles.append(last_error)
                     now = time.monotonic()
                     throttled_since = now if throttled_since is None else throttled_since
-                    pause = policy.delay(throttles, last_error.retry_after)
-                    self._check_rate_limit_budget(last_error, now - throttled_since, pause, throttles)
+                    pause = policy.delay(len(throttles), last_error.retry_after)
+                    if now - throttled_since + pause > self._settings["rate_limit_max_wait"]:
+                        self._raise_rate_limit(throttles, now - throttled_since)
                     own_wait = limiter.throttled(sent_at, pause)
                     self.log.warning("%s; every request of the connection waits %.2fs", last_error, pause)
                     if own_wait > 0:
@@ -337,22 +343,21 @@ class CekuraHook(BaseHook):
             self.log.warning("%s; retry %d/%d in %.2fs", last_error, attempt, policy.max_attempts - 1, wait)
             time.sleep(wait)
 
-    def _check_rate_limit_budget(self, error: CekuraRateLimitError, waited: float, pause: float, count: int) -> None:
-        """Raise when waiting ``pause`` more would exceed the connection's ``rate_limit_max_wait``."""
+    def _raise_rate_limit(self, throttles: list[CekuraRateLimitError], waited: float) -> NoReturn:
+        """The request stayed throttled for the connection's ``rate_limit_max_wait``: give up, saying so."""
         budget = self._settings["rate_limit_max_wait"]
-        if waited + pause <= budget:
-            return
+        last = throttles[-1]
         raise CekuraRateLimitError(
-            f"Cekura kept throttling {error.method} {error.path}: 429 {count} time(s) over {waited:.1f}s, and "
-            f"waiting {pause:.1f}s more would exceed rate_limit_max_wait={budget:g}s of connection "
+            f"Cekura kept throttling {last.method} {last.path}: 429 {len(throttles)} time(s) over {waited:.1f}s, "
+            f"and the next try would come after rate_limit_max_wait={budget:g}s of connection "
             f"{self.cekura_conn_id!r}. Lower the load on this connection (max_concurrency, an Airflow pool, "
             "max_requests_per_second) or raise rate_limit_max_wait.",
-            retry_after=error.retry_after,
+            retry_after=last.retry_after,
             waited=waited,
-            status=error.status,
-            errors=error.errors,
-            method=error.method,
-            path=error.path,
+            status=last.status,
+            errors=last.errors,
+            method=last.method,
+            path=last.path,
         ) from None
 
     @staticmethod
