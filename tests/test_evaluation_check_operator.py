@@ -50,7 +50,7 @@ def stats(emulator: Any, ids: list[int]) -> dict[str, Any]:
 
 DAG_SOURCE = """
 import pendulum
-from airflow.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.operators.evaluation_check import CekuraEvaluationCheckOperator
