@@ -188,9 +188,7 @@ def test_multipart_recording_is_recorded(emu: CekuraEmulator, http: Any) -> None
     )
     assert response.status_code == 201, response.text
     # a form list is one part per item; JSON text in one part is one (invalid) item
-    as_json = http(
-        "POST", OBSERVE, data={"call_id": "j", "agent": "1", "redact_fields": '["ssn"]'}, files={"f": ("a", b"1")}
-    )
+    as_json = http("POST", OBSERVE, data={"call_id": "j", "agent": "1", "redact_fields": '["ssn"]'}, files={"f": ("a", b"1")})
     assert as_json.status_code == 400 and "redact_fields" in as_json.json()
     upload = emu.recordings[response.json()["id"]]
     assert upload["size"] == 10_000 and upload["filename"] == "x.wav"

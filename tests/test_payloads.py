@@ -243,13 +243,7 @@ def test_parse_call_log_ids_forms() -> None:
 
 def test_multipart_fields_flatten() -> None:
     fields = multipart_fields({"call_id": "c", "agent": 3, "metadata": {"a": 1}, "redact_fields": ["ssn"], "x": True})
-    assert fields == [
-        ("call_id", "c"),
-        ("agent", "3"),
-        ("metadata", '{"a": 1}'),
-        ("redact_fields", "ssn"),
-        ("x", "true"),
-    ]
+    assert fields == [("call_id", "c"), ("agent", "3"), ("metadata", '{"a": 1}'), ("redact_fields", "ssn"), ("x", "true")]
     # a documented array is a form list: one part per item (JSON text would be one invalid item)
     two = multipart_fields({"redact_fields": ["ssn", "dob"], "transcript_json": [{"role": "Main Agent"}]})
     assert two == [("redact_fields", "ssn"), ("redact_fields", "dob"), ("transcript_json", '[{"role": "Main Agent"}]')]

@@ -114,9 +114,7 @@ def map_query(context: Any, query: dict[str, Any]) -> dict[str, Any]:
     query = dict(query)
     if "call_ids" in query:
         ids = STATE["ids"]
-        query["call_ids"] = ",".join(
-            str(_pick((query["call_ids"], n), ids)) for n in range(1 + len(query["call_ids"]) % 5)
-        )
+        query["call_ids"] = ",".join(str(_pick((query["call_ids"], n), ids)) for n in range(1 + len(query["call_ids"]) % 5))
     if "filters_v2" in query:
         query["filters_v2"] = json.dumps(_pick(query["filters_v2"], FILTER_EXAMPLES))
     if "page_size" in query:

@@ -32,6 +32,7 @@ from tests.conftest import TEST_API_KEY
 from tests.contract.allowances import contract
 
 
+
 def _for_form_bodies(doc: dict[str, Any]) -> dict[str, Any]:
     """The observe form bodies (multipart, urlencoded) in a shape openapi-core 0.23 can read.
 
@@ -145,9 +146,7 @@ def test_observe_requests_keep_to_the_schema(recording: CekuraEmulator, tmp_path
     multipart = hook.observe(build_observe_payload({**FULL_CALL, "call_id": "contract-mp"}), recording=audio)
     # an ambiguous failure: the hook looks the call up (filters_v2 on call_id) before sending again
     recording.add_fault("5xx", times=1, method="POST")
-    retried = hook.observe(
-        build_observe_payload({**FULL_CALL, "call_id": "contract-retry", "voice_recording_url": None})
-    )
+    retried = hook.observe(build_observe_payload({**FULL_CALL, "call_id": "contract-retry", "voice_recording_url": None}))
     assert {minimal["call_id"], full["call_id"], multipart["call_id"], retried["call_id"]} == {
         "contract-min", "contract-full", "contract-mp", "contract-retry",
     }  # fmt: skip
@@ -168,11 +167,7 @@ def test_list_detail_and_rerun_requests_keep_to_the_schema(recording: CekuraEmul
     list(hook.iter_call_logs(assistant_id="asst_abc123", **window))
     list(hook.iter_call_logs(call_ids=ids[:5]))
     list(hook.iter_call_logs(filters_v2={"field": "success", "op": "eq", "value": True}, page_size=3, **window))
-    list(
-        hook.iter_call_logs(
-            filters_v2='{"operator": "or", "conditions": [{"field": "duration", "op": "gte", "value": 60}]}'
-        )
-    )
+    list(hook.iter_call_logs(filters_v2='{"operator": "or", "conditions": [{"field": "duration", "op": "gte", "value": 60}]}'))
     list(CekuraHook("cekura_project").iter_call_logs(**window))  # project_id from the connection
     hook.get_call_logs(ids[:9], chunk_size=4)
     hook.find_call_logs(["seed-0000001", "seed-0000002"])

@@ -72,9 +72,7 @@ def test_the_two_styles_really_differ_on_the_wire(servers: dict[str, CekuraEmula
         headers = {"X-CEKURA-API-KEY": TEST_API_KEY}
         listed = requests.get(f"{emulator.base_url}/observability/v1/call-logs/", headers=headers, timeout=5).json()
         first = next(c for c in listed["results"] if c["metrics"])
-        detail = requests.get(
-            f"{emulator.base_url}/observability/v1/call-logs/{first['id']}/", headers=headers, timeout=5
-        )
+        detail = requests.get(f"{emulator.base_url}/observability/v1/call-logs/{first['id']}/", headers=headers, timeout=5)
         wire[style] = (first, detail.json())
     (doc_list, doc_detail), (loose_list, loose_detail) = wire["documented"], wire["loose"]
     assert doc_list["call_ended_reason"] == "" and loose_list["call_ended_reason"] is None
@@ -114,9 +112,7 @@ def test_evaluation_decides_alike_on_both_forms(servers: dict[str, CekuraEmulato
         raw = requests.get(f"{emulator.base_url}/observability/v1/call-logs/?page_size=100", headers=headers, timeout=5)
         call_logs = raw.json()["results"]
         details = [
-            requests.get(
-                f"{emulator.base_url}/observability/v1/call-logs/{c['id']}/", headers=headers, timeout=5
-            ).json()
+            requests.get(f"{emulator.base_url}/observability/v1/call-logs/{c['id']}/", headers=headers, timeout=5).json()
             for c in call_logs
         ]
         ids = [c["id"] for c in call_logs]
@@ -135,29 +131,14 @@ def test_evaluation_decides_alike_on_both_forms(servers: dict[str, CekuraEmulato
     ("sent", "read"),
     [
         # a rating metric: the enum key does not apply ("" documented, null loose)
-        (
-            {"id": 1, "type": "rating", "score": 4.5, "enum": "", "value": ""},
-            {"score": 4.5, "enum": None, "value": None},
-        ),
-        (
-            {"id": 1, "type": "rating", "score": 4.5, "enum": None, "value": None},
-            {"score": 4.5, "enum": None, "value": None},
-        ),
+        ({"id": 1, "type": "rating", "score": 4.5, "enum": "", "value": ""}, {"score": 4.5, "enum": None, "value": None}),
+        ({"id": 1, "type": "rating", "score": 4.5, "enum": None, "value": None}, {"score": 4.5, "enum": None, "value": None}),
         ({"id": 1, "type": "rating", "score": "4.5"}, {"score": 4.5}),  # a number sent as text
         # an enum metric: the score does not apply (0 documented, null loose)
-        (
-            {"id": 2, "type": "enum", "score": 0, "enum": "resolved", "value": "resolved"},
-            {"score": None, "value": "resolved"},
-        ),
-        (
-            {"id": 2, "type": "enum", "score": None, "enum": "resolved", "value": "resolved"},
-            {"score": None, "value": "resolved"},
-        ),
+        ({"id": 2, "type": "enum", "score": 0, "enum": "resolved", "value": "resolved"}, {"score": None, "value": "resolved"}),
+        ({"id": 2, "type": "enum", "score": None, "enum": "resolved", "value": "resolved"}, {"score": None, "value": "resolved"}),
         # a binary metric scoring 0 keeps its 0
-        (
-            {"id": 3, "type": "binary", "score": 0, "enum": "", "value": "false"},
-            {"score": 0.0, "enum": None, "value": "false"},
-        ),
+        ({"id": 3, "type": "binary", "score": 0, "enum": "", "value": "false"}, {"score": 0.0, "enum": None, "value": "false"}),
         ({"id": 3, "type": "binary", "score": "", "value": "false"}, {"score": None, "value": "false"}),
     ],
 )
