@@ -300,6 +300,7 @@ class CheckResult:
     held: bool
     reason: str | None = None
     baseline: float | None = None
+    has_baseline: bool = False
 
     def describe(self) -> str:
         """``success_rate = 0.50, expected >= 0.9`` (plus the baseline drop or why there is no value)."""
@@ -329,7 +330,7 @@ class CheckResult:
         }
         if self.check.metric is not None:
             out["metric"] = self.check.metric
-        if self.check.max_drop is not None or self.baseline is not None:
+        if self.has_baseline:
             out["baseline"] = self.baseline
             out["max_drop"] = self.check.max_drop
         if self.reason:
@@ -341,14 +342,15 @@ def evaluate_check(check: Check, summary: EvaluationSummary, baseline: Evaluatio
     """Measure ``check`` on ``summary`` (and on ``baseline`` when given) and decide whether it held."""
     value, reason = measure(check, summary)
     base_value = measure(check, baseline)[0] if baseline is not None else None
+    given = baseline is not None
     if value is None:
-        return CheckResult(check, None, False, reason, base_value)
+        return CheckResult(check, None, False, reason, base_value, given)
     held = check.holds(value) if check.expected else True
     if check.max_drop is not None:
         if base_value is None:
-            return CheckResult(check, value, False, "no baseline value", None)
+            return CheckResult(check, value, False, "no baseline value", None, given)
         held = held and base_value - value <= check.max_drop + 1e-12
-    return CheckResult(check, value, held, None, base_value)
+    return CheckResult(check, value, held, None, base_value, given)
 
 
 @dataclass
@@ -377,7 +379,9 @@ class CheckReport:
         if self.pending_blocks:
             shown = ", ".join(str(i) for i in self.pending[:50])
             more = f" (and {len(self.pending) - 50} more)" if len(self.pending) > 50 else ""
-            lines.append(f"{PENDING} = {len(self.pending)}, expected == 0 (not evaluated yet: {shown}{more})")
+            lines.append(
+                f"{PENDING} = {len(self.pending)}, expected == 0 (still evaluating or not listed: {shown}{more})"
+            )
         lines.extend(r.describe() for r in self.results if not r.held)
         return lines
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_provider_cekura.operators.evaluation_check import (
     EVALUATION_CHECKS_XCOM_KEY,
@@ -35,7 +35,7 @@ with DAG(
     params={
         "agent_id": Param(11, type="integer", minimum=1, description="Cekura agent id"),
         "min_success_rate": Param(0.6, type="number", minimum=0, maximum=1, description="Gate: success rate"),
-        "min_satisfaction": Param(2.5, type="number", description="Gate: mean Customer Satisfaction"),
+        "min_satisfaction": Param(2.0, type="number", description="Gate: mean Customer Satisfaction"),
     },
     tags=["cekura", "example"],
 ) as dag:
@@ -75,7 +75,7 @@ with DAG(
             "metrics": {
                 "Customer Satisfaction": {"mean": {"geq_to": "{{ params.min_satisfaction }}"}, "min": {"geq_to": 1}},
                 "Instruction Following": {"mean": {"geq_to": 0.5}},
-                "Call Outcome": {"share:abandoned": {"leq_to": 0.5}},
+                "Call Outcome": {"share:abandoned": {"leq_to": 0.6}},
             },
         },
     )

@@ -161,7 +161,7 @@ def test_pending_call_logs_fail_the_gate_or_are_left_out() -> None:
     strict = gate(checks, ids=[1, 2, 3, 4, 6, 99])  # 6 evaluating, 99 not listed at all
     assert not strict.held
     assert strict.pending == [6, 99]
-    assert strict.failures() == ["pending_call_logs = 2, expected == 0 (not evaluated yet: 6, 99)"]
+    assert strict.failures() == ["pending_call_logs = 2, expected == 0 (still evaluating or not listed: 6, 99)"]
     assert strict.to_dict()["failed_checks"] == ["pending_call_logs"]
 
     lenient = gate(checks, ids=[1, 2, 3, 4, 6, 99], require_evaluated=False)
@@ -181,6 +181,11 @@ def test_baseline_and_max_drop() -> None:
     ]
     better = gate(checks, ids=[1, 4], baseline=baseline)  # mean 4.5: a rise is never a drop
     assert better.held
+
+    # with baseline ids every check reports the baseline's value, max_drop or not
+    informative = gate({"failed_evaluations": {"leq_to": 5}}, ids=[2, 3, 5], baseline=summarize([1, 5], LOGS))
+    (entry,) = informative.to_dict()["checks"]
+    assert (entry["value"], entry["baseline"], entry["max_drop"], entry["held"]) == (1, 1, None, True)
 
     missing = gate({"metrics": {"Satisfaction": {"mean": {"max_drop": 1}}}}, ids=[1], baseline=summarize([5], LOGS))
     assert missing.failures() == [

@@ -28,6 +28,11 @@ def _has_template(value: Any) -> bool:
     return False
 
 
+def _union(ids: list[int], baseline: list[int] | None) -> list[int]:
+    """Current and baseline ids, each once (an id in both is fetched once)."""
+    return list(dict.fromkeys(ids + (baseline or [])))
+
+
 class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     """Check evaluation results against thresholds: fail the task, or report for a branch, when they do not hold.
 
@@ -139,7 +144,7 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         ids, baseline, checks = self._inputs()
-        every = list(dict.fromkeys(ids + (baseline or [])))
+        every = _union(ids, baseline)
         self._push_ids(context, every)
         if self.wait_for_evaluation:
             self.wait_or_defer(context, every, None)  # defers (resuming in execute_complete) or returns when done
@@ -158,14 +163,13 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
         from airflow_provider_cekura.checks import run_checks
         from airflow_provider_cekura.evaluation import summarize
 
-        every = list(dict.fromkeys(ids + (baseline or [])))
         self.log.info(
             "Checking %d call log(s)%s against %d check(s)",
             len(ids),
             f" and {len(baseline)} baseline call log(s)" if baseline else "",
             len(checks),
         )
-        call_logs = self.hook.get_call_logs(every)
+        call_logs = self.hook.get_call_logs(_union(ids, baseline))  # one list request per 100 ids
         report = run_checks(
             checks,
             summarize(ids, call_logs),
