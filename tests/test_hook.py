@@ -116,7 +116,7 @@ def test_observe_multipart_from_file_object(hook: CekuraHook, emulator: Any, tmp
 
 
 def test_observe_multipart_from_object_storage_path(hook: CekuraHook, emulator: Any, tmp_path: Path) -> None:
-    from airflow.sdk import ObjectStoragePath
+    from airflow_provider_cekura.version_compat import ObjectStoragePath
 
     path, expected = _recording(tmp_path)
     call_log = hook.observe(payload("rec-osp", metadata={"n": 1}), recording=ObjectStoragePath(f"file://{path}"))

@@ -28,13 +28,14 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 TRANSCRIPT_TYPES = {"cekura", "vocera", "vapi", "retell", "deepgram", "pipecat", "livekit", "elevenlabs", "none-mono"}
@@ -132,6 +133,35 @@ class Fault:
 
 
 @dataclass
+class RateLimit:
+    """A token bucket in front of every endpoint: ``rate`` requests/s, up to ``burst`` at once.
+
+    A request that finds the bucket empty is answered 429 with ``Retry-After``
+    in whole seconds (until a token is back, at least 1), like a real plan limit.
+
+    :param retry_after: a fixed ``Retry-After`` value instead (e.g. an HTTP date).
+    """
+
+    rate: float
+    burst: float
+    retry_after: str | None = None
+    tokens: float = 0.0
+    updated: float = 0.0
+    hits: int = 0
+
+    def take(self, now: float) -> Fault | None:
+        """Spend a token, or return the 429 to answer with."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        self.hits += 1
+        wait = self.retry_after or str(max(1, math.ceil((1 - self.tokens) / self.rate)))
+        return Fault(kind="rate_limit", retry_after=wait, hits=1)
+
+
+@dataclass
 class LoggedRequest:
     method: str
     path: str
@@ -167,6 +197,8 @@ class CekuraEmulator:
         metric keys, JSON values where the documented form is JSON text and JSON text where it is a value.
     :param host: interface to bind (loopback by default).
     :param port: port to bind (0 = a free one).
+    :param request_log: when set, one line per request is written to it once answered:
+        ``METHOD path status`` (and ``fault=<kind>`` when one was injected); never headers or bodies.
     """
 
     def __init__(
@@ -183,8 +215,10 @@ class CekuraEmulator:
         record_requests: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        request_log: IO[str] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.request_log = request_log
         self.evaluation_delay = evaluation_delay
         self.evaluation_failure_rate = evaluation_failure_rate
         self.page_size_cap = page_size_cap
@@ -202,6 +236,7 @@ class CekuraEmulator:
         self._records: dict[int, dict[str, Any]] = {}
         self._next_id = 1000
         self._faults: list[Fault] = []
+        self.rate_limit: RateLimit | None = None
         self.requests: list[LoggedRequest] = []
         self.recordings: dict[int, dict[str, Any]] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -294,8 +329,29 @@ class CekuraEmulator:
         return fault
 
     def clear_faults(self) -> None:
+        """Remove every injected fault and the rate limit."""
         with self._lock:
             self._faults.clear()
+            self.rate_limit = None
+
+    def set_rate_limit(
+        self, rate: float | None, *, burst: float | None = None, retry_after: str | None = None
+    ) -> RateLimit | None:
+        """Limit every request to ``rate`` per second (token bucket, ``burst`` default: one second's worth).
+
+        Throttled requests get 429 with ``Retry-After`` in whole seconds (see :class:`RateLimit`); ``None``
+        removes the limit. Calling it again mid-run changes the limit (the bucket keeps its tokens, capped).
+        """
+        with self._lock:
+            if rate is None:
+                self.rate_limit = None
+                return None
+            if rate <= 0:
+                raise ValueError("rate must be > 0")
+            size = float(burst if burst is not None else max(rate, 1.0))
+            tokens = size if self.rate_limit is None else min(self.rate_limit.tokens, size)
+            self.rate_limit = RateLimit(rate, size, retry_after, tokens=tokens, updated=time.monotonic())
+            return self.rate_limit
 
     def reset_log(self) -> None:
         with self._lock:
@@ -307,6 +363,14 @@ class CekuraEmulator:
             return sum(
                 1 for r in self.requests if (method is None or r.method == method) and (path is None or path in r.path)
             )
+
+    def _log_request(self, entry: LoggedRequest | None) -> None:
+        if self.request_log is None or entry is None:
+            return
+        fault = f" fault={entry.fault}" if entry.fault else ""
+        with self._lock:
+            self.request_log.write(f"{entry.method} {entry.path} {entry.status}{fault}\n")
+            self.request_log.flush()
 
     # ------------------------------------------------------------------ data
 
@@ -590,12 +654,14 @@ class CekuraEmulator:
                 predicates.append(lambda r, k=key, v=int(query[name]): r[k] == v)
         if query.get("assistant_id"):
             predicates.append(lambda r, v=query["assistant_id"]: r["assistant_id"] == v)
+        wanted: set[int] | None = None
         if "call_ids" in query:
             try:
-                wanted = {int(x) for x in query["call_ids"].split(",") if x.strip()}
+                ids = {int(x) for x in query["call_ids"].split(",") if x.strip()}
             except ValueError:
                 return 400, {"call_ids": ["Comma-separated integers are required."]}
-            predicates.append(lambda r: r["id"] in wanted)
+            wanted = ids
+            predicates.append(lambda r: r["id"] in ids)
         if query.get("filters_v2"):
             try:
                 condition = json.loads(query["filters_v2"])
@@ -604,7 +670,11 @@ class CekuraEmulator:
                 return 400, {"filters_v2": [f"Invalid filter: {err}"]}
             predicates.append(lambda r: _match(condition, self._list_view(r)))
         with self._lock:
-            matching = [r for _, r in sorted(self._records.items(), reverse=True) if all(p(r) for p in predicates)]
+            if wanted is not None:  # look the ids up instead of scanning every record (same order: newest id first)
+                candidates = [self._records[i] for i in sorted(wanted, reverse=True) if i in self._records]
+            else:
+                candidates = [r for _, r in sorted(self._records.items(), reverse=True)]
+            matching = [r for r in candidates if all(p(r) for p in predicates)]
             count = len(matching)
             first = (page - 1) * size
             if first >= count and page != 1:
@@ -740,6 +810,7 @@ def _duration(transcript: Any) -> str:
 class _Handler(BaseHTTPRequestHandler):
     emulator: CekuraEmulator
     _raw_body = b""
+    _entry: LoggedRequest | None = None
     protocol_version = "HTTP/1.1"
     server_version = "CekuraEmulator/1"
 
@@ -761,10 +832,13 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.emulator
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        entry = LoggedRequest(method, split.path, query, 0)
+        entry = self._entry = LoggedRequest(method, split.path, query, 0)
         with emulator._lock:
             emulator.requests.append(entry)
-            fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
+            # The rate limit comes first: a throttled request meets no other fault.
+            fault = emulator.rate_limit.take(time.monotonic()) if emulator.rate_limit is not None else None
+            if fault is None:
+                fault = next((f for f in emulator._faults if f.matches(method, split.path)), None)
         body = self._read_body()
         if emulator.record_requests:
             entry.headers, entry.body = dict(self.headers.items()), self._raw_body
@@ -798,7 +872,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _pre_fault(self, fault: Fault, entry: LoggedRequest) -> None:
         if fault.kind == "latency":
             time.sleep(fault.delay)
-        elif fault.kind == "429":
+        elif fault.kind in ("429", "rate_limit"):
             entry.status = 429
             self._send(429, {"detail": "Request was throttled."}, headers={"Retry-After": fault.retry_after})
             raise _Handled
@@ -823,10 +897,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.emulator._stopping.wait(fault.delay)
 
     def handle_one_request(self) -> None:
+        self._entry = None
         try:
             super().handle_one_request()
         except (TimeoutError, ConnectionError):
             self.close_connection = True
+        finally:
+            self.emulator._log_request(self._entry)
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
