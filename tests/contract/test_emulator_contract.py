@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -168,3 +169,17 @@ def test_no_server_error_on_any_input(case: Any, contract_emulator: CekuraEmulat
     )
     if 400 <= response.status_code < 500:
         assert isinstance(response.json(), dict), response.text
+
+
+def test_both_phases_reached_every_operation(contract_emulator: CekuraEmulator) -> None:
+    """The runs above really ran: the documents' own examples were sent, and every operation was fuzzed."""
+    call_ids = {c["call_id"] for c in contract_emulator.call_logs()}
+    assert {"call_12345678", "call_87654321"} <= call_ids  # openapi.yaml:76-111, the examples phase
+    detail = re.compile(r"^/observability/v1/call-logs/\d+/?$")
+    counts = {
+        "observe": contract_emulator.count_requests("POST", "/observe/"),
+        "rerun": contract_emulator.count_requests("POST", "/rerun_evaluation/"),
+        "list": sum(r.method == "GET" and r.path == PATHS["list"] for r in contract_emulator.requests),
+        "detail": sum(r.method == "GET" and bool(detail.match(r.path)) for r in contract_emulator.requests),
+    }
+    assert min(counts.values()) >= 10, counts
