@@ -32,4 +32,4 @@ postgres-stop:
 	@scripts/postgres.sh stop
 
 clean:
-	rm -rf .venv .airflow .demo .pgdata
+	rm -rf .venv .airflow .demo .pgdata .redis
