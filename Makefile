@@ -41,4 +41,4 @@ mariadb-stop:
 
 clean:
 	@scripts/postgres.sh stop; scripts/mariadb.sh stop
-	rm -rf .venv .airflow .demo .testservers .compat
+	rm -rf .venv .airflow .demo .testservers .compat .redis

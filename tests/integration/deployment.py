@@ -262,15 +262,15 @@ class AirflowDeployment:
         """Send ``sig`` to a component's process group and wait for it; returns its exit code.
 
         SIGTERM goes to the component's main process only (as ``docker stop`` or Kubernetes send it),
-        which then has ``grace`` seconds to shut down its children and itself before the group is
-        killed. SIGKILL goes to the whole group at once: nothing of it can clean up (a machine that
-        died). Either way nothing of the group is left.
+        which then has ``grace`` seconds to shut down its children and itself before the rest is
+        killed. SIGKILL goes to every process the component started at once (a machine, or a
+        container, that died): nothing of it can clean up. Either way nothing of it is left.
         """
         process = self.processes.pop(name)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if sig == signal.SIGKILL:
-                os.killpg(process.pid, sig)
-            else:
+        if sig == signal.SIGKILL:
+            kill_session(process.pid)
+        else:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 process.send_signal(sig)
         try:
             process.wait(timeout=grace)
@@ -374,9 +374,8 @@ class AirflowDeployment:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
         for name, process in processes.items():
-            # a group may outlive its leader (task processes, the triggerer's runner): finish it
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
+            # a session may outlive its leader (task processes, the triggerer's runner): finish it
+            kill_session(process.pid)
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -504,6 +503,35 @@ class AirflowDeployment:
         run = self.wait_for(finished, timeout, f"dag run {run_id} to finish", interval=1)
         assert run["state"] == "success", f"dag run {run_id}: {run['state']}\n{self.run_summary(dag_id, run_id)}"
         return run
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (a component and all it started), at once.
+
+    Not just its process group: Airflow's task supervisor puts each task process in a group of its
+    own, and a worker killed by group would leave its running tasks behind as orphans that go on
+    sending. Everything is stopped (SIGSTOP) first, so nothing forks or exits while it is gathered.
+    """
+    for _ in range(5):
+        members = _session_members(sid)
+        if not members:
+            return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in members if sig == signal.SIGSTOP else _session_members(sid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+        time.sleep(0.1)
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+                state = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()[0]
+                if state != "Z" and os.getsid(int(entry)) == sid and int(entry) != os.getpid():
+                    members.append(int(entry))  # (a zombie is dead already: only not yet reaped)
+    return members
 
 
 def _fernet_key() -> str:
