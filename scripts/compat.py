@@ -119,10 +119,23 @@ def run_cell(cell: dict[str, Any], matrix: dict[str, Any], wheel: Path, work: Pa
     if versions.get("apache-airflow") != cell["airflow"]:
         result["problems"].append(f"resolved apache-airflow {versions.get('apache-airflow')}, not {cell['airflow']}")
 
-    cell_env = {**env, "CEKURA_TEST_AIRFLOW_HOME": str(scratch / name / "pytest-home"), "PYTHONDONTWRITEBYTECODE": "1"}
+    # One Airflow home per cell: pytest migrates its metadata DB, the DAG runs reuse it.
+    home = scratch / name / "airflow-home"
+    cell_env = {**env, "CEKURA_TEST_AIRFLOW_HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
     pytest_log = logs / "pytest.log"
     step = time.monotonic()
-    command = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10", "-m", "not postgres and not integration"]
+    command = [
+        str(python),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--durations=10",
+        "-m",
+        "not postgres and not integration",
+    ]
+    command += [f"--deselect={node}" for node in matrix.get("deselect", [])]
     code = _run([*command, *matrix["tests"]], pytest_log, cwd=work, env=cell_env)
     result["pytest_s"] = round(time.monotonic() - step, 1)
     result["pytest"] = _pytest_counts(pytest_log)
@@ -131,7 +144,6 @@ def run_cell(cell: dict[str, Any], matrix: dict[str, Any], wheel: Path, work: Pa
 
     dags_log = logs / "cell.log"
     step = time.monotonic()
-    home = scratch / name / "airflow-home"
     done = subprocess.run(
         [str(python), str(work / "scripts" / "compat_cell.py")],
         cwd=work,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY, reschedules, run_state  # not tests.conftest: that would import (and run) it twice
+from conftest import TEST_API_KEY, run_state  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraEvaluationFailedError, CekuraValidationError
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
@@ -109,9 +109,10 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
     assert_summary(ret("poke"), [a])
     assert polls_of(emulator, a) >= 3
 
-    # reschedule mode: the task went through up_for_reschedule between pokes
+    # reschedule mode: the task went through up_for_reschedule between pokes (the same log line on every
+    # Airflow line; TaskReschedule rows are not a witness: dag.test on 3.0/3.1 deletes them on the next try)
     assert_summary(ret("reschedule"), [b])
-    assert reschedules(dr)["reschedule"] >= 1
+    assert "Rescheduling task, marking task as UP_FOR_RESCHEDULE" in logs
     assert polls_of(emulator, b) >= 2
 
     # deferrable: checked once (pending), deferred, the trigger polled until done, the task resumed
