@@ -62,6 +62,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_cekura.operators.observe",
                     "airflow_provider_cekura.operators.rerun_evaluation",
+                    "airflow_provider_cekura.operators.evaluation_check",
                 ],
             }
         ],

@@ -337,33 +337,46 @@ def build_observe_payloads(calls: Any) -> list[dict[str, Any]]:
     return payloads
 
 
-def multipart_fields(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Flatten a validated payload into multipart form fields (objects and lists as JSON text)."""
-    fields: dict[str, str] = {}
+MULTIPART_ARRAY_FIELDS = frozenset({"redact_fields"})
+"""Fields the observe schema types as arrays: in a form body, one part per item (as a form list is read)."""
+
+
+def multipart_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flatten a validated payload into multipart form fields, in order.
+
+    A documented array (:data:`MULTIPART_ARRAY_FIELDS`) becomes one field per item; other objects and
+    lists (``transcript_json``, ``metadata``, ``dynamic_variables``: JSON per the documents) JSON text.
+    """
+    fields: list[tuple[str, str]] = []
     for key, value in payload.items():
-        if isinstance(value, (dict, list)):
-            fields[key] = json.dumps(value)
+        if key in MULTIPART_ARRAY_FIELDS and isinstance(value, list):
+            fields.extend((key, str(item)) for item in value)
+        elif isinstance(value, (dict, list)):
+            fields.append((key, json.dumps(value)))
         elif isinstance(value, bool):
-            fields[key] = "true" if value else "false"
+            fields.append((key, "true" if value else "false"))
         else:
-            fields[key] = str(value)
+            fields.append((key, str(value)))
     return fields
 
 
 def parse_call_log_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
     """Cekura call log ids from an int, a list, a comma string or JSON text (a rendered XCom).
 
+    The sensor's result, ``{"<id>": {...}}`` (as a dict or as JSON text), gives its keys.
     Duplicates are dropped, order kept; anything that is not a positive integer is an error.
     """
     if isinstance(call_log_ids, str):
         text = call_log_ids.strip()
-        if text.startswith("["):
+        if text.startswith(("[", "{")):
             try:
                 call_log_ids = json.loads(text)
             except ValueError:
-                raise CekuraValidationError(name, f"is not a JSON list: {text[:80]!r}") from None
+                raise CekuraValidationError(name, f"is not a JSON list or object: {text[:80]!r}") from None
         else:
             call_log_ids = [part for part in text.split(",") if part.strip()]
+    if isinstance(call_log_ids, Mapping):
+        call_log_ids = list(call_log_ids)
     if isinstance(call_log_ids, (int, str)):
         call_log_ids = [call_log_ids]
     if not isinstance(call_log_ids, Iterable):

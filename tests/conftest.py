@@ -1,4 +1,4 @@
-"""Shared test fixtures: one Airflow home and metadata DB per session, the emulator, Postgres.
+"""Shared test fixtures: one Airflow home and metadata DB per session, the emulator, Postgres, MariaDB.
 
 Environment is set before anything imports Airflow.
 """
@@ -38,6 +38,15 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("AIRFLOW__OPENLINEAGE__DISABLED", "True")
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rate_limiters() -> Iterator[None]:
+    """Each test starts with no learned rate limit (the limiters are shared per process)."""
+    from airflow_provider_cekura.hooks._rate_limit import reset_shared_limiters
+
+    reset_shared_limiters()
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -131,12 +140,23 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 @pytest.fixture(scope="session")
 def postgres_uri() -> str:
-    """URI of the real Postgres started by ``make test`` (scripts/with_postgres.sh)."""
+    """URI of the real Postgres started by ``make test`` (scripts/with_test_servers.sh)."""
     uri = os.environ.get("CEKURA_TEST_POSTGRES_URI")
     if not uri:
         if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
             pytest.fail("CEKURA_TEST_POSTGRES_URI is not set: run the suite with `make test`")
-        pytest.skip("no Postgres: run with `make test` (or scripts/with_postgres.sh pytest ...)")
+        pytest.skip("no Postgres: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mariadb_uri() -> str:
+    """URI of the real MariaDB started by ``make test`` (scripts/with_test_servers.sh)."""
+    uri = os.environ.get("CEKURA_TEST_MARIADB_URI")
+    if not uri:
+        if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail("CEKURA_TEST_MARIADB_URI is not set: run the suite with `make test`")
+        pytest.skip("no MariaDB: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
     return uri
 
 

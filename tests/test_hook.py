@@ -403,6 +403,7 @@ def test_test_connection_ok_and_bad_key(monkeypatch: pytest.MonkeyPatch, emulato
     use_connection(monkeypatch, emulator.base_url, password="wrong-key")
     ok, message = CekuraHook().test_connection()
     assert not ok and "401" in message and "cekura_default" in message
+    assert "detail: Invalid API key. Check the password field" in message  # one period, not two
     assert "wrong-key" not in message
     use_connection(monkeypatch, emulator.base_url, password=None)
     ok, message = CekuraHook().test_connection()

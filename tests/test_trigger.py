@@ -277,7 +277,11 @@ def test_polling_never_blocks_the_event_loop(emulator: Any) -> None:
     trigger = CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.1, deadline=time.time() + 30)
 
     async def blocking_check() -> Any:
-        return trigger._check()  # what a trigger calling the sync hook on the loop would do
+        from airflow_provider_cekura.hooks.cekura import CekuraHook
+        from airflow_provider_cekura.waiting import check_evaluations
+
+        # what a trigger calling the sync hook on the loop would do
+        return check_evaluations(CekuraHook(), ids)
 
     async def scenario() -> tuple[Any, float, float]:
         events, lag = await max_loop_lag(collect(trigger))

@@ -112,7 +112,7 @@ def error_from_response(response: requests.Response, *, method: str, path: str, 
     if status in (401, 403):
         return CekuraAuthError(
             f"Cekura refused the API key of connection {conn_id!r} on {where} ({status}): "
-            f"{detail or 'unauthorized'}. Check the password field of the connection.",
+            f"{(detail or 'unauthorized').rstrip('.')}. Check the password field of the connection.",
             **kwargs,
         )
     if status == 404:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_TIMEOUT, EvaluationSummary
 from airflow_provider_cekura.exceptions import CekuraAPIError
+from airflow_provider_cekura.triggers._poller import PollSource, shared_poller
 from airflow_provider_cekura.version_compat import BaseTrigger, TriggerEvent
 from airflow_provider_cekura.waiting import event_from_summary
 
@@ -19,14 +21,17 @@ MAX_ANSWER_WINDOW = 5.0
 class CekuraCallLogTrigger(BaseTrigger):
     """Poll Cekura until every call log is evaluated (or failed), or the deadline passes.
 
-    HTTP runs in a worker thread (``asyncio.to_thread``) through the same
+    All triggers of one ``cekura_conn_id`` in a triggerer share one poll
+    (:mod:`airflow_provider_cekura.triggers._poller`): one list request per 100
+    pending ids across all of them, each wait polled at least every
+    ``poll_interval`` seconds, HTTP on the poller's few threads through the same
     :class:`~airflow_provider_cekura.hooks.cekura.CekuraHook` and retry policy
-    as the workers use, so the triggerer's event loop never blocks. It
-    serializes only plain values (no key: the hook reads the connection
-    itself) and always ends with exactly one event:
-    ``success``, ``evaluation_failed``, ``timeout`` or ``error``. The deadline
-    bounds the whole wait, a poll that hangs included: the trigger ends at most
-    ``min(poll_interval, 5)`` seconds after it.
+    as the workers use, so the triggerer's event loop never blocks. Each trigger
+    keeps its own deadline and error budget. It serializes only plain values
+    (no key: the hook reads the connection itself) and always ends with exactly
+    one event: ``success``, ``evaluation_failed``, ``timeout`` or ``error``. The
+    deadline bounds the whole wait, a poll that hangs included: the trigger ends
+    at most ``min(poll_interval, 5)`` seconds after it.
 
     :param call_log_ids: Cekura call log ids to wait for.
     :param cekura_conn_id: connection id of type ``cekura``.
@@ -53,8 +58,6 @@ class CekuraCallLogTrigger(BaseTrigger):
         self.max_consecutive_errors = max(int(max_consecutive_errors), 1)
         if not self.poll_interval > 0:
             raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
-        self._hook: Any = None
-        self._in_flight: asyncio.Future[EvaluationSummary] | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -68,14 +71,11 @@ class CekuraCallLogTrigger(BaseTrigger):
             },
         )
 
-    def _check(self) -> EvaluationSummary:
-        """Runs in a worker thread: builds the sync hook there (connection lookup included)."""
-        from airflow_provider_cekura.hooks.cekura import CekuraHook
-        from airflow_provider_cekura.waiting import check_evaluations
-
-        if self._hook is None:
-            self._hook = CekuraHook(cekura_conn_id=self.cekura_conn_id)
-        return check_evaluations(self._hook, self.call_log_ids)
+    @contextmanager
+    def _polls(self) -> Iterator[PollSource]:
+        """Where this wait's polls come from: its place in the connection's shared poll."""
+        with shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval) as subscription:
+            yield subscription
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "call_log_ids": self.call_log_ids, **extra})
@@ -95,63 +95,43 @@ class CekuraCallLogTrigger(BaseTrigger):
             raise
         except Exception as err:  # never crash the triggerer: one error event instead
             event = self._event(EVENT_ERROR, f"{type(err).__name__}: {err}")
-        finally:
-            self._release_hook()
         yield event
 
     async def _wait(self) -> TriggerEvent:
-        """Poll until done, failed for good, or past the deadline; returns the one event to yield."""
+        """Take each poll's outcome until done, failed for good, or past the deadline; returns the one event."""
         errors = 0
         summary: EvaluationSummary | None = None
-        while True:
-            remaining = self._remaining()
-            # A poll may take the hook's whole retry budget (read timeouts included): never let it
-            # outlive the deadline by more than a short answer window, so that a deadline already
-            # past (a triggerer that picked the trigger up late) still gets one fair look.
-            window = None if remaining is None else max(remaining, min(self.poll_interval, MAX_ANSWER_WINDOW))
-            self._in_flight = asyncio.ensure_future(asyncio.to_thread(self._check))
-            done, _ = await asyncio.wait({self._in_flight}, timeout=window)
-            if not done:
-                return self._timeout_event(summary, " (the last poll did not answer before the deadline)")
-            future, self._in_flight = self._in_flight, None
-            try:
-                summary = future.result()
-                errors = 0
-            except CekuraAPIError as err:
-                if not err.retryable:
-                    return self._event(EVENT_ERROR, str(err))
-                errors += 1
-                if errors >= self.max_consecutive_errors:
-                    return self._event(EVENT_ERROR, f"{errors} polls in a row failed, last: {err}")
-                self.log.warning("Poll failed (%d/%d): %s", errors, self.max_consecutive_errors, err)
-            else:
-                if summary.done:
-                    return TriggerEvent({**event_from_summary(summary), "call_log_ids": self.call_log_ids})
-                self.log.info(
-                    "%d of %d call log(s) still evaluating",
-                    len(summary.pending) + len(summary.missing),
-                    len(self.call_log_ids),
-                )
-            wait = self.poll_interval
-            remaining = self._remaining()
-            if remaining is not None:
-                if remaining <= 0:
+        with self._polls() as polls:
+            if self.deadline is not None:
+                polls.poll_before(self.deadline)  # one last look at the deadline, whatever the interval
+            while True:
+                remaining = self._remaining()
+                # A poll may take the hook's whole retry budget (read timeouts included): never let it
+                # outlive the deadline by more than a short answer window, so that a deadline already
+                # past (a triggerer that picked the trigger up late) still gets one fair look.
+                answer = min(self.poll_interval, MAX_ANSWER_WINDOW)
+                window = None if remaining is None else max(remaining, 0.0) + answer
+                try:
+                    summary = await asyncio.wait_for(polls.next_outcome(), window)
+                    errors = 0
+                except TimeoutError:
+                    why = " (the last poll did not answer before the deadline)" if polls.in_flight else ""
+                    return self._timeout_event(summary, why)
+                except CekuraAPIError as err:
+                    if not err.retryable:
+                        return self._event(EVENT_ERROR, str(err))
+                    errors += 1
+                    if errors >= self.max_consecutive_errors:
+                        return self._event(EVENT_ERROR, f"{errors} polls in a row failed, last: {err}")
+                    self.log.warning("Poll failed (%d/%d): %s", errors, self.max_consecutive_errors, err)
+                else:
+                    if summary.done:
+                        return TriggerEvent({**event_from_summary(summary), "call_log_ids": self.call_log_ids})
+                    self.log.info(
+                        "%d of %d call log(s) still evaluating",
+                        len(summary.pending) + len(summary.missing),
+                        len(self.call_log_ids),
+                    )
+                remaining = self._remaining()
+                if remaining is not None and remaining <= 0:
                     return self._timeout_event(summary)
-                wait = min(wait, remaining)
-            await asyncio.sleep(wait)
-
-    def _release_hook(self) -> None:
-        """Close the hook's session once no poll uses it: now, or when the abandoned poll's task ends or is cancelled."""
-        in_flight, self._in_flight = self._in_flight, None
-
-        def close(_: Any = None) -> None:
-            if in_flight is not None and not in_flight.cancelled():
-                in_flight.exception()  # retrieved: an abandoned poll's error is not worth a warning
-            hook, self._hook = self._hook, None
-            if hook is not None:
-                hook.close()
-
-        if in_flight is not None and not in_flight.done():
-            in_flight.add_done_callback(close)
-        else:
-            close()
