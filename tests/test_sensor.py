@@ -83,9 +83,9 @@ with DAG(
 
 def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     a, b, c, d = ids = seed(emulator, 4, delay=0)
-    # each rerun task restarts evaluation for 5 s: longer than a task takes to start on a busy machine
-    # (on Airflow 3.0 under load, about 5 s), so that every sensor finds its call logs still pending
-    emulator.evaluation_delay = 5.0
+    # each rerun task restarts evaluation for 8 s: longer than the next task takes to start on a busy machine
+    # (more than 5 s on Airflow 3.0 under load), so that every sensor finds its call logs still pending
+    emulator.evaluation_delay = 8.0
     emulator.reset_log()
 
     dr = run_dag(DAG_SOURCE.format(ids=ids), "cekura_sensor_modes")
@@ -105,7 +105,7 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
             assert isinstance(entry["success"], bool)
             assert [m["name"] for m in entry["metrics"]] == METRIC_NAMES
 
-    # poke mode: one worker slot, several pokes 0.5 s apart during the 5 s evaluation
+    # poke mode: one worker slot, several pokes 0.5 s apart during the 8 s evaluation
     assert_summary(ret("poke"), [a])
     assert polls_of(emulator, a) >= 3
 
