@@ -198,23 +198,3 @@ def xcom_value(row: Any) -> Any:
     from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS
 
     return xcom_model().deserialize_value(row) if AIRFLOW_V_3_0_PLUS else row.value
-
-
-def reschedules(dr: Any) -> dict[str, int]:
-    """How many times each task of a finished DagRun was rescheduled (rows keyed by ``ti_id`` from Airflow 3)."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.taskreschedule import TaskReschedule
-    from airflow.utils.session import create_session
-
-    from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS
-
-    with create_session() as session:
-        counts = {}
-        for ti in session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all():
-            query = session.query(TaskReschedule)
-            if AIRFLOW_V_3_0_PLUS:
-                query = query.filter(TaskReschedule.ti_id == ti.id)
-            else:
-                query = query.filter_by(dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index)
-            counts[ti.task_id] = query.count()
-    return counts

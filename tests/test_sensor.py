@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY, reschedules, run_state  # not tests.conftest: that would import (and run) it twice
+from conftest import TEST_API_KEY, run_state  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraEvaluationFailedError, CekuraValidationError
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
@@ -83,9 +83,9 @@ with DAG(
 
 def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     a, b, c, d = ids = seed(emulator, 4, delay=0)
-    # each rerun task restarts evaluation for 5 s: longer than a task takes to start on a busy machine
-    # (on Airflow 3.0 under load, about 5 s), so that every sensor finds its call logs still pending
-    emulator.evaluation_delay = 5.0
+    # each rerun task restarts evaluation for 8 s: longer than the next task takes to start on a busy machine
+    # (more than 5 s on Airflow 3.0 under load), so that every sensor finds its call logs still pending
+    emulator.evaluation_delay = 8.0
     emulator.reset_log()
 
     dr = run_dag(DAG_SOURCE.format(ids=ids), "cekura_sensor_modes")
@@ -105,13 +105,14 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
             assert isinstance(entry["success"], bool)
             assert [m["name"] for m in entry["metrics"]] == METRIC_NAMES
 
-    # poke mode: one worker slot, several pokes 0.5 s apart during the 5 s evaluation
+    # poke mode: one worker slot, several pokes 0.5 s apart during the 8 s evaluation
     assert_summary(ret("poke"), [a])
     assert polls_of(emulator, a) >= 3
 
-    # reschedule mode: the task went through up_for_reschedule between pokes
+    # reschedule mode: the task went through up_for_reschedule between pokes (the same log line on every
+    # Airflow line; TaskReschedule rows are not a witness: dag.test on 3.0/3.1 deletes them on the next try)
     assert_summary(ret("reschedule"), [b])
-    assert reschedules(dr)["reschedule"] >= 1
+    assert "Rescheduling task, marking task as UP_FOR_RESCHEDULE" in logs
     assert polls_of(emulator, b) >= 2
 
     # deferrable: checked once (pending), deferred, the trigger polled until done, the task resumed
