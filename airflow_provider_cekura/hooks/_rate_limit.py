@@ -181,8 +181,8 @@ class RateLimiter:
             estimate = max(estimate, MIN_RATE)
             self._estimate = estimate if self.max_rate is None else min(estimate, self.max_rate)
             self._estimated_at = self._blocked_until
-        elif self._estimate is None:
-            self._window = 1.0  # too little to estimate from: start again with one request in flight
+        elif self._estimate is None and admitted == 0:
+            self._window = 1.0  # throttled before anything passed: start again with one request in flight
         self._window_start, self._after_throttle = throttled_at, True
         while self._admitted and self._admitted[0] < throttled_at:
             self._admitted.popleft()
