@@ -33,7 +33,7 @@ class PerRequestRetries(RateLimiter):
 
     throttles_spend_attempts = True
 
-    def acquire(self) -> float:
+    def acquire(self, deadline: float | None = None) -> float:
         return time.monotonic()
 
     def release(self) -> None:

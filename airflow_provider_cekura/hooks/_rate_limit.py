@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections import deque
+from typing import overload
 
 DOUBLING = 10.0
 """Seconds in which the rate doubles while nothing is throttled."""
@@ -92,6 +93,12 @@ class RateLimiter:
     def blocked_for(self) -> float:
         """Seconds until requests may be sent again (0 when not paused)."""
         return max(self._blocked_until - time.monotonic(), 0.0)
+
+    @overload
+    def acquire(self) -> float: ...
+
+    @overload
+    def acquire(self, deadline: float) -> float | None: ...
 
     def acquire(self, deadline: float | None = None) -> float | None:
         """Wait until this request may be sent (shared pause, then pacing); returns the send time.
