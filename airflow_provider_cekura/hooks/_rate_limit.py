@@ -15,6 +15,12 @@ is never exceeded). Unlike it, a throttle pauses everyone (octokit's
 throttling plugin does the same), and a window between two throttles with
 fewer than :data:`MIN_SAMPLES` admitted requests does not change the rate (a
 server that throttles at random is obeyed, not chased down to a crawl).
+Until there is an estimate, requests start :data:`INITIAL_IN_FLIGHT` in flight
+and one more per round trip (like TCP's slow start), so the first burst into
+an empty bucket meets few 429s.
+
+Requests are counted by send time, and the estimate is made when the pause
+ends, once the requests sent before the throttle have answered.
 
 The limiter only waits in the thread that sends (``acquire`` sleeps); the
 trigger runs the sync hook in worker threads, so the triggerer's event loop
@@ -138,7 +144,7 @@ class RateLimiter:
         """The request sent after :meth:`acquire` has its answer (or failed)."""
         with self._cond:
             self._in_flight -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def admitted(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` got an answer other than 429 (the server counted it)."""
@@ -150,7 +156,7 @@ class RateLimiter:
                 self._window += 1 / self._window  # about one more per round trip
                 if self._window >= MAX_IN_FLIGHT:
                     self._window = None
-                self._cond.notify()
+                self._cond.notify_all()
 
     def throttled(self, sent_at: float, pause: float) -> float:
         """A request sent at ``sent_at`` got 429: pause everyone for ``pause`` s.
