@@ -27,7 +27,9 @@ from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
 TURNS = [{"role": "Main Agent", "content": "Hello.", "start_time": 0.0, "end_time": 1.0}]
 
 
-def use_connection(monkeypatch: pytest.MonkeyPatch, emulator: Any, conn_id: str = "cekura_default", **extra: Any) -> None:
+def use_connection(
+    monkeypatch: pytest.MonkeyPatch, emulator: Any, conn_id: str = "cekura_default", **extra: Any
+) -> None:
     options = {"backoff_base": 0.01, "backoff_max": 0.05, "read_timeout": 5, **extra}
     conn = {"conn_type": "cekura", "host": emulator.base_url, "password": TEST_API_KEY, "extra": options}
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))

@@ -15,6 +15,12 @@ is never exceeded). Unlike it, a throttle pauses everyone (octokit's
 throttling plugin does the same), and a window between two throttles with
 fewer than :data:`MIN_SAMPLES` admitted requests does not change the rate (a
 server that throttles at random is obeyed, not chased down to a crawl).
+Until there is an estimate, requests start :data:`INITIAL_IN_FLIGHT` in flight
+and one more per round trip (like TCP's slow start), so the first burst into
+an empty bucket meets few 429s.
+
+Requests are counted by send time, and the estimate is made when the pause
+ends, once the requests sent before the throttle have answered.
 
 The limiter only waits in the thread that sends (``acquire`` sleeps); the
 trigger runs the sync hook in worker threads, so the triggerer's event loop
@@ -27,6 +33,7 @@ import os
 import threading
 import time
 from collections import deque
+from typing import overload
 
 DOUBLING = 10.0
 """Seconds in which the rate doubles while nothing is throttled."""
@@ -93,6 +100,12 @@ class RateLimiter:
         """Seconds until requests may be sent again (0 when not paused)."""
         return max(self._blocked_until - time.monotonic(), 0.0)
 
+    @overload
+    def acquire(self) -> float: ...
+
+    @overload
+    def acquire(self, deadline: float) -> float | None: ...
+
     def acquire(self, deadline: float | None = None) -> float | None:
         """Wait until this request may be sent (shared pause, then pacing); returns the send time.
 
@@ -131,7 +144,7 @@ class RateLimiter:
         """The request sent after :meth:`acquire` has its answer (or failed)."""
         with self._cond:
             self._in_flight -= 1
-            self._cond.notify()
+            self._cond.notify_all()
 
     def admitted(self, sent_at: float) -> None:
         """The request sent at ``sent_at`` got an answer other than 429 (the server counted it)."""
@@ -143,7 +156,7 @@ class RateLimiter:
                 self._window += 1 / self._window  # about one more per round trip
                 if self._window >= MAX_IN_FLIGHT:
                     self._window = None
-                self._cond.notify()
+                self._cond.notify_all()
 
     def throttled(self, sent_at: float, pause: float) -> float:
         """A request sent at ``sent_at`` got 429: pause everyone for ``pause`` s.
@@ -181,8 +194,8 @@ class RateLimiter:
             estimate = max(estimate, MIN_RATE)
             self._estimate = estimate if self.max_rate is None else min(estimate, self.max_rate)
             self._estimated_at = self._blocked_until
-        elif self._estimate is None:
-            self._window = 1.0  # too little to estimate from: start again with one request in flight
+        elif self._estimate is None and admitted == 0:
+            self._window = 1.0  # throttled before anything passed: start again with one request in flight
         self._window_start, self._after_throttle = throttled_at, True
         while self._admitted and self._admitted[0] < throttled_at:
             self._admitted.popleft()

@@ -276,9 +276,11 @@ class CekuraHook(BaseHook):
             if throttled_since is None:
                 sent_at = limiter.acquire()
             else:
-                sent_at = limiter.acquire(throttled_since + self._settings["rate_limit_max_wait"])
-                if sent_at is None:
+                # A throttled request waits for its turn only until its time budget ends.
+                turn = limiter.acquire(throttled_since + self._settings["rate_limit_max_wait"])
+                if turn is None:
                     self._raise_rate_limit(throttles, time.monotonic() - throttled_since)
+                sent_at = turn
             self.request_count += 1
             try:
                 try:

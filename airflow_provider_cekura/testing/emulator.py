@@ -6,7 +6,8 @@ slash, as Cekura's router serves them), the documented response shapes,
 ``{field: [messages]}`` validation errors, page-number pagination with
 absolute ``next`` links and a page-size cap, the list filters (including a
 maximum timestamp window), asynchronous evaluation that leaves
-``"evaluating"`` after a delay, and fault injection.
+``"evaluating"`` after a delay, fault injection, and a token-bucket rate
+limit (:meth:`CekuraEmulator.set_rate_limit`).
 
 It deliberately shares no code with the client (no payload validation from
 :mod:`airflow_provider_cekura.payloads`): a double that reused the client's
