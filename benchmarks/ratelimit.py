@@ -121,7 +121,7 @@ def _describe(m: dict[str, Any]) -> str:
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
     rates = (20,) if smoke else RATES
-    seconds_of_calls = 1 if smoke else SECONDS_OF_CALLS
+    seconds_of_calls = 2 if smoke else SECONDS_OF_CALLS
     section = Section(
         "B5 — rate limits",
         f"Bulk observe (`max_concurrency=8`) of {seconds_of_calls} x R calls against the emulator limited to R "
