@@ -29,8 +29,21 @@ _CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
     },
     "max_attempts": {
         "label": "Max attempts",
-        "description": "Attempts per request on 429, 5xx, timeouts and dropped connections (default 5).",
+        "description": "Attempts per request on 5xx, timeouts and dropped connections (default 5); "
+        "429s spend the rate limit wait instead.",
         "schema": {"type": ["integer", "null"], "minimum": 1, "maximum": 20, "default": 5},
+    },
+    "max_requests_per_second": {
+        "label": "Max requests per second",
+        "description": "Your plan's known rate limit: the requests of this connection in one process never "
+        "exceed it (default: none; the limiter still slows down on 429s).",
+        "schema": {"type": ["number", "null"], "minimum": 0.01},
+    },
+    "rate_limit_max_wait": {
+        "label": "Rate limit max wait (s)",
+        "description": "Seconds one request may stay throttled (429) before the task fails with "
+        "CekuraRateLimitError (default 300).",
+        "schema": {"type": ["number", "null"], "minimum": 0, "default": 300},
     },
     "dashboard_url": {
         "label": "Dashboard URL",
@@ -62,6 +75,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_cekura.operators.observe",
                     "airflow_provider_cekura.operators.rerun_evaluation",
+                    "airflow_provider_cekura.operators.evaluation_check",
                 ],
             }
         ],

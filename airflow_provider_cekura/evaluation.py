@@ -4,6 +4,10 @@ The API documents ``status`` as ``success | failure | reviewed_success |
 reviewed_failure``, yet a call log under evaluation reports ``"evaluating"``;
 ``metrics`` may arrive as a list or as JSON text. Every operator, sensor and
 trigger asks this module; nobody else compares status strings.
+
+It is also the one place that reads a call log the way a real server may send
+it (:func:`normalize_call_log`): JSON fields as JSON text or as JSON values, and
+a string field without a value as ``""`` (the documented form) or ``null``.
 """
 
 from __future__ import annotations
@@ -54,12 +58,61 @@ def parse_json_field(value: Any) -> Any:
     return value
 
 
+JSON_FIELDS = ("critical_categories", "transcript_object", "metadata", "dynamic_variables")
+"""Call log fields that may arrive as JSON text or as JSON values (``metrics`` is parsed by :func:`parse_metrics`)."""
+
+OPTIONAL_TEXT_FIELDS = (
+    "call_ended_reason",
+    "customer_number",
+    "feedback",
+    "trace_id",
+    "topic",
+    "dropoff_point",
+    "voice_recording_url",
+    "assistant_id",
+    "error_message",
+)
+"""String fields that carry no value as ``""`` (documented) or ``null``: both read as ``None``."""
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _score(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        return float(str(value).strip())
+    except ValueError:
+        return None
+
+
+def normalize_metric(metric: Mapping[str, Any]) -> dict[str, Any]:
+    """One metric with ``score`` a float or ``None`` and ``enum``/``value`` a string or ``None``.
+
+    The list schema requires ``score`` (number), ``enum`` and ``value`` (strings) on every metric,
+    though each applies to some metric types only: a key that does not apply may come as ``0``/``""``
+    or as ``null``, and reads as ``None`` either way (``score`` of an ``enum`` metric, ``enum``/``value``
+    when empty). A score sent as numeric text reads as a number.
+    """
+    result = dict(metric)
+    if "score" in result:
+        result["score"] = None if str(result.get("type") or "").lower() == "enum" else _score(result["score"])
+    for key in ("enum", "value"):
+        if key in result:
+            result[key] = _blank_to_none(result[key])
+    return result
+
+
 def parse_metrics(call_log: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The call log's metrics as a list of dicts, whatever form they arrived in.
 
     Looks at ``metrics`` (list or JSON text) and falls back to
     ``evaluation.metrics`` (the rerun response shape). Entries that are not
-    objects are dropped.
+    objects are dropped; each is read by :func:`normalize_metric`.
     """
     metrics = parse_json_field(call_log.get("metrics"))
     if not metrics:
@@ -70,16 +123,24 @@ def parse_metrics(call_log: Mapping[str, Any]) -> list[dict[str, Any]]:
         metrics = [metrics]
     if not isinstance(metrics, list):
         return []
-    return [dict(m) for m in metrics if isinstance(m, Mapping)]
+    return [normalize_metric(m) for m in metrics if isinstance(m, Mapping)]
 
 
 def normalize_call_log(call_log: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of ``call_log`` with ``metrics`` and ``critical_categories`` parsed from JSON text."""
+    """A copy of ``call_log`` read in one form, whichever form the server sent.
+
+    ``metrics`` becomes a list of metrics (:func:`parse_metrics`); the :data:`JSON_FIELDS` are parsed
+    when they are JSON text; the :data:`OPTIONAL_TEXT_FIELDS` are ``None`` when ``""`` or ``null``.
+    """
     result = dict(call_log)
     if "metrics" in result or "evaluation" in result:
         result["metrics"] = parse_metrics(call_log)
-    if "critical_categories" in result:
-        result["critical_categories"] = parse_json_field(result["critical_categories"])
+    for name in JSON_FIELDS:
+        if name in result:
+            result[name] = parse_json_field(result[name])
+    for name in OPTIONAL_TEXT_FIELDS:
+        if name in result:
+            result[name] = _blank_to_none(result[name])
     return result
 
 

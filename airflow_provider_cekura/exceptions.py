@@ -76,10 +76,17 @@ class CekuraNotFoundError(CekuraAPIError):
 
 
 class CekuraRateLimitError(CekuraAPIError):
-    """429 after every retry was spent."""
+    """429 for longer than the connection's ``rate_limit_max_wait``.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+    :param retry_after: the server's last ``Retry-After``, in seconds.
+    :param waited: seconds the request stayed throttled before giving up.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, waited: float | None = None, **kwargs: Any
+    ) -> None:
         self.retry_after = retry_after
+        self.waited = waited
         super().__init__(message, **kwargs)
 
     @property
@@ -128,3 +135,14 @@ class CekuraEvaluationFailedError(CekuraError):
 
 class CekuraWaitTimeoutError(CekuraError):
     """Evaluation did not finish before the deadline; the message names the pending ids."""
+
+
+class CekuraEvaluationCheckError(CekuraError):
+    """Evaluation quality checks did not hold; the message names each one with its value and threshold.
+
+    :param summary: the gate's full summary (the same dict it pushes to XCom).
+    """
+
+    def __init__(self, message: str, summary: dict[str, Any] | None = None) -> None:
+        self.summary = summary or {}
+        super().__init__(message)

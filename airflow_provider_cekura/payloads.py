@@ -337,33 +337,46 @@ def build_observe_payloads(calls: Any) -> list[dict[str, Any]]:
     return payloads
 
 
-def multipart_fields(payload: Mapping[str, Any]) -> dict[str, str]:
-    """Flatten a validated payload into multipart form fields (objects and lists as JSON text)."""
-    fields: dict[str, str] = {}
+MULTIPART_ARRAY_FIELDS = frozenset({"redact_fields"})
+"""Fields the observe schema types as arrays: in a form body, one part per item (as a form list is read)."""
+
+
+def multipart_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Flatten a validated payload into multipart form fields, in order.
+
+    A documented array (:data:`MULTIPART_ARRAY_FIELDS`) becomes one field per item; other objects and
+    lists (``transcript_json``, ``metadata``, ``dynamic_variables``: JSON per the documents) JSON text.
+    """
+    fields: list[tuple[str, str]] = []
     for key, value in payload.items():
-        if isinstance(value, (dict, list)):
-            fields[key] = json.dumps(value)
+        if key in MULTIPART_ARRAY_FIELDS and isinstance(value, list):
+            fields.extend((key, str(item)) for item in value)
+        elif isinstance(value, (dict, list)):
+            fields.append((key, json.dumps(value)))
         elif isinstance(value, bool):
-            fields[key] = "true" if value else "false"
+            fields.append((key, "true" if value else "false"))
         else:
-            fields[key] = str(value)
+            fields.append((key, str(value)))
     return fields
 
 
 def parse_call_log_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
     """Cekura call log ids from an int, a list, a comma string or JSON text (a rendered XCom).
 
+    The sensor's result, ``{"<id>": {...}}`` (as a dict or as JSON text), gives its keys.
     Duplicates are dropped, order kept; anything that is not a positive integer is an error.
     """
     if isinstance(call_log_ids, str):
         text = call_log_ids.strip()
-        if text.startswith("["):
+        if text.startswith(("[", "{")):
             try:
                 call_log_ids = json.loads(text)
             except ValueError:
-                raise CekuraValidationError(name, f"is not a JSON list: {text[:80]!r}") from None
+                raise CekuraValidationError(name, f"is not a JSON list or object: {text[:80]!r}") from None
         else:
             call_log_ids = [part for part in text.split(",") if part.strip()]
+    if isinstance(call_log_ids, Mapping):
+        call_log_ids = list(call_log_ids)
     if isinstance(call_log_ids, (int, str)):
         call_log_ids = [call_log_ids]
     if not isinstance(call_log_ids, Iterable):
@@ -386,11 +399,17 @@ RecordingSource = Any
 """A local path (str or ``os.PathLike``), an ``ObjectStoragePath`` (s3://, gs://, file://) or a binary file object."""
 
 
+def _is_local_path(source: Any) -> bool:
+    """A str or ``os.PathLike`` naming a local file. An ``ObjectStoragePath`` is ``os.PathLike`` too on
+    Airflow 2.11-3.1 (its ``fspath`` is the URL, ``file:///...``): it has a ``protocol`` and opens itself."""
+    return isinstance(source, str) or (isinstance(source, os.PathLike) and not hasattr(source, "protocol"))
+
+
 def _recording_name(source: Any) -> str:
     name = getattr(source, "name", None)
     if isinstance(name, str) and name:
         return os.path.basename(name) or "recording"
-    return os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "recording"
+    return os.path.basename(os.fspath(source)) if _is_local_path(source) else "recording"
 
 
 def _resolve_recording(source: RecordingSource) -> RecordingSource:
@@ -413,7 +432,7 @@ def check_recording(source: RecordingSource, call_id: str | None = None) -> None
             raise _fail("voice_recording", "file object is closed", call_id)
         return
     source = _resolve_recording(source)
-    if isinstance(source, (str, os.PathLike)):
+    if _is_local_path(source):
         path = os.fspath(source)
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             raise _fail("voice_recording", f"{path!r} is not a readable file", call_id)
@@ -441,7 +460,7 @@ def open_recording(source: RecordingSource, call_id: str | None = None) -> Itera
         yield _recording_name(source), source
         return
     source = _resolve_recording(source)
-    if isinstance(source, (str, os.PathLike)):
+    if _is_local_path(source):
         with open(os.fspath(source), "rb") as stream:
             yield _recording_name(source), stream
         return

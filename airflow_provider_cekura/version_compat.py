@@ -42,10 +42,22 @@ AIRFLOW_V_3_1_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 1, 0)
 AIRFLOW_V_3_2_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 2, 0)
 AIRFLOW_V_3_3_PLUS: bool = AIRFLOW_VERSION_TUPLE >= (3, 3, 0)
 
-if AIRFLOW_V_3_0_PLUS:
+# How a deferral that ran out of time comes back to the task: a ``TaskDeferralTimeout`` on Airflow 3
+# (``airflow.sdk.exceptions`` from 3.2, ``airflow.exceptions`` before); on Airflow 2.11 a
+# ``TaskDeferralError("Trigger/execution timeout")``, the same class as a crashed trigger, told apart by
+# its message. Catch ``TaskDeferralTimeout`` and ask :func:`is_deferral_timeout`.
+if AIRFLOW_V_3_2_PLUS:
     from airflow.sdk.exceptions import TaskDeferralTimeout
+elif AIRFLOW_V_3_0_PLUS:
+    from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef,attr-defined,unused-ignore]
 else:  # Airflow 2.11
-    from airflow.exceptions import TaskDeferralTimeout  # type: ignore[no-redef]
+    from airflow.exceptions import TaskDeferralError as TaskDeferralTimeout  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+
+def is_deferral_timeout(error: BaseException) -> bool:
+    """Whether ``error`` (caught as ``TaskDeferralTimeout``) means the deferral timed out."""
+    return AIRFLOW_V_3_0_PLUS or "timeout" in str(error).lower()
+
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import (
@@ -56,8 +68,18 @@ if TYPE_CHECKING:
         XCom,
         mask_secret,
     )
+    from airflow.timetables.interval import DeltaDataIntervalTimetable
 
 _LAZY = frozenset({"Asset", "Context", "ObjectStoragePath", "TaskInstanceKey", "XCom", "mask_secret"})
+
+
+def _delta_data_interval_timetable() -> Any:
+    """The interval timetable of DAG authors: ``airflow.sdk`` from 3.2, the core module before."""
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk import DeltaDataIntervalTimetable as timetable
+    else:
+        from airflow.timetables.interval import DeltaDataIntervalTimetable as timetable  # type: ignore[assignment]
+    return timetable
 
 
 def __getattr__(name: str) -> Any:
@@ -65,9 +87,12 @@ def __getattr__(name: str) -> Any:
         from airflow.providers.common.compat import sdk
 
         value = getattr(sdk, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    elif name == "DeltaDataIntervalTimetable":
+        value = _delta_data_interval_timetable()
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 __all__ = [
@@ -86,6 +111,7 @@ __all__ = [
     "BaseSensorOperator",
     "BaseTrigger",
     "Context",
+    "DeltaDataIntervalTimetable",
     "ObjectStoragePath",
     "PokeReturnValue",
     "TaskDeferralTimeout",
@@ -93,5 +119,6 @@ __all__ = [
     "TriggerEvent",
     "XCom",
     "conf",
+    "is_deferral_timeout",
     "mask_secret",
 ]

@@ -60,6 +60,15 @@ def _dispatch(emulator: Any, op: str, kwargs: dict[str, Any]) -> Any:
             for request in emulator.requests:
                 counts[request.path] = counts.get(request.path, 0) + 1
             return counts
+    if op == "count_by_status":
+        with emulator._lock:
+            statuses: dict[str, int] = {}
+            for request in emulator.requests:
+                statuses[str(request.status)] = statuses.get(str(request.status), 0) + 1
+            return statuses
+    if op == "set_rate_limit":
+        emulator.set_rate_limit(**kwargs)
+        return None
     if op == "pending_count":
         with emulator._lock:
             return sum(1 for r in emulator._records.values() if r["_due"] is not None)

@@ -1,4 +1,4 @@
-"""B1 — export: CekuraCallLogsToSqlOperator into Postgres and SQLite, pipelining, naive way, memory.
+"""B1 — export: CekuraCallLogsToSqlOperator into Postgres, MariaDB, DuckDB and SQLite, pipelining, naive way, memory.
 
 The emulator runs in its own process (the API is remote; its JSON encoding
 must not compete for our GIL) with ``page_size_cap=1000``. Every figure of a
@@ -7,7 +7,8 @@ ratio comes from the same run, measured back to back, median of the repeats.
 - fetch-only: iterate the pages from the hook (``iter_call_log_pages``), nothing else;
 - load-only: write pages fetched beforehand to the database the way the operator does;
 - export: the operator's ``execute`` with a minimal context;
-- naive: collect every page into a list, then ``PostgresHook.insert_rows(replace=True)``;
+- naive: collect every page into a list, then the hook's ``insert_rows(replace=True)`` (DuckDB: ``replace=False``,
+  common.sql's ``REPLACE INTO`` is not DuckDB SQL), on every database;
 - memory: peak RSS (``resource.getrusage``) of a fresh process exporting 10,000 and 100,000 call logs.
 """
 
@@ -31,27 +32,42 @@ from benchmarks.common import ROOT, Section, median, minimal_context
 
 CEKURA_CONN = "cekura_bench_export"
 PG_CONN = "bench_pg"
+MARIADB_CONN = "bench_mariadb"
+DUCKDB_CONN = "bench_duckdb"
 SQLITE_CONN = "bench_sqlite"
-PG_SCHEMA = "cekura_bench"
-"""A private schema on Postgres: the test database may be shared with test suites that reset ``public``."""
+BENCH_SCHEMA = "cekura_bench"
+"""A private schema (Postgres) or database (MariaDB): the test servers may be shared with test suites."""
+QUALIFIED = {PG_CONN, MARIADB_CONN}
 TABLE_NAME = "bench_call_logs"
 NAIVE_NAME = "bench_call_logs_naive"
-NAIVE_TABLE = f"{PG_SCHEMA}.{NAIVE_NAME}"
+DUCKDB_NAIVE_ROWS = 2_000
+"""DuckDB's naive ``insert_rows`` runs one statement per row (~150 rows/s here): it writes this many rows only."""
 
 
-def _table(conn_id: str) -> str:
-    return f"{PG_SCHEMA}.{TABLE_NAME}" if conn_id == PG_CONN else TABLE_NAME
+def _table(conn_id: str, name: str = TABLE_NAME) -> str:
+    return f"{BENCH_SCHEMA}.{name}" if conn_id in QUALIFIED else name
 
 
 def _ensure_schema(conn_id: str) -> None:
     if conn_id == PG_CONN:
-        _sql_hook(conn_id).run(f"CREATE SCHEMA IF NOT EXISTS {PG_SCHEMA}")
+        _sql_hook(conn_id).run(f"CREATE SCHEMA IF NOT EXISTS {BENCH_SCHEMA}")
+    elif conn_id == MARIADB_CONN:
+        _sql_hook(conn_id).run(f"CREATE DATABASE IF NOT EXISTS {BENCH_SCHEMA} CHARACTER SET utf8mb4")
 
 
-def _drop_schema() -> None:
-    _sql_hook(PG_CONN).run(f"DROP SCHEMA IF EXISTS {PG_SCHEMA} CASCADE")
+def _drop_schema(conn_id: str) -> None:
+    if conn_id == PG_CONN:
+        _sql_hook(conn_id).run(f"DROP SCHEMA IF EXISTS {BENCH_SCHEMA} CASCADE")
+    elif conn_id == MARIADB_CONN:
+        _sql_hook(conn_id).run(f"DROP DATABASE IF EXISTS {BENCH_SCHEMA}")
 
 
+WRITE_PATHS = {
+    PG_CONN: "COPY + ON CONFLICT",
+    MARIADB_CONN: "multi-row ON DUPLICATE KEY UPDATE",
+    DUCKDB_CONN: "UNNEST + ON CONFLICT",
+    SQLITE_CONN: "ON CONFLICT",
+}
 PAGE_SIZE = 1000
 START = datetime(2026, 1, 1, tzinfo=UTC)
 GOAL_PIPELINE = 1.25
@@ -167,56 +183,75 @@ def export(conn_id: str, count: int) -> float:
     return elapsed
 
 
-def _naive_value(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (dict, list)) else value
-
-
-def naive_postgres(count: int) -> float:
-    """What users write by hand: every page into one list, then ``insert_rows(replace=True)``.
-
-    The table has the operator's columns and types (``CREATE TABLE ... (LIKE ...)``), so both write the
-    same data; values come straight from the call logs (dicts and lists as JSON text).
-    """
-    hook, columns, key = _naive_prepare()
+def _naive_rows(conn_id: str, call_logs: list[dict[str, Any]], columns: list[str]) -> list[tuple[Any, ...]]:
+    """Rows straight from the call logs, the least a user must do: dicts and lists as JSON text, and on MySQL
+    timestamps as naive UTC datetimes (MariaDB refuses ISO 8601 text with an offset in a DATETIME)."""
     now = datetime.now(UTC).isoformat()
+    stamps = {c for c, kind in _columns().items() if kind == "timestamp"} if conn_id == MARIADB_CONN else set()
+
+    def value(call_log: dict[str, Any], column: str) -> Any:
+        raw = call_log.get(column, now if column.endswith("_at") else None)
+        if isinstance(raw, (dict, list)):
+            return json.dumps(raw)
+        if column in stamps and isinstance(raw, str):
+            return datetime.fromisoformat(raw).astimezone(UTC).replace(tzinfo=None)
+        return raw
+
+    return [tuple(value(c, col) for col in columns) for c in call_logs]
+
+
+def _columns() -> dict[str, str]:
+    from airflow_provider_cekura.transfers._sql import CALL_LOG_COLUMNS
+
+    return dict(CALL_LOG_COLUMNS)
+
+
+def _naive_prepare(conn_id: str) -> tuple[Any, list[str], str]:
+    """An empty table with the operator's columns and types (its own DDL), for the naive way to fill."""
+    from airflow_provider_cekura.transfers._sql import SqlRules, TableSpec, create_table_sql
+
+    hook = _sql_hook(conn_id)
+    table = _table(conn_id, NAIVE_NAME)
+    _drop(conn_id, table)
+    hook.run(create_table_sql(TableSpec(table, _columns(), ("id",)), SqlRules.from_hook(hook)))
+    return hook, list(_columns()), "id"
+
+
+def _naive_insert(conn_id: str, hook: Any, rows: list[tuple[Any, ...]], columns: list[str], key: str) -> None:
+    table = _table(conn_id, NAIVE_NAME)
+    if conn_id == DUCKDB_CONN:
+        hook.insert_rows(table, rows[:DUCKDB_NAIVE_ROWS], target_fields=columns, commit_every=1000)
+    else:
+        hook.insert_rows(table, rows, target_fields=columns, replace=True, replace_index=key, commit_every=1000)
+
+
+def _naive_count(conn_id: str, count: int) -> int:
+    return min(count, DUCKDB_NAIVE_ROWS) if conn_id == DUCKDB_CONN else count
+
+
+def naive(conn_id: str, count: int) -> float:
+    """What users write by hand: every page into one list, then ``insert_rows``.
+
+    The table has the operator's columns and types, so both write the same data.
+    """
+    hook, columns, key = _naive_prepare(conn_id)
     cekura = _hook()
     started = time.perf_counter()
     call_logs = list(cekura.iter_call_logs(**_window()))
-    rows = [tuple(_naive_value(c.get(col, now if col.endswith("_at") else None)) for col in columns) for c in call_logs]
-    hook.insert_rows(NAIVE_TABLE, rows, target_fields=columns, replace=True, replace_index=key, commit_every=1000)
+    _naive_insert(conn_id, hook, _naive_rows(conn_id, call_logs, columns), columns, key)
     elapsed = time.perf_counter() - started
     cekura.close()
-    if _count(PG_CONN, NAIVE_TABLE) != count:
-        raise RuntimeError("the naive export did not write every row")
+    if _count(conn_id, _table(conn_id, NAIVE_NAME)) != _naive_count(conn_id, count):
+        raise RuntimeError(f"the naive export into {conn_id} did not write every row")
     return elapsed
 
 
-def _naive_prepare() -> tuple[Any, list[str], str]:
-    hook = _sql_hook(PG_CONN)
-    _drop(PG_CONN, NAIVE_TABLE)
-    hook.run(f"CREATE TABLE {NAIVE_TABLE} (LIKE {_table(PG_CONN)} INCLUDING ALL)")
-    columns = [
-        r[0]
-        for r in hook.get_records(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-            "ORDER BY ordinal_position",
-            parameters=(PG_SCHEMA, NAIVE_NAME),
-        )
-    ]
-    return hook, columns, "id" if "id" in columns else columns[0]
-
-
-def naive_write_only(pages: list[list[dict[str, Any]]], count: int) -> float:
-    """The naive way's write alone: rows from pre-fetched pages, then ``insert_rows(replace=True)``."""
-    hook, columns, key = _naive_prepare()
-    now = datetime.now(UTC).isoformat()
+def naive_write_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int) -> float:
+    """The naive way's write alone: rows from pre-fetched pages, then ``insert_rows``."""
+    hook, columns, key = _naive_prepare(conn_id)
     started = time.perf_counter()
-    rows = [
-        tuple(_naive_value(c.get(col, now if col.endswith("_at") else None)) for col in columns)
-        for page in pages
-        for c in page
-    ]
-    hook.insert_rows(NAIVE_TABLE, rows, target_fields=columns, replace=True, replace_index=key, commit_every=1000)
+    rows = _naive_rows(conn_id, [c for page in pages for c in page], columns)
+    _naive_insert(conn_id, hook, rows, columns, key)
     return time.perf_counter() - started
 
 
@@ -341,17 +376,25 @@ def run(*, smoke: bool = False) -> Section:
             f"{error}); only the fetch-only rate was measured.",
         )
     pg_uri = os.environ.get("CEKURA_TEST_POSTGRES_URI")
+    mariadb_uri = os.environ.get("CEKURA_TEST_MARIADB_URI")
     tmp = tempfile.mkdtemp(prefix="cekura-bench-export-")
     os.environ[f"AIRFLOW_CONN_{SQLITE_CONN.upper()}"] = json.dumps(
         {"conn_type": "sqlite", "host": str(Path(tmp) / "bench.db")}
     )
+    os.environ[f"AIRFLOW_CONN_{DUCKDB_CONN.upper()}"] = json.dumps(
+        {"conn_type": "duckdb", "host": str(Path(tmp) / "bench.duckdb")}
+    )
+    databases = [("Postgres", PG_CONN)] if pg_uri else []
     if pg_uri:
         os.environ[f"AIRFLOW_CONN_{PG_CONN.upper()}"] = pg_uri
     else:
         section.notes.append("No Postgres (CEKURA_TEST_POSTGRES_URI unset): the Postgres figures are not available.")
-    databases = [
-        (name, conn) for name, conn in (("Postgres", PG_CONN), ("SQLite", SQLITE_CONN)) if conn != PG_CONN or pg_uri
-    ]
+    if mariadb_uri:
+        os.environ[f"AIRFLOW_CONN_{MARIADB_CONN.upper()}"] = mariadb_uri
+        databases.append(("MariaDB", MARIADB_CONN))
+    else:
+        section.notes.append("No MariaDB (CEKURA_TEST_MARIADB_URI unset): the MariaDB figures are not available.")
+    databases += [("DuckDB", DUCKDB_CONN), ("SQLite", SQLITE_CONN)]
 
     with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
         os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
@@ -369,20 +412,25 @@ def run(*, smoke: bool = False) -> Section:
             for name, conn in databases:
                 steps[f"load {name}"] = functools.partial(load_only, conn, pages, count)
                 steps[f"export {name}"] = functools.partial(export, conn, count)
-            if pg_uri:
-                steps["naive Postgres"] = lambda: naive_postgres(count)
-            if pg_uri:
-                steps["naive write Postgres"] = functools.partial(naive_write_only, pages, count)
+                if conn != DUCKDB_CONN:  # DuckDB's naive way is measured once, on DUCKDB_NAIVE_ROWS rows, below
+                    steps[f"naive {name}"] = functools.partial(naive, conn, count)
+                steps[f"naive write {name}"] = functools.partial(naive_write_only, conn, pages, count)
+            # A row-by-row DuckDB insert of 2,000 rows takes ~15 s: once is enough next to repeats of the others.
+            duckdb_naive_write = steps.pop("naive write DuckDB")
             times = _interleaved(repeats, steps)
+            times["naive write DuckDB"] = duckdb_naive_write()
             del pages
             fetch_s = times["fetch"]
             section.add(
                 "fetch-only (hook pages, no database)",
                 f"{count / fetch_s:,.0f} rows/s ({fetch_s:.2f} s; client CPU {median(FETCH_CPU):.2f} s)",
             )
-            for name, _ in databases:
+            for name, conn in databases:
                 load_s, export_s = times[f"load {name}"], times[f"export {name}"]
-                section.add(f"export into {name} (operator)", f"{count / export_s:,.0f} rows/s ({export_s:.2f} s)")
+                section.add(
+                    f"export into {name} (operator, {WRITE_PATHS[conn]})",
+                    f"{count / export_s:,.0f} rows/s ({export_s:.2f} s)",
+                )
                 section.add(f"load-only {name} (pre-fetched pages)", f"{count / load_s:,.0f} rows/s ({load_s:.2f} s)")
                 section.check(
                     f"pipelining {name}: export / max(fetch-only, load-only)",
@@ -391,32 +439,38 @@ def run(*, smoke: bool = False) -> Section:
                     higher_is_better=False,
                     fmt=".2f",
                 )
-            if pg_uri:
-                naive_s = times["naive Postgres"]
+                naive_rows = _naive_count(conn, count)
+                write_s = times[f"naive write {name}"]
+                if f"naive {name}" in times:
+                    naive_s = times[f"naive {name}"]
+                    section.add(
+                        f"naive into {name} (list of all pages + `insert_rows(replace=True)`)",
+                        f"{count / naive_s:,.0f} rows/s ({naive_s:.2f} s)",
+                    )
+                    section.check(
+                        f"operator vs naive on {name} (naive time / export time)",
+                        naive_s / export_s,
+                        GOAL_NAIVE,
+                        higher_is_better=True,
+                        fmt=".2f",
+                        unit="x",
+                    )
                 section.add(
-                    "naive into Postgres (list of all pages + `insert_rows(replace=True)`)",
-                    f"{count / naive_s:,.0f} rows/s ({naive_s:.2f} s)",
+                    f"write path alone on {name}: operator's writer / naive `insert_rows` (rows/s, pre-fetched pages)",
+                    f"{(count / load_s) / (naive_rows / write_s):.1f}x ({count / load_s:,.0f} vs "
+                    f"{naive_rows / write_s:,.0f} rows/s)",
                 )
-                section.check(
-                    "operator vs naive on Postgres (naive time / export time)",
-                    naive_s / times["export Postgres"],
-                    GOAL_NAIVE,
-                    higher_is_better=True,
-                    fmt=".2f",
-                    unit="x",
-                )
-                naive_write_s = times["naive write Postgres"]
-                section.add(
-                    "write path alone: naive `insert_rows` / operator's writer (pre-fetched pages, Postgres)",
-                    f"{naive_write_s / times['load Postgres']:.2f}x ({naive_write_s:.2f} s vs "
-                    f"{times['load Postgres']:.2f} s)",
-                )
-                section.notes.append(
-                    "Fetching is the bottleneck here (the emulator builds and encodes ~1.4 MB per 1,000-row page and "
-                    "shares the 2 cores with the database and the client), so the operator's export takes about the "
-                    "fetch time and the naive way takes fetch + write: their ratio is bounded by "
-                    "(fetch + naive write) / fetch. The write paths alone are compared in the row above."
-                )
+            section.notes.append(
+                "Fetching is the bottleneck here (the emulator builds and encodes ~1.4 MB per 1,000-row page and "
+                "shares the 2 cores with the databases and the client), so the operator's export takes about the "
+                "fetch time and the naive way takes fetch + write: their ratio is bounded by "
+                "(fetch + naive write) / fetch. The write paths alone are compared in the `write path alone` rows."
+            )
+            section.notes.append(
+                f"DuckDB's naive way: `insert_rows(replace=True)` fails there (common.sql's generic dialect writes "
+                f"`REPLACE INTO`, not DuckDB SQL) and `insert_rows()` runs one statement per row, so it was measured "
+                f"once, on the first {DUCKDB_NAIVE_ROWS:,} pre-fetched rows, and is compared as rows/s."
+            )
     if available:
         try:
             memory(
@@ -428,8 +482,8 @@ def run(*, smoke: bool = False) -> Section:
                 smoke=smoke,
             )
         finally:
-            if pg_uri:
-                _drop_schema()
+            for _, conn in databases:
+                _drop_schema(conn)
     section.seconds = time.perf_counter() - started
     return section
 

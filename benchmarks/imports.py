@@ -31,6 +31,8 @@ BASELINES = {
     ),
 }
 GOAL_MS = 50.0
+AIRFLOW_2_BASELINE = "from airflow import DAG"
+"""What a DAG file on Airflow 2 pays anyway (``airflow.sdk`` does not exist there)."""
 
 _PROBE = r"""
 import importlib, json, sys, time
@@ -102,6 +104,34 @@ def _ours(stderr: str) -> int:
         if len(fields) == 3 and fields[2].strip().startswith("airflow_provider_cekura"):
             total += int(fields[0])
     return total
+
+
+def _primary_baseline() -> str:
+    """``import airflow.sdk`` on Airflow 3, ``from airflow import DAG`` on Airflow 2 (asked in a child)."""
+    code = "import airflow, sys; sys.stdout.write(airflow.__version__)"
+    version = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
+    return BASELINES["import airflow.sdk"] if not version.stdout.startswith("2.") else AIRFLOW_2_BASELINE
+
+
+def measure(samples: int = 3, *, warmup: bool = False) -> dict[str, Any]:
+    """The headline figure alone, for the compatibility matrix: median ms over ``samples`` interpreters.
+
+    :param warmup: run one sample first and discard it (with bytecode writing allowed, the later samples then
+        load ``.pyc`` files, as a deployment whose installer compiled them does).
+    """
+    baseline = _primary_baseline()
+    if warmup:
+        _sample(baseline, MODULES)
+    results = [_sample(baseline, MODULES)[0] for _ in range(samples)]
+    return {
+        "baseline": baseline,
+        "baseline_ms": round(median([r["baseline"] for r in results]) * 1000, 1),
+        "added_ms": round(median([r["added"] for r in results]) * 1000, 1),
+        "goal_ms": GOAL_MS,
+        "samples": samples,
+        "bytecode": os.environ.get("PYTHONDONTWRITEBYTECODE") != "1",
+        "missing": results[0]["missing"],
+    }
 
 
 def run(*, smoke: bool = False) -> Section:

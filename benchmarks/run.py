@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.run``            full sizes, writes ``benchmarks/results.md`` (``make bench``)
 ``python -m benchmarks.run --smoke``    tiny sizes, writes to a temporary file unless ``--output`` is given
-``--only export,waiting,ingest,imports`` runs a subset; so does ``python -m benchmarks.run B2`` (B1..B4);
+``--only export,waiting,ingest,imports,ratelimit`` runs a subset; so do names: ``python -m benchmarks.run B5``;
 a subset also writes to a temporary file unless ``--output`` is given.
 
 Performance claims are ratios measured side by side in one run; absolute
@@ -22,7 +22,8 @@ from pathlib import Path
 
 from benchmarks.common import INFO, ROOT, Section, machine, quiet_logs, setup_airflow_env
 
-BENCHMARKS = ("export", "waiting", "ingest", "imports")
+BENCHMARKS = ("export", "waiting", "ingest", "imports", "ratelimit")
+NUMBERS = {f"B{n}": name for n, name in enumerate(BENCHMARKS, start=1)}
 RESULTS = ROOT / "benchmarks" / "results.md"
 
 
@@ -74,15 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; results to a temporary file")
     parser.add_argument("--output", type=Path, help="where to write the Markdown results")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
-    parser.add_argument("numbers", nargs="*", metavar="B1..B4", help="benchmarks by number (B2 = waiting)")
+    parser.add_argument("numbers", nargs="*", metavar="B1..B5", help="run only these benchmarks (by number)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     if args.numbers:
-        by_number = {f"B{n}": name for n, name in enumerate(BENCHMARKS, 1)}
-        unknown_numbers = [n for n in args.numbers if n.upper() not in by_number]
+        unknown_numbers = [n for n in args.numbers if n.upper() not in NUMBERS]
         if unknown_numbers:
-            parser.error(f"unknown benchmark number(s): {unknown_numbers} (known: {sorted(by_number)})")
-        names = [by_number[n.upper()] for n in args.numbers]
+            parser.error(f"unknown benchmark(s): {unknown_numbers} (known: {', '.join(NUMBERS)})")
+        names = [NUMBERS[n.upper()] for n in args.numbers]
     unknown = set(names) - set(BENCHMARKS)
     if unknown:
         parser.error(f"unknown benchmark(s): {sorted(unknown)}")

@@ -13,9 +13,12 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, DeltaDataIntervalTimetable
+from airflow.providers.common.compat.sdk import DAG
 
 from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+# airflow.sdk.DeltaDataIntervalTimetable from Airflow 3.2, airflow.timetables.interval before.
+from airflow_provider_cekura.version_compat import DeltaDataIntervalTimetable
 
 with DAG(
     dag_id="cekura_hourly_export",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_provider_cekura.operators.observe import CekuraObserveOperator
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvaluationOperator
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor

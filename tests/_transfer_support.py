@@ -1,4 +1,4 @@
-"""Shared helpers for the transfer tests: a ``warehouse`` connection on SQLite or the real Postgres."""
+"""Shared helpers for the transfer tests: a ``warehouse`` connection on SQLite, DuckDB, or the real Postgres or MariaDB."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class Warehouse:
 
     def columns(self, table: str | None = None) -> list[str]:
         name = table or self.table
-        if self.kind == "sqlite":
+        if self.kind in ("sqlite", "duckdb"):
             return [r[1] for r in self.query(f"PRAGMA table_info({name})")]
         schema, bare = name.split(".")
         return [
@@ -127,10 +127,87 @@ def postgres_warehouse(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wa
         admin.close()
 
 
+def mariadb_warehouse(uri: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
+    """A fresh database per test on the real MariaDB (tables ``<database>.call_logs``); dropped afterwards."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", uri)
+    query = mariadb_query(uri)
+    query(f"CREATE DATABASE {database} CHARACTER SET utf8mb4")
+    try:
+        yield Warehouse("mariadb", f"{database}.call_logs", f"{database}.call_metrics", query)
+    finally:
+        query(f"DROP DATABASE IF EXISTS {database}")
+
+
+def mariadb_query(uri: str) -> Callable[..., list[tuple[Any, ...]]]:
+    """``query(sql, params)`` on a new connection to the MariaDB at ``uri`` (autocommit)."""
+    from urllib.parse import unquote, urlsplit
+
+    import MySQLdb
+
+    parts = urlsplit(uri)
+
+    def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = MySQLdb.connect(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 3306,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            database=parts.path.lstrip("/"),
+            charset="utf8mb4",
+            autocommit=True,
+        )
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql, params or None)
+            return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            conn.close()
+
+    return query
+
+
+def duckdb_warehouse(path: Path, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> Warehouse:
+    """A DuckDB file; each query opens and closes its own connection (a DuckDB file has one writer process)."""
+    import duckdb
+
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "duckdb", "host": str(path), "extra": extra}))
+
+    def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = duckdb.connect(str(path))
+        try:
+            return conn.execute(sql, list(params)).fetchall()
+        finally:
+            conn.close()
+
+    return Warehouse("duckdb", "call_logs", "call_metrics", query)
+
+
+WAREHOUSES = ["sqlite", "postgres", "mariadb", "duckdb"]
+"""Every database the README names as tested."""
+
+
+def make_warehouse(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Warehouse]:
+    """The ``warehouse`` connection on ``kind`` (one of :data:`WAREHOUSES`), cleaned up afterwards."""
+    if kind == "sqlite":
+        yield sqlite_warehouse(tmp_path / "warehouse.db", monkeypatch)
+    elif kind == "duckdb":
+        yield duckdb_warehouse(tmp_path / "warehouse.duckdb", monkeypatch)
+    elif kind == "postgres":
+        yield from postgres_warehouse(request.getfixturevalue("postgres_uri"), monkeypatch)
+    else:
+        yield from mariadb_warehouse(request.getfixturevalue("mariadb_uri"), monkeypatch)
+
+
 def api_call_logs(emulator: Any, start: datetime | None = None, end: datetime | None = None) -> dict[int, dict]:
-    """The emulator's call logs in ``[start, end)`` by id (as the list endpoint shows them)."""
+    """The emulator's call logs in ``[start, end)`` by id, as the list endpoint shows them and the hook reads them
+    (:func:`~airflow_provider_cekura.evaluation.normalize_call_log`)."""
+    from airflow_provider_cekura.evaluation import normalize_call_log
+
     out = {}
-    for call_log in emulator.call_logs():
+    for call_log in map(normalize_call_log, emulator.call_logs()):
         stamp = as_datetime(call_log["timestamp"])
         if (start is None or stamp >= start) and (end is None or stamp < end):
             out[call_log["id"]] = call_log

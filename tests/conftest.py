@@ -1,4 +1,4 @@
-"""Shared test fixtures: one Airflow home and metadata DB per session, the emulator, Postgres.
+"""Shared test fixtures: one Airflow home and metadata DB per session, the emulator, Postgres, MariaDB.
 
 Environment is set before anything imports Airflow.
 """
@@ -40,6 +40,15 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rate_limiters() -> Iterator[None]:
+    """Each test starts with no learned rate limit (the limiters are shared per process)."""
+    from airflow_provider_cekura.hooks._rate_limit import reset_shared_limiters
+
+    reset_shared_limiters()
+    yield
+
+
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
     """Create the session's Airflow metadata DB once (``airflow db migrate``)."""
@@ -68,7 +77,7 @@ def load_dag(path: Path, dag_id: str):
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from airflow.sdk import DAG
+    from airflow.providers.common.compat.sdk import DAG
 
     dags = [v for v in vars(module).values() if isinstance(v, DAG) and v.dag_id == dag_id]
     assert dags, f"no DAG {dag_id!r} in {path}"
@@ -84,9 +93,29 @@ def run_dag(airflow_db: Path) -> Callable[..., object]:
 
     def run(source: str, dag_id: str, **kwargs: object) -> object:
         path = write_dag_file(source, dag_id)
-        return load_dag(path, dag_id).test(**kwargs)
+        return dag_test(load_dag(path, dag_id), **kwargs)
 
     return run
+
+
+def dag_test(dag: Any, **kwargs: Any) -> Any:
+    """``dag.test(**kwargs)``; ``logical_date`` is called ``execution_date`` on Airflow 2."""
+    from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS
+
+    if not AIRFLOW_V_3_0_PLUS and "logical_date" in kwargs:
+        kwargs["execution_date"] = kwargs.pop("logical_date")
+    return dag.test(**kwargs)
+
+
+def trigger_serde() -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """``(serialize, deserialize)`` that trigger kwargs go through: ``airflow.sdk.serde`` from 3.2."""
+    from airflow_provider_cekura.version_compat import AIRFLOW_V_3_2_PLUS
+
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk.serde import deserialize, serialize
+    else:
+        from airflow.serialization.serde import deserialize, serialize
+    return serialize, deserialize
 
 
 @pytest.fixture
@@ -111,12 +140,23 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator:
 
 @pytest.fixture(scope="session")
 def postgres_uri() -> str:
-    """URI of the real Postgres started by ``make test`` (scripts/with_postgres.sh)."""
+    """URI of the real Postgres started by ``make test`` (scripts/with_test_servers.sh)."""
     uri = os.environ.get("CEKURA_TEST_POSTGRES_URI")
     if not uri:
         if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
             pytest.fail("CEKURA_TEST_POSTGRES_URI is not set: run the suite with `make test`")
-        pytest.skip("no Postgres: run with `make test` (or scripts/with_postgres.sh pytest ...)")
+        pytest.skip("no Postgres: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mariadb_uri() -> str:
+    """URI of the real MariaDB started by ``make test`` (scripts/with_test_servers.sh)."""
+    uri = os.environ.get("CEKURA_TEST_MARIADB_URI")
+    if not uri:
+        if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
+            pytest.fail("CEKURA_TEST_MARIADB_URI is not set: run the suite with `make test`")
+        pytest.skip("no MariaDB: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
     return uri
 
 
@@ -128,15 +168,33 @@ def errors(logs: str) -> list[str]:
     return [line[:500] for line in logs.splitlines() if "Error" in line or "Traceback" in line][:10]
 
 
+def xcom_model() -> Any:
+    """The XCom table's model: ``XComModel`` on Airflow 3, ``XCom`` (``BaseXCom``) on Airflow 2."""
+    from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS
+
+    if AIRFLOW_V_3_0_PLUS:
+        from airflow.models.xcom import XComModel as model
+    else:
+        from airflow.models.xcom import XCom as model
+    return model
+
+
 def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any]]:
     """``({(task_id, map_index): state}, {(task_id, map_index, key): value})`` of a finished DagRun."""
     from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
+    model = xcom_model()
     with create_session() as session:
         tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
         states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in tis}
-        rows = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        xcoms = {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
+        rows = session.query(model).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
+        xcoms = {(r.task_id, r.map_index, r.key): xcom_value(r) for r in rows}
     return states, xcoms
+
+
+def xcom_value(row: Any) -> Any:
+    """The value of a row of :func:`xcom_model` (Airflow 2 deserializes it when the row is loaded)."""
+    from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS
+
+    return xcom_model().deserialize_value(row) if AIRFLOW_V_3_0_PLUS else row.value

@@ -49,7 +49,7 @@ TRANSCRIPT = [
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """One ``CekuraEmulator.add_fault(kind, **options)``."""
+    """One ``CekuraEmulator.add_fault(kind, **options)``, or ``set_rate_limit(**options)`` for ``rate_limit``."""
 
     kind: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +64,8 @@ class Scenario:
     name: str
     description: str
     faults: tuple[FaultSpec, ...]
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Connection extras of this scenario, over :data:`EXTRAS`."""
 
 
 SLOW = READ_TIMEOUT * 2
@@ -73,8 +75,17 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("baseline", "no fault", ()),
         Scenario(
             "429",
-            "every 6th request: 429 with Retry-After: 1 (capped at retry_after_max=0.2s)",
+            "every 6th request: 429 with Retry-After: 1 (capped at retry_after_max=0.05s; each one pauses "
+            "every request of the connection)",
             (FaultSpec("429", {"every": 6, "retry_after": "1"}),),
+            {"retry_after_max": 0.05},
+        ),
+        Scenario(
+            "rate_limit",
+            "a real rate limit: token bucket of 40 requests/s (burst 40), 429 with Retry-After: 1 when empty "
+            "(honoured: retry_after_max=60s)",
+            (FaultSpec("rate_limit", {"rate": 40}),),
+            {"retry_after_max": 60},
         ),
         Scenario(
             "5xx",
@@ -98,7 +109,8 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "mixed",
-            "all of the above at once (429 /9, 502 /11, drop_after POST /13, slow /23 x8, latency /4)",
+            "all of the above at once (429 /9, 502 /11, drop_after POST /13, slow /23 x8, latency /4; "
+            "retry_after_max=0.05s)",
             (
                 FaultSpec("429", {"every": 9, "retry_after": "1"}),
                 FaultSpec("5xx", {"every": 11, "status": 502}),
@@ -106,6 +118,7 @@ SCENARIOS: dict[str, Scenario] = {
                 FaultSpec("slow", {"every": 23, "times": 8, "delay": SLOW}),
                 FaultSpec("latency", {"every": 4, "delay": 0.03}),
             ),
+            {"retry_after_max": 0.05},
         ),
     )
 }
@@ -452,8 +465,12 @@ def run_scenario(
     outcome = Outcome(scenario=scenario.name, mode=mode, calls=len(batch))
     with CekuraEmulator(api_key=api_key, evaluation_delay=0.3) as emulator, postgres_tables(postgres_uri) as tables:
         for fault in scenario.faults:
-            emulator.add_fault(fault.kind, **fault.options)
-        with environ(**{f"AIRFLOW_CONN_{CONN_ID.upper()}": cekura_connection(emulator.base_url, api_key)}):
+            if fault.kind == "rate_limit":
+                emulator.set_rate_limit(**fault.options)
+            else:
+                emulator.add_fault(fault.kind, **fault.options)
+        connection = cekura_connection(emulator.base_url, api_key, **scenario.extras)
+        with environ(**{f"AIRFLOW_CONN_{CONN_ID.upper()}": connection}):
             started = time.monotonic()
             if mode == "direct":
                 outcome.failed_tasks = run_direct(tables, batch)

@@ -33,7 +33,13 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     elapsed = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-4000:]
     text = output.read_text()
-    for title in ("B1 — export to SQL", "B2 — waiting for evaluations", "B3 — bulk ingest", "B4 — import cost"):
+    for title in (
+        "B1 — export to SQL",
+        "B2 — waiting for evaluations",
+        "B3 — bulk ingest",
+        "B4 — import cost",
+        "B5 — rate limits",
+    ):
         assert f"## {title}" in text
     assert "crashed" not in text
     assert "| CPUs |" in text and "| Airflow |" in text

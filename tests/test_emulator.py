@@ -183,10 +183,15 @@ def test_multipart_recording_is_recorded(emu: CekuraEmulator, http: Any) -> None
     response = http(
         "POST",
         OBSERVE,
-        data={"call_id": "m", "agent": "1", "metadata": '{"a": 1}', "redact_fields": "ssn,dob"},
+        data={"call_id": "m", "agent": "1", "metadata": '{"a": 1}', "redact_fields": ["ssn", "dob"]},
         files={"voice_recording": ("x.wav", data)},
     )
     assert response.status_code == 201, response.text
+    # a form list is one part per item; JSON text in one part is one (invalid) item
+    as_json = http(
+        "POST", OBSERVE, data={"call_id": "j", "agent": "1", "redact_fields": '["ssn"]'}, files={"f": ("a", b"1")}
+    )
+    assert as_json.status_code == 400 and "redact_fields" in as_json.json()
     upload = emu.recordings[response.json()["id"]]
     assert upload["size"] == 10_000 and upload["filename"] == "x.wav"
     stored = emu.call_logs()[0]

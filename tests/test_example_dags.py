@@ -25,6 +25,7 @@ def test_example_dags_parse_without_errors() -> None:
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
     assert {"cekura_ingest_then_evaluate", "cekura_rerun_evaluations", "cekura_hourly_export"} <= set(bag.dag_ids)
+    assert "cekura_nightly_quality_gate" in bag.dag_ids
     for dag in bag.dags.values():
         assert "cekura" in dag.tags
 
@@ -180,3 +181,46 @@ def test_hourly_export_exports_exactly_its_interval(emulator: Any, warehouse: An
     exported = sorted(r[0] for r in warehouse("SELECT call_id FROM cekura_call_logs"))
     assert exported == sorted(hour)
     assert _xcom(run, "export") == len(hour)
+
+
+def test_nightly_quality_gate_holds_or_stops_the_export(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example_dag: Any
+) -> None:
+    from airflow_provider_cekura.hooks.cekura import CekuraHook
+
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    hook = CekuraHook()
+    for call in SAMPLE_CALLS:
+        hook.observe(call)
+    emulator.finish_evaluations()
+    emulator.evaluation_delay = 1.0
+    agent_11 = sorted(c["id"] for c in emulator.call_logs() if c["agent"] == 11)
+    dag = example_dag("cekura_nightly_quality_gate")
+    dag.get_task("wait_for_evaluation").poke_interval = 0.5  # the example polls every 5 s
+    night = pendulum.datetime(2026, 11, 2, 3, tz="UTC")  # re-checks 2026-11-01, the sample day
+
+    run = dag.test(logical_date=night)
+    assert _states(run) == dict.fromkeys(
+        ["find_call_logs", "rerun", "wait_for_evaluation", "quality_gate", "export", "report"], "success"
+    )
+    assert sorted(_xcom(run, "rerun")) == agent_11
+    report = _xcom(run, "report")
+    assert report["held"] is True and report["lines"][0] == f"Quality gate on {len(agent_11)} call log(s): held"
+    assert len(report["lines"]) == 1 + 6  # one line per check
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM cekura_call_logs").fetchone()[0] == len(agent_11)
+
+    # A stricter threshold: the gate fails, the export does not run, the report still tells why.
+    path.unlink()
+    strict = dag.test(logical_date=night.add(minutes=1), run_conf={"min_success_rate": 1.0})
+    states = _states(strict)
+    assert (states["quality_gate"], states["export"], states["report"]) == ("failed", "upstream_failed", "success")
+    report = _xcom(strict, "report")
+    assert report["held"] is False
+    assert report["lines"][0] == f"Quality gate on {len(agent_11)} call log(s): FAILED: success_rate"
+    assert (
+        not path.exists()
+        or sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE name = 'cekura_call_logs'").fetchall()
+        == []
+    )

@@ -116,7 +116,7 @@ def test_observe_multipart_from_file_object(hook: CekuraHook, emulator: Any, tmp
 
 
 def test_observe_multipart_from_object_storage_path(hook: CekuraHook, emulator: Any, tmp_path: Path) -> None:
-    from airflow.sdk import ObjectStoragePath
+    from airflow_provider_cekura.version_compat import ObjectStoragePath
 
     path, expected = _recording(tmp_path)
     call_log = hook.observe(payload("rec-osp", metadata={"n": 1}), recording=ObjectStoragePath(f"file://{path}"))
@@ -403,6 +403,7 @@ def test_test_connection_ok_and_bad_key(monkeypatch: pytest.MonkeyPatch, emulato
     use_connection(monkeypatch, emulator.base_url, password="wrong-key")
     ok, message = CekuraHook().test_connection()
     assert not ok and "401" in message and "cekura_default" in message
+    assert "detail: Invalid API key. Check the password field" in message  # one period, not two
     assert "wrong-key" not in message
     use_connection(monkeypatch, emulator.base_url, password=None)
     ok, message = CekuraHook().test_connection()

@@ -243,7 +243,16 @@ def test_parse_call_log_ids_forms() -> None:
 
 def test_multipart_fields_flatten() -> None:
     fields = multipart_fields({"call_id": "c", "agent": 3, "metadata": {"a": 1}, "redact_fields": ["ssn"], "x": True})
-    assert fields == {"call_id": "c", "agent": "3", "metadata": '{"a": 1}', "redact_fields": '["ssn"]', "x": "true"}
+    assert fields == [
+        ("call_id", "c"),
+        ("agent", "3"),
+        ("metadata", '{"a": 1}'),
+        ("redact_fields", "ssn"),
+        ("x", "true"),
+    ]
+    # a documented array is a form list: one part per item (JSON text would be one invalid item)
+    two = multipart_fields({"redact_fields": ["ssn", "dob"], "transcript_json": [{"role": "Main Agent"}]})
+    assert two == [("redact_fields", "ssn"), ("redact_fields", "dob"), ("transcript_json", '[{"role": "Main Agent"}]')]
 
 
 def test_recording_sources(tmp_path: Path) -> None:
@@ -329,3 +338,12 @@ def test_build_observe_payload_never_raises_anything_else(candidate: dict[str, A
     assert json.loads(text)["call_id"] == candidate["call_id"]
     assert ("agent" in payload) != ("assistant_id" in payload)
     assert set(payload) <= set(OBSERVE_FIELDS)
+
+
+def test_call_log_ids_from_the_sensors_result_dict() -> None:
+    result = {"1042": {"state": "evaluated"}, "1045": {"state": "failed"}}
+    assert parse_call_log_ids(result) == [1042, 1045]
+    assert parse_call_log_ids(json.dumps(result)) == [1042, 1045]  # rendered with `| tojson`
+    assert parse_call_log_ids("{}") == []
+    with pytest.raises(CekuraValidationError, match="not a JSON list or object"):
+        parse_call_log_ids("{'1042': {}}")  # a Python repr: render with `| tojson` instead

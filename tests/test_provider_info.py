@@ -43,6 +43,7 @@ def test_provider_info_keys() -> None:
     assert behaviour["relabeling"]["password"] == "API key"
     assert "password" not in behaviour["hidden-fields"]
     assert {"project_id", "connect_timeout", "read_timeout"} <= set(conn_type["conn-fields"])
+    assert {"max_requests_per_second", "rate_limit_max_wait"} <= set(conn_type["conn-fields"])
     for name, spec in conn_type["conn-fields"].items():
         assert {"label", "schema"} <= set(spec), name
     json.dumps(info)  # plain data

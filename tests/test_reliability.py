@@ -67,6 +67,14 @@ def test_each_fault_alone_whole_pipeline(postgres_uri: str, name: str) -> None:
     assert outcome.faults.get(kind, 0) >= 8, outcome.faults
 
 
+def test_a_real_rate_limit_whole_pipeline(postgres_uri: str) -> None:
+    """A token-bucket limit (not every Nth request): the pipeline slows down to it instead of failing."""
+    outcome = run_scenario("rate_limit", postgres_uri=postgres_uri, api_key=TEST_API_KEY)
+    _check(outcome)
+    throttled = outcome.faults.get("rate_limit", 0)
+    assert 1 <= throttled <= 0.1 * outcome.requests, (throttled, outcome.requests)
+
+
 def test_all_faults_mixed_in_a_dag_run(postgres_uri: str, run_dag: Callable[..., Any]) -> None:
     outcome = run_scenario("mixed", postgres_uri=postgres_uri, api_key=TEST_API_KEY, mode="dag", run_dag=run_dag)
     _check(outcome)

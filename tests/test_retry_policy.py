@@ -117,13 +117,14 @@ def test_429_retry_after_http_date_form(monkeypatch: pytest.MonkeyPatch, emulato
     assert 0.3 <= gap < 1.5  # two minutes away, capped at retry_after_max
 
 
-def test_429_until_attempts_are_spent(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator.base_url, max_attempts=3, retry_after_max=0.05)
+def test_429_spends_the_time_budget_not_the_attempts(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
+    use_connection(monkeypatch, emulator.base_url, max_attempts=2, retry_after_max=0.05, rate_limit_max_wait=0.3)
     emulator.add_fault("429", retry_after="7")
     with pytest.raises(CekuraRateLimitError) as info:
         CekuraHook().get_call_log(1)
     assert info.value.status == 429 and info.value.retry_after == 7.0 and info.value.retryable
-    assert emulator.count_requests() == 3
+    assert emulator.count_requests() > 2  # more than max_attempts: only the time budget ended it
+    assert info.value.waited is not None and info.value.waited <= 0.3
 
 
 def test_429_on_observe_needs_no_lookup(hook_observe: Any, emulator: Any) -> None:

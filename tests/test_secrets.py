@@ -18,6 +18,7 @@ import pytest
 from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraAuthError, CekuraConfigurationError
+from tests.secrets_sweep import files_under, leaks
 
 KEY = TEST_API_KEY
 TRANSCRIPT = [
@@ -145,10 +146,6 @@ def _triggers_in_the_trigger_table(emulator: Any, ids: list[int]) -> dict[str, s
     return texts
 
 
-def _files_under(home: Path) -> dict[str, bytes]:
-    return {str(p): p.read_bytes() for p in home.rglob("*") if p.is_file()}
-
-
 def test_the_key_appears_nowhere_airflow_keeps_anything(
     run_dag: Any, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any, caplog: Any
 ) -> None:
@@ -210,12 +207,9 @@ def test_the_key_appears_nowhere_airflow_keeps_anything(
                 searched[f"repr {type(obj).__name__}.{name}"] = repr(value() if callable(value) else value)
 
     # every file Airflow wrote under AIRFLOW_HOME: task logs (if any), the metadata DB itself, raw bytes
-    home = Path(os.environ["AIRFLOW_HOME"])
-    files = _files_under(home)
+    files = files_under(Path(os.environ["AIRFLOW_HOME"]))
     assert any(name.endswith("airflow.db") for name in files)
-    for name, data in files.items():
-        assert KEY.encode() not in data, f"the API key is in {name}"
-    leaked = [where for where, text in searched.items() if KEY in text]
+    leaked = leaks(KEY, {**files, **searched})
     assert not leaked, leaked
     # and the key was really in play: the emulator only answers requests that carry it
     assert emulator.count_requests() > 30 and all(r.status != 401 for r in emulator.requests)
@@ -230,6 +224,7 @@ def _use(monkeypatch: pytest.MonkeyPatch, host: str, password: str = KEY, conn_i
 
 
 def _operators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from airflow_provider_cekura.operators.evaluation_check import CekuraEvaluationCheckOperator
     from airflow_provider_cekura.operators.observe import CekuraObserveOperator
     from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvaluationOperator
     from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
@@ -252,6 +247,9 @@ def _operators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any
             {"ti": TI()}
         ),
         "sensor": lambda: CekuraCallLogSensor(task_id="s", call_log_ids=[5], timeout=5, **conn).execute({}),
+        "gate": lambda: CekuraEvaluationCheckOperator(
+            task_id="g", call_log_ids=[5], checks={"success_rate": {"geq_to": 0}}, **conn
+        ).execute({"ti": TI()}),
         "export": lambda: CekuraCallLogsToSqlOperator(
             task_id="e",
             sql_conn_id="auth_warehouse",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
+from conftest import TEST_API_KEY, run_state  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraEvaluationFailedError, CekuraValidationError
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
@@ -35,27 +35,9 @@ def polls_of(emulator: Any, call_log_id: int) -> int:
         )
 
 
-def run_state(dr: Any) -> tuple[dict[tuple[str, int], str], dict[tuple[str, int, str], Any], dict[str, int]]:
-    """Task states, XComs and the number of reschedules per task of a DAG run."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.taskreschedule import TaskReschedule
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        states = {(ti.task_id, ti.map_index): str(getattr(ti.state, "value", ti.state)) for ti in tis}
-        reschedules = {
-            ti.task_id: session.query(TaskReschedule).filter(TaskReschedule.ti_id == ti.id).count() for ti in tis
-        }
-        rows = session.query(XComModel).filter_by(dag_id=dr.dag_id, run_id=dr.run_id).all()
-        xcoms = {(r.task_id, r.map_index, r.key): XComModel.deserialize_value(r) for r in rows}
-    return states, xcoms, reschedules
-
-
 DAG_SOURCE = """
 import pendulum
-from airflow.sdk import DAG, task
+from airflow.providers.common.compat.sdk import DAG, task
 
 from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
@@ -101,13 +83,15 @@ with DAG(
 
 def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     a, b, c, d = ids = seed(emulator, 4, delay=0)
-    emulator.evaluation_delay = 2.0  # each rerun task restarts evaluation for 2 s
+    # each rerun task restarts evaluation for 8 s: longer than the next task takes to start on a busy machine
+    # (more than 5 s on Airflow 3.0 under load), so that every sensor finds its call logs still pending
+    emulator.evaluation_delay = 8.0
     emulator.reset_log()
 
     dr = run_dag(DAG_SOURCE.format(ids=ids), "cekura_sensor_modes")
     out, err = capfd.readouterr()
     logs = out + err + caplog.text
-    states, xcoms, reschedules = run_state(dr)
+    states, xcoms = run_state(dr)
     assert set(states.values()) == {"success"}, states
 
     def ret(task_id: str, map_index: int = -1) -> Any:
@@ -121,13 +105,14 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
             assert isinstance(entry["success"], bool)
             assert [m["name"] for m in entry["metrics"]] == METRIC_NAMES
 
-    # poke mode: one worker slot, several pokes 0.5 s apart during the 2 s evaluation
+    # poke mode: one worker slot, several pokes 0.5 s apart during the 8 s evaluation
     assert_summary(ret("poke"), [a])
     assert polls_of(emulator, a) >= 3
 
-    # reschedule mode: the task went through up_for_reschedule between pokes
+    # reschedule mode: the task went through up_for_reschedule between pokes (the same log line on every
+    # Airflow line; TaskReschedule rows are not a witness: dag.test on 3.0/3.1 deletes them on the next try)
     assert_summary(ret("reschedule"), [b])
-    assert reschedules["reschedule"] >= 1
+    assert "Rescheduling task, marking task as UP_FOR_RESCHEDULE" in logs
     assert polls_of(emulator, b) >= 2
 
     # deferrable: checked once (pending), deferred, the trigger polled until done, the task resumed
@@ -147,7 +132,7 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
 
 
 def test_poke_mode_timeout_names_the_pending_ids(emulator: Any) -> None:
-    from airflow.sdk.exceptions import AirflowSensorTimeout
+    from airflow_provider_cekura.version_compat import AirflowSensorTimeout
 
     pending = seed(emulator, 2, delay=120, prefix="slow")
     finished = seed(emulator, 1, delay=0, prefix="fast")
@@ -194,7 +179,7 @@ def test_already_evaluated_finishes_without_deferring(emulator: Any) -> None:
 def test_deferring_hands_the_trigger_plain_values_and_a_deadline(emulator: Any) -> None:
     import time
 
-    from airflow.sdk.exceptions import TaskDeferred
+    from airflow.providers.common.compat.sdk import TaskDeferred
 
     ids = seed(emulator, 2, delay=60)
     sensor = CekuraCallLogSensor(

@@ -13,7 +13,7 @@ import pytest
 from _transfer_support import CALL_LOGS, START, api_call_logs, sqlite_warehouse
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraError, CekuraValidationError
-from airflow_provider_cekura.transfers import _sql
+from airflow_provider_cekura.transfers import _sql, _writers
 from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator, resolve_window
 
 T0 = datetime(2026, 3, 1, 5, tzinfo=UTC)
@@ -95,8 +95,51 @@ def test_execute_uses_the_window_since_previous_success(
     assert emulator.count_requests("GET", CALL_LOGS) == 1
 
 
-def test_identifiers_and_ddl() -> None:
-    assert _sql.quote_table("analytics.call_logs") == '"analytics"."call_logs"'
+def _rules(monkeypatch: pytest.MonkeyPatch, conn: str | dict[str, Any]) -> _sql.SqlRules:
+    """The SQL rules of the hook of an ``AIRFLOW_CONN_RULES`` connection (no database is contacted)."""
+    from airflow.sdk import BaseHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_RULES", conn if isinstance(conn, str) else json.dumps(conn))
+    return _sql.SqlRules.from_hook(BaseHook.get_connection("rules").get_hook())
+
+
+def test_sql_rules_come_from_the_hooks_dialect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sqlite = _rules(monkeypatch, {"conn_type": "sqlite", "host": str(tmp_path / "r.db")})
+    assert (sqlite.family, sqlite.placeholder) == ("sqlite", "?")
+    # no reserved-word list for SQLite in SQLAlchemy: every (validated) name is quoted
+    assert sqlite.table("analytics.call_logs") == '"analytics"."call_logs"'
+    mysql = _rules(monkeypatch, "mysql://u:p@127.0.0.1:9/db")
+    assert (mysql.family, mysql.placeholder) == ("mysql", "%s")
+    assert mysql.table("db.order") == "db.`order`" and mysql.quote("status") == "status"
+    postgres = _rules(monkeypatch, "postgresql://u@127.0.0.1:9/db")
+    assert (postgres.family, postgres.placeholder) == ("postgres", "%s")
+    assert postgres.quote("user") == '"user"' and postgres.quote("call_logs") == "call_logs"
+    duckdb = _rules(monkeypatch, {"conn_type": "duckdb", "host": str(tmp_path / "r.duckdb")})
+    assert (duckdb.family, duckdb.placeholder) == ("duckdb", "?")
+    assert duckdb.table("main.order") == '"main"."order"'
+    for rules in (sqlite, mysql, postgres, duckdb):
+        for bad in ('x"', "x`", "x y", "1x"):
+            with pytest.raises(CekuraValidationError):
+                rules.quote(bad)
+
+    metrics = _sql.TableSpec("s.t", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
+    ddl = _sql.create_table_sql(metrics, postgres)
+    assert "CREATE TABLE IF NOT EXISTS s.t" in ddl and "explanation JSONB" in ddl
+    assert "PRIMARY KEY (call_log_id, metric_id)" in ddl
+    calls = _sql.TableSpec(
+        "db.t",
+        {c: _sql.ALL_CALL_LOG_COLUMNS[c] for c in ("call_id", "transcript", "metadata", "timestamp")},
+        ("call_id",),
+    )
+    ddl = _sql.create_table_sql(calls, mysql)
+    # MySQL cannot index a LONGTEXT: a text key is a VARCHAR
+    assert "call_id VARCHAR(255) NOT NULL" in ddl and "transcript LONGTEXT" in ddl and "metadata JSON" in ddl
+    assert "timestamp DATETIME(6)" in ddl and ddl.endswith(") CHARACTER SET utf8mb4")
+    ddl = _sql.create_table_sql(calls, duckdb)
+    assert '"metadata" JSON' in ddl and '"timestamp" TIMESTAMPTZ' in ddl and '"call_id" VARCHAR NOT NULL' in ddl
+
+
+def test_identifiers_and_columns() -> None:
     for bad in ("", "a.b.c", "x;y", 'x"', "x y", "1x", "a" * 64, "é"):
         with pytest.raises(CekuraValidationError):
             _sql.validate_table_name(bad)
@@ -106,10 +149,6 @@ def test_identifiers_and_ddl() -> None:
         "transcript",
         "transcript_object",
     ]
-    spec = _sql.TableSpec("s.t", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
-    ddl = _sql.create_table_sql(spec, "postgres")
-    assert 'CREATE TABLE IF NOT EXISTS "s"."t"' in ddl and '"explanation" JSONB' in ddl
-    assert 'PRIMARY KEY ("call_log_id", "metric_id")' in ddl
 
 
 def test_values_are_encoded_as_json_not_python_repr() -> None:
@@ -121,7 +160,7 @@ def test_values_are_encoded_as_json_not_python_repr() -> None:
         5, [{"id": 1, "value": True, "score": "2.5"}, {"name": "no id"}, {"id": 1, "value": "x"}], "T"
     )
     assert rows == [(5, 1, None, None, None, "x", None, "T")]
-    assert _sql.copy_text([(1, None, True, "a\tb\\c\nd")]) == "1\t\\N\tt\ta\\tb\\\\c\\nd\n"
+    assert _writers.copy_text([(1, None, True, "a\tb\\c\nd")]) == "1\t\\N\tt\ta\\tb\\\\c\\nd\n"
 
 
 def test_db_error_messages_are_redacted() -> None:
@@ -130,31 +169,67 @@ def test_db_error_messages_are_redacted() -> None:
     assert "SECRET" not in text and "<redacted>" in text and "ValueError" in text
     kept = _sql.safe_db_error(ValueError('relation "call_logs" does not exist'), {"call_logs"})
     assert '"call_logs"' in kept
+    # a value holding quotes: everything up to the last quote goes
+    text = _sql.safe_db_error(ValueError("Duplicate entry 'O'Brien SECRET' for key 'PRIMARY'"))
+    assert "SECRET" not in text and text.startswith("ValueError: Duplicate entry <redacted>")
+    # MySQL drivers: (errno, message) in args; near '...' quotes our statement (kept) or values (redacted)
+    statement = "INSERT INTO t (a, b) VALUES (%s, %s) ON DUPLICATE KEY UPDATE b = VALUES(b)"
+    err = ValueError(
+        1064, "You have an error in your SQL syntax; ... near 'ON DUPLICATE KEY UPDATE b = VALUES(b' at line 1"
+    )
+    assert _sql.safe_db_error(err, (), [statement]) == (
+        "ValueError [1064]: You have an error in your SQL syntax; ... near 'ON DUPLICATE KEY UPDATE b = VALUES(b' at line 1"
+    )
+    err = ValueError(1064, "You have an error in your SQL syntax; near 'VALUES ('SECRET', 'x'), ('y' at line 1")
+    text = _sql.safe_db_error(err, (), [statement])
+    assert "SECRET" not in text and "near 'VALUES (<redacted>' at line 1" in text
+
+
+def test_mariadb_syntax_error_keeps_the_explanation(mariadb_uri: str) -> None:
+    r"""The 0.1.0 message was ``(1064, <redacted>"voice_calls" (...\<redacted>)``: the whole explanation was cut."""
+    from _transfer_support import mariadb_query
+
+    query = mariadb_query(mariadb_uri)
+    ddl = 'CREATE TABLE "voice_calls" (\n    "id" BIGINT NOT NULL\n)'
+    with pytest.raises(Exception) as info:
+        query(ddl)
+    text = _sql.safe_db_error(info.value, {"voice_calls"}, [ddl])
+    assert text.startswith("ProgrammingError [1064]: You have an error in your SQL syntax;"), text
+    assert """near '"voice_calls" ( "id" BIGINT NOT NULL )' at line 1""" in text, text
+    # a value inside the statement MySQL quotes back: redacted, our own SQL before it kept
+    template = "SELECT %s FROM dual WHERE"
+    with pytest.raises(Exception) as info:
+        query("SELECT 1 FROM dual WHERE 'SECRET-9' 'x' ORDER")
+    text = _sql.safe_db_error(info.value, (), [template])
+    assert "SECRET" not in text and "You have an error in your SQL syntax" in text, text
 
 
 def test_generic_writer_delete_then_insert_in_one_transaction(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "g.db")
     table = _sql.TableSpec("t", {"id": "int", "status": "text", "exported_at": "timestamp"}, ("id",))
     metrics = _sql.TableSpec("m", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
-    writer = _sql.PageWriter(conn, table, metrics, placeholder="?")  # the path for databases without a writer
+    rules = _sql.SqlRules("generic", "?", '"{}"'.format)
+    writer = _writers.PageWriter(conn, table, metrics, rules)  # the path for databases without a writer
     assert writer.prepare(create=True) == ["t", "m"]
     writer.write_page([(1, "a", "T"), (2, "b", "T")], [(1, 10, "n", "r", 1.0, None, None, "T")])
     writer.write_page([(2, "c", "T")], [(2, 11, "n", "r", 2.0, None, "[]", "T")])
     assert conn.execute("SELECT id, status FROM t ORDER BY id").fetchall() == [(1, "a"), (2, "c")]
     assert conn.execute("SELECT call_log_id, metric_id FROM m ORDER BY 1").fetchall() == [(1, 10), (2, 11)]
-    with pytest.raises(_sql.CekuraExportError, match="Writing 2 call log"):
+    with pytest.raises(_sql.CekuraExportError, match=r"Writing 2 call log.* failed at INSERT INTO m"):
         writer.write_page([(3, "x", "T"), (4, None, "T")], [(3, 1, None, None, None, None, "{bad", "T")] * 2)
     assert conn.execute("SELECT COUNT(*) FROM t").fetchone() == (2,)  # rolled back as a whole
-    assert _sql.writer_for(conn, table, None).__class__ is _sql.SqlitePageWriter
-    with pytest.raises(CekuraError, match="does not exist"):
-        _sql.PageWriter(conn, _sql.TableSpec("missing", {"id": "int"}, ("id",)), None, "?").prepare(create=False)
+    with pytest.raises(CekuraError, match=r"Table missing does not exist .*no such table: missing"):
+        _writers.PageWriter(conn, _sql.TableSpec("missing", {"id": "int"}, ("id",)), None, rules).prepare(create=False)
 
 
-def test_postgres_writer_with_psycopg2(postgres_uri: str) -> None:
+def test_postgres_writer_with_psycopg2(postgres_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import uuid
 
     import psycopg2
+    from airflow.sdk import BaseHook
 
+    monkeypatch.setenv("AIRFLOW_CONN_PG_RAW", postgres_uri)
+    hook = BaseHook.get_connection("pg_raw").get_hook()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     conn = psycopg2.connect(postgres_uri)
     try:
@@ -165,8 +240,8 @@ def test_postgres_writer_with_psycopg2(postgres_uri: str) -> None:
             f"{schema}.logs", {c: _sql.CALL_LOG_COLUMNS[c] for c in ("id", "status", "metrics", "timestamp")}, ("id",)
         )
         metrics = _sql.TableSpec(f"{schema}.metrics", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
-        writer = _sql.writer_for(conn, table, metrics)
-        assert isinstance(writer, _sql.PostgresPageWriter) and writer.psycopg2
+        writer = _writers.writer_for(hook, conn, table, metrics)
+        assert isinstance(writer, _writers.PostgresPageWriter) and writer.psycopg2
         writer.prepare(create=True)
         tricky = "tab\there \\N back\\slash\nnewline 'q' \"dq\" ü"
         writer.write_page(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
+from conftest import TEST_API_KEY, trigger_serde  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.evaluation import (
     EVENT_ERROR,
@@ -68,7 +68,7 @@ def polls_of(emulator: Any, call_log_id: int) -> int:
 
 
 def test_serialize_round_trip_carries_plain_values_and_no_key() -> None:
-    from airflow.sdk.serde import deserialize, serialize
+    serialize, deserialize = trigger_serde()
 
     trigger = CekuraCallLogTrigger(
         call_log_ids=[5, "7"],  # type: ignore[list-item]
@@ -162,7 +162,7 @@ def test_failed_evaluation_event_and_the_sensor_outcome(emulator: Any) -> None:
 
 
 def test_timeout_names_the_pending_ids(emulator: Any) -> None:
-    from airflow.sdk.exceptions import AirflowSensorTimeout
+    from airflow_provider_cekura.version_compat import AirflowSensorTimeout
 
     pending = seed(emulator, 2, delay=120, prefix="slow")
     finished = seed(emulator, 1, delay=0, prefix="fast")

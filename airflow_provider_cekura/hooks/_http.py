@@ -30,7 +30,8 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 class RetryPolicy:
     """How many times and how long to retry a request that failed transiently.
 
-    :param max_attempts: total attempts, first one included (>= 1).
+    :param max_attempts: total attempts after 5xx, timeouts and dropped connections, first one
+        included (>= 1). 429s do not count: they are bounded by the connection's ``rate_limit_max_wait``.
     :param backoff_base: seconds before the first retry; doubles each retry.
     :param backoff_max: cap of one backoff sleep, in seconds.
     :param retry_after_max: cap of a server-requested ``Retry-After`` wait, in seconds.
@@ -112,7 +113,7 @@ def error_from_response(response: requests.Response, *, method: str, path: str, 
     if status in (401, 403):
         return CekuraAuthError(
             f"Cekura refused the API key of connection {conn_id!r} on {where} ({status}): "
-            f"{detail or 'unauthorized'}. Check the password field of the connection.",
+            f"{(detail or 'unauthorized').rstrip('.')}. Check the password field of the connection.",
             **kwargs,
         )
     if status == 404:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO
 
 CHUNK_SIZE = 256 * 1024
@@ -39,20 +39,24 @@ def _remaining_size(stream: IO[bytes]) -> int | None:
 class MultipartBody:
     """Form fields plus one streamed file, as a ``multipart/form-data`` request body.
 
-    :param fields: text fields (already flattened: objects as JSON text).
+    :param fields: text fields (already flattened: objects as JSON text), a mapping or ``(name, value)``
+        pairs (a name may repeat: a form list).
     :param file_field: form name of the file part.
     :param filename: file name announced in the part header.
     :param stream: binary stream positioned at the first byte to send.
     """
 
-    def __init__(self, fields: Mapping[str, str], file_field: str, filename: str, stream: IO[bytes]) -> None:
+    def __init__(
+        self, fields: Mapping[str, str] | Iterable[tuple[str, str]], file_field: str, filename: str, stream: IO[bytes]
+    ) -> None:
+        pairs = fields.items() if isinstance(fields, Mapping) else fields
         boundary = uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={boundary}"
         parts = [
             f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
             + value.encode("utf-8")
             + b"\r\n"
-            for name, value in fields.items()
+            for name, value in pairs
         ]
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(file_field)}"; '

@@ -9,18 +9,20 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_cekura.evaluation import normalize_call_log
 from airflow_provider_cekura.exceptions import (
     CekuraAPIError,
     CekuraConfigurationError,
+    CekuraRateLimitError,
     CekuraResponseError,
     CekuraTransportError,
     CekuraValidationError,
 )
 from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
+from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
 from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
 from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
 from airflow_provider_cekura.version_compat import BaseHook
@@ -74,11 +76,19 @@ class CekuraHook(BaseHook):
     Optional extras: ``project_id``, ``connect_timeout`` and ``read_timeout``
     (seconds), ``max_attempts``, ``backoff_base``, ``backoff_max``,
     ``retry_after_max``, ``window_days`` (widest timestamp window per list
-    request, default 30), ``page_size`` (default 100) and ``dashboard_url``.
+    request, default 30), ``page_size`` (default 100), ``dashboard_url``,
+    ``max_requests_per_second`` (a plan's known limit, never exceeded) and
+    ``rate_limit_max_wait`` (seconds one request may stay throttled, default 300).
+
+    Every hook of one connection (same conn id and host) in a process shares
+    one :class:`~airflow_provider_cekura.hooks._rate_limit.RateLimiter`: a 429
+    pauses all their requests until ``Retry-After`` and slows them to the rate
+    the server admits; 429s do not spend ``max_attempts``.
 
     :param cekura_conn_id: Airflow connection id of type ``cekura``.
     :param retry_policy: override the connection's retry settings.
     :param pool_size: HTTP keep-alive connections kept per host (raise it for bulk observe).
+    :param rate_limiter: use this limiter instead of the connection's shared one.
     """
 
     conn_name_attr = "cekura_conn_id"
@@ -92,10 +102,12 @@ class CekuraHook(BaseHook):
         *,
         retry_policy: RetryPolicy | None = None,
         pool_size: int = 10,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         super().__init__()
         self.cekura_conn_id = cekura_conn_id
         self._retry_policy_override = retry_policy
+        self._rate_limiter_override = rate_limiter
         self._pool_size = pool_size
         self.request_count = 0
 
@@ -145,6 +157,12 @@ class CekuraHook(BaseHook):
                 retry_after_max=float(option("retry_after_max", 60)),
             )
             project_id = option("project_id")
+            max_rate = option("max_requests_per_second")
+            max_wait = float(option("rate_limit_max_wait", 300))
+            if max_rate is not None and float(max_rate) <= 0:
+                raise ValueError(f"max_requests_per_second must be > 0, got {max_rate!r}")
+            if max_wait < 0:
+                raise ValueError(f"rate_limit_max_wait must be >= 0, got {max_wait!r}")
             settings = {
                 "api_key": api_key,
                 "base_url": host.rstrip("/"),
@@ -154,6 +172,8 @@ class CekuraHook(BaseHook):
                 "window": timedelta(days=float(option("window_days", 30))),
                 "page_size": int(option("page_size", 100)),
                 "dashboard_url": str(option("dashboard_url", DEFAULT_DASHBOARD_URL)).rstrip("/"),
+                "max_requests_per_second": float(max_rate) if max_rate is not None else None,
+                "rate_limit_max_wait": max_wait,
             }
         except (TypeError, ValueError) as err:
             raise CekuraConfigurationError(f"Connection {self.cekura_conn_id!r} has an invalid extra: {err}") from None
@@ -166,6 +186,14 @@ class CekuraHook(BaseHook):
     @property
     def retry_policy(self) -> RetryPolicy:
         return self._settings["retry_policy"]
+
+    @property
+    def rate_limiter(self) -> RateLimiter:
+        """The limiter every request of this hook goes through (shared by the connection's hooks)."""
+        if self._rate_limiter_override is not None:
+            return self._rate_limiter_override
+        settings = self._settings
+        return shared_limiter(self.cekura_conn_id, settings["base_url"], settings["max_requests_per_second"])
 
     @property
     def project_id(self) -> int | None:
@@ -216,10 +244,14 @@ class CekuraHook(BaseHook):
     ) -> Any:
         """Send one request under the retry policy and return its decoded JSON body.
 
-        429 is retried (the server did not act). 500/502/503/504, timeouts and
-        dropped connections are retried too; before such a retry
-        ``on_ambiguous_failure()`` may return a result to use instead (how
-        observe avoids duplicates). 4xx other than 429 is never retried.
+        Every attempt first passes the connection's shared rate limiter. A 429
+        (the server did not act) pauses every request of the connection for
+        ``Retry-After`` (capped by ``retry_after_max``) and is retried until
+        ``rate_limit_max_wait`` runs out, without spending an attempt.
+        500/502/503/504, timeouts and dropped connections are retried within
+        ``max_attempts``; before such a retry ``on_ambiguous_failure()`` may
+        return a result to use instead (how observe avoids duplicates). 4xx
+        other than 429 is never retried.
         """
         import requests
 
@@ -227,30 +259,47 @@ class CekuraHook(BaseHook):
         path = urlsplit(url).path
         policy = self.retry_policy
         timeout = self._settings["timeout"]
+        limiter = self.rate_limiter
+        # 429s spend the time budget, not the attempts (unless a limiter says otherwise: the benchmark baseline).
+        throttles_spend_attempts = getattr(limiter, "throttles_spend_attempts", False)
+        attempt = 0
+        throttled_since: float | None = None  # when this request met its first 429
+        throttles: list[CekuraRateLimitError] = []
         last_error: CekuraAPIError | None = None
-        for attempt in range(1, policy.max_attempts + 1):
+        while True:
             # A 429 was refused before any effect; anything else ambiguous may have taken effect.
-            ambiguous = last_error is not None and last_error.status != 429
-            if attempt > 1 and on_ambiguous_failure is not None and ambiguous:
+            if on_ambiguous_failure is not None and last_error is not None and last_error.status != 429:
                 found = on_ambiguous_failure()
                 if found is not None:
                     self.log.info("%s %s took effect before it failed; using the existing result", method, path)
                     return found
+            if throttled_since is None:
+                sent_at = limiter.acquire()
+            else:
+                # A throttled request waits for its turn only until its time budget ends.
+                turn = limiter.acquire(throttled_since + self._settings["rate_limit_max_wait"])
+                if turn is None:
+                    self._raise_rate_limit(throttles, time.monotonic() - throttled_since)
+                sent_at = turn
             self.request_count += 1
             try:
-                # Never follow redirects: requests would resend the X-CEKURA-API-KEY header to any host.
-                response = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json_body,
-                    data=data,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
+                try:
+                    # Never follow redirects: requests would resend the X-CEKURA-API-KEY header to any host.
+                    response = self._session.request(
+                        method,
+                        url,
+                        params=params,
+                        json=json_body,
+                        data=data,
+                        headers=headers,
+                        timeout=timeout,
+                        allow_redirects=False,
+                    )
+                finally:
+                    limiter.release()
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
                 # ChunkedEncodingError: the connection broke while the body was read (a response cut short).
+                attempt += 1
                 kind = "timed out" if isinstance(err, requests.Timeout) else "lost its connection"
                 last_error = CekuraTransportError(
                     f"{method} {path} {kind} (attempt {attempt}/{policy.max_attempts})",
@@ -258,8 +307,9 @@ class CekuraHook(BaseHook):
                     path=path,
                 )
                 retryable = True
-                retry_after = None
             else:
+                if response.status_code != 429:
+                    limiter.admitted(sent_at)
                 if 300 <= response.status_code < 400:
                     target = urlsplit(response.headers.get("Location") or "").netloc or "unknown"
                     response.close()
@@ -274,14 +324,43 @@ class CekuraHook(BaseHook):
                     return self._decode(response, method, path)
                 last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
                 response.close()
+                if isinstance(last_error, CekuraRateLimitError) and not throttles_spend_attempts:
+                    throttles.append(last_error)
+                    now = time.monotonic()
+                    throttled_since = now if throttled_since is None else throttled_since
+                    pause = policy.delay(len(throttles), last_error.retry_after)
+                    if now - throttled_since + pause > self._settings["rate_limit_max_wait"]:
+                        self._raise_rate_limit(throttles, now - throttled_since)
+                    own_wait = limiter.throttled(sent_at, pause)
+                    self.log.warning("%s; every request of the connection waits %.2fs", last_error, pause)
+                    if own_wait > 0:
+                        time.sleep(own_wait)
+                    continue
+                attempt += 1
                 retryable = response.status_code in RETRYABLE_STATUSES
-                retry_after = getattr(last_error, "retry_after", None)
-            if not retryable or attempt == policy.max_attempts:
+                retryable = retryable or isinstance(last_error, CekuraRateLimitError)
+            if not retryable or attempt >= policy.max_attempts:
                 raise last_error
-            wait = policy.delay(attempt, retry_after)
+            wait = policy.delay(attempt, getattr(last_error, "retry_after", None))
             self.log.warning("%s; retry %d/%d in %.2fs", last_error, attempt, policy.max_attempts - 1, wait)
             time.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _raise_rate_limit(self, throttles: list[CekuraRateLimitError], waited: float) -> NoReturn:
+        """The request stayed throttled for the connection's ``rate_limit_max_wait``: give up, saying so."""
+        budget = self._settings["rate_limit_max_wait"]
+        last = throttles[-1]
+        raise CekuraRateLimitError(
+            f"Cekura kept throttling {last.method} {last.path}: 429 {len(throttles)} time(s) over {waited:.1f}s, "
+            f"and the next try would come after rate_limit_max_wait={budget:g}s of connection "
+            f"{self.cekura_conn_id!r}. Lower the load on this connection (max_concurrency, an Airflow pool, "
+            "max_requests_per_second) or raise rate_limit_max_wait.",
+            retry_after=last.retry_after,
+            waited=waited,
+            status=last.status,
+            errors=last.errors,
+            method=last.method,
+            path=last.path,
+        ) from None
 
     @staticmethod
     def _decode(response: requests.Response, method: str, path: str) -> Any:

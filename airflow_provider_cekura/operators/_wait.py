@@ -156,11 +156,13 @@ class CekuraEvaluationWaitOperator(BaseOperator):
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Turn a defer timeout raised by the scheduler into a wait timeout that names the pending ids."""
-        from airflow_provider_cekura.version_compat import TaskDeferralTimeout
+        from airflow_provider_cekura.version_compat import TaskDeferralTimeout, is_deferral_timeout
 
         try:
             return super().resume_execution(next_method, next_kwargs, context)
-        except TaskDeferralTimeout:
+        except TaskDeferralTimeout as error:
+            if not is_deferral_timeout(error):
+                raise
             pending = "ids unknown"
             try:
                 ids = context["ti"].xcom_pull(key=CALL_LOG_IDS_XCOM_KEY)

@@ -1,16 +1,42 @@
-"""Run the Cekura emulator from the command line: ``python -m airflow_provider_cekura.testing --port 8765``."""
+"""Run the Cekura emulator from the command line: ``python -m airflow_provider_cekura.testing --port 8765``.
+
+Signals: SIGTERM/SIGINT stop it (saving ``--state-file``); SIGUSR1 finishes every pending evaluation
+at once (a test that runs Airflow in other processes decides when evaluations are done).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
-import time
+from dataclasses import fields
 
-from airflow_provider_cekura.testing.emulator import CekuraEmulator
+from airflow_provider_cekura.testing.emulator import CekuraEmulator, Fault
+
+_FAULT_OPTIONS = {f.name: f.type for f in fields(Fault) if f.name not in ("kind", "seen", "hits")}
+
+
+def parse_fault(spec: str) -> tuple[str, dict[str, object]]:
+    """``KIND[:name=value,...]`` (the fields of :class:`Fault`) -> ``(kind, options)``.
+
+    Example: ``latency:method=POST,path=/observe/,delay=0.5``.
+    """
+    kind, _, rest = spec.partition(":")
+    options: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name not in _FAULT_OPTIONS:
+            raise argparse.ArgumentTypeError(
+                f"bad fault option {item!r} in {spec!r} (options: {sorted(_FAULT_OPTIONS)})"
+            )
+        kind_of = str(_FAULT_OPTIONS[name])
+        try:
+            options[name] = float(value) if "float" in kind_of else int(value) if "int" in kind_of else value
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"fault option {name!r} needs a number, got {value!r}") from None
+    return kind, options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-file", help="load call logs from this JSON file at start, save them at exit")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument(
-        "--request-log", help="append one JSON line per request handled (time, method, path, call_ids) to this file"
+        "--fault",
+        action="append",
+        default=[],
+        type=parse_fault,
+        metavar="KIND[:OPTION=VALUE,...]",
+        help="inject a fault for the whole run, e.g. latency:method=POST,path=/observe/,delay=0.5 (repeatable)",
     )
+    parser.add_argument("--log-requests", action="store_true", help="print one line per request (method, path, status)")
     args = parser.parse_args(argv)
     emulator = CekuraEmulator(
         api_key=args.api_key,
@@ -38,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         page_size_cap=args.page_size_cap,
         host=args.host,
         port=args.port,
+        request_log=sys.stdout if args.log_requests else None,
     )
+    for kind, options in args.fault:
+        try:
+            emulator.add_fault(kind, **options)
+        except ValueError as err:
+            parser.error(str(err))
     if args.state_file and os.path.exists(args.state_file):
         loaded = emulator.load_state(args.state_file)
         print(f"Loaded {loaded} call log(s) from {args.state_file}", flush=True)
@@ -50,34 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    if args.request_log:
-        writer = threading.Thread(target=_write_request_log, args=(emulator, args.request_log, done), daemon=True)
-        writer.start()
+    signal.signal(signal.SIGUSR1, lambda *_: emulator.finish_evaluations())
     done.wait()
     emulator.stop()
-    if args.request_log:
-        writer.join(timeout=5)
     if args.state_file:
         emulator.save_state(args.state_file)
     return 0
-
-
-def _write_request_log(emulator: CekuraEmulator, path: str, done: threading.Event) -> None:
-    """Append the requests handled so far to ``path`` every 0.2 s (wall-clock times), until ``done``."""
-    written = 0
-    with open(path, "a", encoding="utf-8") as log:
-        while True:
-            stopping = done.wait(0.2)
-            with emulator._lock:
-                new, written = emulator.requests[written:], len(emulator.requests)
-            offset = time.time() - time.monotonic()
-            for entry in new:
-                call_ids = [int(i) for i in entry.query.get("call_ids", "").split(",") if i.strip().isdigit()]
-                record = {"at": entry.at + offset, "method": entry.method, "path": entry.path, "call_ids": call_ids}
-                log.write(json.dumps(record) + "\n")
-            log.flush()
-            if stopping:
-                return
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """An in-process emulator of the Cekura observability API, for tests, demos and benchmarks.
 
 It follows the documented API (``../shared/cekura-api``): the
-``X-CEKURA-API-KEY`` header, the four endpoints with trailing slashes,
+``X-CEKURA-API-KEY`` header, the four endpoints (with or without the trailing
+slash, as Cekura's router serves them), the documented response shapes,
 ``{field: [messages]}`` validation errors, page-number pagination with
 absolute ``next`` links and a page-size cap, the list filters (including a
 maximum timestamp window), asynchronous evaluation that leaves
-``"evaluating"`` after a delay, and fault injection.
+``"evaluating"`` after a delay, fault injection, and a token-bucket rate
+limit (:meth:`CekuraEmulator.set_rate_limit`).
 
 It deliberately shares no code with the client (no payload validation from
 :mod:`airflow_provider_cekura.payloads`): a double that reused the client's
@@ -27,13 +29,14 @@ import email.parser
 import email.policy
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import IO, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 TRANSCRIPT_TYPES = {"cekura", "vocera", "vapi", "retell", "deepgram", "pipecat", "livekit", "elevenlabs", "none-mono"}
@@ -54,6 +57,17 @@ DEFAULT_METRICS: list[dict[str, Any]] = [
 OBSERVE = "/observability/v1/observe/"
 CALL_LOGS = "/observability/v1/call-logs/"
 RERUN = "/observability/v1/call-logs/rerun_evaluation/"
+
+RESPONSE_STYLES = ("documented", "loose")
+
+# Fields the documents type as (non-nullable) strings: "" when the call has no value.
+_LIST_STRINGS = ("call_ended_reason", "customer_number", "feedback", "trace_id", "topic", "dropoff_point")
+_DETAIL_STRINGS = (*_LIST_STRINGS, "voice_recording_url", "assistant_id")
+
+
+def _route(path: str) -> str:
+    """The documented path for ``path``: Cekura's router serves its routes with and without the trailing slash."""
+    return path if path.endswith("/") else path + "/"
 
 
 def _now() -> datetime:
@@ -124,6 +138,35 @@ class Fault:
 
 
 @dataclass
+class RateLimit:
+    """A token bucket in front of every endpoint: ``rate`` requests/s, up to ``burst`` at once.
+
+    A request that finds the bucket empty is answered 429 with ``Retry-After``
+    in whole seconds (until a token is back, at least 1), like a real plan limit.
+
+    :param retry_after: a fixed ``Retry-After`` value instead (e.g. an HTTP date).
+    """
+
+    rate: float
+    burst: float
+    retry_after: str | None = None
+    tokens: float = 0.0
+    updated: float = 0.0
+    hits: int = 0
+
+    def take(self, now: float) -> Fault | None:
+        """Spend a token, or return the 429 to answer with."""
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        self.hits += 1
+        wait = self.retry_after or str(max(1, math.ceil((1 - self.tokens) / self.rate)))
+        return Fault(kind="rate_limit", retry_after=wait, hits=1)
+
+
+@dataclass
 class LoggedRequest:
     method: str
     path: str
@@ -131,6 +174,8 @@ class LoggedRequest:
     status: int | str
     fault: str | None = None
     at: float = field(default_factory=time.monotonic)
+    headers: dict[str, str] | None = None
+    body: bytes | None = None
 
 
 class _Dropped(Exception):
@@ -148,8 +193,18 @@ class CekuraEmulator:
     :param default_page_size: page size when the client sends none.
     :param max_window_days: widest ``timestamp_from``..``timestamp_to`` range accepted (400 beyond).
     :param project_id: the project every call log belongs to.
+    :param record_requests: keep each request's headers and body in :attr:`requests` (for tests that
+        check what a client sent; off by default: bodies may be large).
+    :param response_style: ``"documented"`` (default) answers in the shapes of the published schemas:
+        a string field without a value is ``""``, metrics carry every documented key with its documented
+        type, the detail's ``metrics``/``critical_categories`` are JSON text. ``"loose"`` answers with the
+        other forms a real server may send and a client must accept too: ``null`` for those strings and
+        metric keys, JSON values where the documented form is JSON text and JSON text where it is a value.
     :param host: interface to bind (loopback by default).
     :param port: port to bind (0 = a free one).
+    :param request_log: when set, one line per request is written to it once answered:
+        ``METHOD path status`` (and ``fault=<kind>`` when one was injected, ``call_ids=<how many>`` for a
+        list request by ids); never headers or bodies.
     """
 
     def __init__(
@@ -162,16 +217,24 @@ class CekuraEmulator:
         default_page_size: int = 10,
         max_window_days: float | None = 31,
         project_id: int = 1,
+        response_style: str = "documented",
+        record_requests: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
+        request_log: IO[str] | None = None,
     ) -> None:
         self.api_key = api_key
+        self.request_log = request_log
         self.evaluation_delay = evaluation_delay
         self.evaluation_failure_rate = evaluation_failure_rate
         self.page_size_cap = page_size_cap
         self.default_page_size = default_page_size
         self.max_window_days = max_window_days
         self.project_id = project_id
+        if response_style not in RESPONSE_STYLES:
+            raise ValueError(f"response_style must be one of {RESPONSE_STYLES}, got {response_style!r}")
+        self.response_style = response_style
+        self.record_requests = record_requests
         self.metric_catalog: list[dict[str, Any]] = [dict(m) for m in DEFAULT_METRICS]
         self.agents: dict[int, str] = {}
         self._host, self._port = host, port
@@ -179,6 +242,7 @@ class CekuraEmulator:
         self._records: dict[int, dict[str, Any]] = {}
         self._next_id = 1000
         self._faults: list[Fault] = []
+        self.rate_limit: RateLimit | None = None
         self.requests: list[LoggedRequest] = []
         self.recordings: dict[int, dict[str, Any]] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -271,8 +335,29 @@ class CekuraEmulator:
         return fault
 
     def clear_faults(self) -> None:
+        """Remove every injected fault and the rate limit."""
         with self._lock:
             self._faults.clear()
+            self.rate_limit = None
+
+    def set_rate_limit(
+        self, rate: float | None, *, burst: float | None = None, retry_after: str | None = None
+    ) -> RateLimit | None:
+        """Limit every request to ``rate`` per second (token bucket, ``burst`` default: one second's worth).
+
+        Throttled requests get 429 with ``Retry-After`` in whole seconds (see :class:`RateLimit`); ``None``
+        removes the limit. Calling it again mid-run changes the limit (the bucket keeps its tokens, capped).
+        """
+        with self._lock:
+            if rate is None:
+                self.rate_limit = None
+                return None
+            if rate <= 0:
+                raise ValueError("rate must be > 0")
+            size = float(burst if burst is not None else max(rate, 1.0))
+            tokens = size if self.rate_limit is None else min(self.rate_limit.tokens, size)
+            self.rate_limit = RateLimit(rate, size, retry_after, tokens=tokens, updated=time.monotonic())
+            return self.rate_limit
 
     def reset_log(self) -> None:
         with self._lock:
@@ -284,6 +369,16 @@ class CekuraEmulator:
             return sum(
                 1 for r in self.requests if (method is None or r.method == method) and (path is None or path in r.path)
             )
+
+    def _log_request(self, entry: LoggedRequest | None) -> None:
+        if self.request_log is None or entry is None:
+            return
+        fault = f" fault={entry.fault}" if entry.fault else ""
+        asked = entry.query.get("call_ids")
+        ids = f" call_ids={len([i for i in asked.split(',') if i.strip()])}" if asked else ""
+        with self._lock:
+            self.request_log.write(f"{entry.method} {entry.path} {entry.status}{fault}{ids}\n")
+            self.request_log.flush()
 
     # ------------------------------------------------------------------ data
 
@@ -361,16 +456,16 @@ class CekuraEmulator:
             "metrics": [],
             "critical_categories": [],
             "transcript_type": call.get("transcript_type", "cekura"),
-            "transcript_object": transcript if isinstance(transcript, list) else [],
+            "transcript_object": [t for t in transcript if isinstance(t, dict)] if isinstance(transcript, list) else [],
             "transcript": _render_transcript(transcript),
-            "voice_recording_url": call.get("voice_recording_url"),
-            "call_ended_reason": call.get("call_ended_reason"),
-            "customer_number": call.get("customer_number"),
+            "voice_recording_url": call.get("voice_recording_url") or "",
+            "call_ended_reason": call.get("call_ended_reason") or "",
+            "customer_number": call.get("customer_number") or "",
             "metadata": call.get("metadata") or {},
             "dynamic_variables": call.get("dynamic_variables") or {},
             "feedback": call.get("feedback") or "",
             "trace_id": call.get("trace_id") or "",
-            "timestamp": call.get("timestamp") or now,
+            "timestamp": _iso(_parse_time(call.get("timestamp")) or _now()) if call.get("timestamp") else now,
             "duration": _duration(transcript),
             "error_message": None,
             "topic": "",
@@ -406,6 +501,7 @@ class CekuraEmulator:
         metrics = []
         for index, metric in enumerate(catalog):
             roll = _digest(seed, metric["id"], index)
+            # None: the key does not apply to the metric's type (see _metric_view for how it is sent).
             entry = {
                 "id": metric["id"],
                 "name": metric["name"],
@@ -447,19 +543,45 @@ class CekuraEmulator:
 
     def _list_view(self, record: dict[str, Any]) -> dict[str, Any]:
         self._evaluate_if_due(record)
-        return {k: v for k, v in record.items() if not k.startswith("_")}
+        view = {k: v for k, v in record.items() if not k.startswith("_")}
+        loose = self.response_style == "loose"
+        view["metrics"] = [_metric_view(m, loose) for m in view["metrics"]]
+        if loose:
+            for name in _DETAIL_STRINGS:
+                view[name] = view[name] or None
+            # The list schema types transcript_object as a string (its example is JSON); metadata as text too.
+            for name in ("transcript_object", "metadata", "dynamic_variables"):
+                view[name] = json.dumps(view[name])
+        elif view["assistant_id"] is None:
+            del view["assistant_id"]  # not in the list schema; absent rather than null
+        return view
+
+    def _typed_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The detail and rerun schemas: ``agent_id`` as text, ``transcript_object`` a JSON value."""
+        view = self._list_view(record)
+        view["agent_id"] = str(view["agent"])
+        if self.response_style == "loose":
+            view["transcript_object"] = json.loads(view["transcript_object"])
+        return view
 
     def _detail_view(self, record: dict[str, Any]) -> dict[str, Any]:
-        view = self._list_view(record)
-        # The detail schema types these as strings: serve them as JSON text, as the API may.
-        view["metrics"] = json.dumps(view["metrics"])
-        view["critical_categories"] = json.dumps(view["critical_categories"])
-        view["agent_id"] = str(view["agent"])
+        view = self._typed_view(record)
+        if self.response_style == "documented":
+            # The detail schema types these as strings: JSON text, as the API may send them.
+            view["metrics"] = json.dumps(view["metrics"])
+            view["critical_categories"] = json.dumps(view["critical_categories"])
+        return view
+
+    def _evaluated_view(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The rerun response's shape (``CallLogEvaluated``): metrics under ``evaluation``."""
+        view = self._typed_view(record)
+        view["evaluation"] = {"metrics": view["metrics"]}
         return view
 
     # ------------------------------------------------------------------ endpoints
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any, base: str) -> tuple[int, Any]:
+        path = _route(path)
         if method == "POST" and path == OBSERVE:
             return self._observe(body)
         if method == "POST" and path == RERUN:
@@ -495,8 +617,8 @@ class CekuraEmulator:
         if (body.get("agent_id") is None) == (body.get("assistant_id") is None):
             return 400, {"agent_id": ["Provide exactly one of agent_id or assistant_id."]}
         ids = body.get("call_logs")
-        if not isinstance(ids, list) or not ids or not all(isinstance(i, int) for i in ids):
-            return 400, {"call_logs": ["A non-empty list of integer call log ids is required."]}
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            return 400, {"call_logs": ["A list of integer call log ids is required."]}
         if len(ids) > 100:
             return 400, {"call_logs": ["At most 100 call logs per request."]}
         with self._lock:
@@ -511,9 +633,7 @@ class CekuraEmulator:
                 record.update(status="evaluating", success=None, metrics=[], error_message=None,
                               _round=record["_round"] + 1, _due=time.monotonic() + self.evaluation_delay,
                               updated_at=_iso(_now()))  # fmt: skip
-                view = self._list_view(record)
-                view["evaluation"] = {"metrics": []}
-                out.append(view)
+                out.append(self._evaluated_view(record))
             return 200, out
 
     def _list(self, query: dict[str, str], base: str) -> tuple[int, Any]:
@@ -605,9 +725,7 @@ def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
     )
     if kind == "cekura" and transcript is not None and "transcript_json" not in errors and not roles_ok:
         errors["transcript_json"] = ['Roles must be "Main Agent" or "Testing Agent".']
-    redact = body.get("redact_fields")
-    if isinstance(redact, str):
-        redact = body["redact_fields"] = json.loads(redact) if redact.startswith("[") else redact.split(",")
+    redact = body.get("redact_fields")  # a JSON list, or a form list (one part per item)
     if redact is not None and (not isinstance(redact, list) or any(r not in REDACT_FIELDS for r in redact)):
         errors["redact_fields"] = ["Invalid redact field."]
     metric_ids = body.get("metric_ids")
@@ -617,12 +735,24 @@ def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
         value = body.get(name)
         if isinstance(value, str):
             try:
-                body[name] = json.loads(value)
+                value = body[name] = json.loads(value)
             except ValueError:
                 errors[name] = ["Value must be valid JSON."]
+                continue
+        if value is not None and not isinstance(value, dict):
+            errors[name] = ["Value must be a JSON object."]
     if body.get("timestamp") and _parse_time(body["timestamp"]) is None:
         errors["timestamp"] = ["Datetime has wrong format."]
     return errors
+
+
+def _metric_view(metric: dict[str, Any], loose: bool) -> dict[str, Any]:
+    """A metric as sent: the list schema requires score (number), enum and value (strings) on every metric,
+    so a key that does not apply to its type is sent as 0 / "" ("loose": null)."""
+    if loose:
+        return dict(metric)
+    defaults = {"score": 0.0, "enum": "", "value": ""}
+    return {k: defaults[k] if v is None and k in defaults else v for k, v in metric.items()}
 
 
 def _check_filter(condition: Any) -> None:
@@ -687,6 +817,8 @@ def _duration(transcript: Any) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     emulator: CekuraEmulator
+    _raw_body = b""
+    _entry: LoggedRequest | None = None
     protocol_version = "HTTP/1.1"
     server_version = "CekuraEmulator/1"
 
@@ -708,11 +840,16 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.emulator
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
-        entry = LoggedRequest(method, split.path, query, 0)
+        entry = self._entry = LoggedRequest(method, split.path, query, 0)
         with emulator._lock:
             emulator.requests.append(entry)
-            fault = next((f for f in emulator._faults if f.matches(method, split.path, query)), None)
+            # The rate limit comes first: a throttled request meets no other fault.
+            fault = emulator.rate_limit.take(time.monotonic()) if emulator.rate_limit is not None else None
+            if fault is None:
+                fault = next((f for f in emulator._faults if f.matches(method, split.path, query)), None)
         body = self._read_body()
+        if emulator.record_requests:
+            entry.headers, entry.body = dict(self.headers.items()), self._raw_body
         entry.fault = fault.kind if fault else None
         try:
             if fault is not None:
@@ -743,7 +880,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _pre_fault(self, fault: Fault, entry: LoggedRequest) -> None:
         if fault.kind == "latency":
             time.sleep(fault.delay)
-        elif fault.kind == "429":
+        elif fault.kind in ("429", "rate_limit"):
             entry.status = 429
             self._send(429, {"detail": "Request was throttled."}, headers={"Retry-After": fault.retry_after})
             raise _Handled
@@ -768,14 +905,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.emulator._stopping.wait(fault.delay)
 
     def handle_one_request(self) -> None:
+        self._entry = None
         try:
             super().handle_one_request()
         except (TimeoutError, ConnectionError):
             self.close_connection = True
+        finally:
+            self.emulator._log_request(self._entry)
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._raw_body = self.rfile.read(length) if length else b""
         if not raw:
             return None
         ctype = self.headers.get("Content-Type", "")
@@ -799,6 +939,8 @@ class _Handler(BaseHTTPRequestHandler):
                         "size": len(payload),
                         "sha256": hashlib.sha256(payload).hexdigest(),
                     }
+                elif name == "redact_fields":  # a form list: one part per item
+                    form.setdefault("redact_fields", []).append(payload.decode("utf-8"))
                 elif name:
                     form[str(name)] = payload.decode("utf-8")
             if "agent" in form and str(form["agent"]).isdigit():

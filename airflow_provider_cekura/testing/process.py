@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +34,9 @@ class EmulatorProcess:
     :param state_file: load call logs from it at start, save them at stop.
     :param stdout: where the child's output goes (default: discarded).
     :param new_session: start the child in its own process group.
-    :param request_log: append one JSON line per request handled to this file (``--request-log``).
+    :param faults: faults injected for the whole run, as ``--fault`` specs
+        (``"latency:method=POST,path=/observe/,delay=0.5"``).
+    :param log_requests: the child prints one line per request (method, path, status) to ``stdout``.
     """
 
     def __init__(
@@ -43,14 +47,16 @@ class EmulatorProcess:
         state_file: str | Path | None = None,
         stdout: IO[Any] | int = subprocess.DEVNULL,
         new_session: bool = False,
-        request_log: str | Path | None = None,
+        faults: Sequence[str] = (),
+        log_requests: bool = False,
     ) -> None:
         self.api_key = api_key
         self.evaluation_delay = evaluation_delay
         self.state_file = state_file
         self.stdout = stdout
         self.new_session = new_session
-        self.request_log = request_log
+        self.faults = tuple(faults)
+        self.log_requests = log_requests
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
 
@@ -71,8 +77,10 @@ class EmulatorProcess:
         command += ["--port-file", str(port_file), "--evaluation-delay", str(self.evaluation_delay)]
         if self.state_file is not None:
             command += ["--state-file", str(self.state_file)]
-        if self.request_log is not None:
-            command += ["--request-log", str(self.request_log)]
+        for fault in self.faults:
+            command += ["--fault", fault]
+        if self.log_requests:
+            command.append("--log-requests")
         self.process = subprocess.Popen(
             command,
             env={**os.environ, "CEKURA_EMULATOR_API_KEY": self.api_key},
@@ -91,6 +99,12 @@ class EmulatorProcess:
             time.sleep(0.05)
         self.port = int(port_file.read_text())
         return self.base_url
+
+    def finish_evaluations(self) -> None:
+        """Make every pending evaluation finish now (SIGUSR1 to the child)."""
+        if self.process is None or self.process.poll() is not None:
+            raise RuntimeError("emulator process not running")
+        self.process.send_signal(signal.SIGUSR1)
 
     def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM (the state file is saved), then SIGKILL if it lingers. Idempotent."""

@@ -1,22 +1,14 @@
-"""SQL side of the call log transfer: identifiers, table layout, DDL per database, page writers.
+"""SQL side of the call log transfer: columns, values, the target's SQL rules, DDL per database family, errors.
 
-Nothing here imports a database driver or common-sql at import time. The
-writer is chosen from the DB-API connection the hook returns:
-
-- psycopg (3) or psycopg2 (any Postgres hook): ``COPY`` into a temporary
-  staging table, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``;
-- ``sqlite3``: ``INSERT ... ON CONFLICT (...) DO UPDATE`` (SQLite >= 3.24),
-  else ``INSERT OR REPLACE`` writing every column;
-- anything else: plain DB-API SQL, ``DELETE`` the page's keys then ``INSERT``.
-
-Every page (call log rows and their metric rows) is written in one transaction.
-Errors never carry row contents (see :func:`safe_db_error`).
+The SQL rules (identifier quoting, placeholder, reserved words) come from the target
+hook's common.sql dialect (``DbApiHook.dialect``), see :class:`SqlRules`; the page
+writers that use them are in :mod:`._writers`. Nothing here imports a database
+driver or common-sql at import time. Errors never carry row contents (see
+:func:`safe_db_error`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -96,7 +88,7 @@ class CekuraExportError(CekuraError):
 def validate_table_name(name: Any, field: str = "table") -> str:
     """Return ``name`` if it is ``table`` or ``schema.table`` made of plain identifiers, else raise.
 
-    Quoting is done by :func:`quote_table`; refusing anything else closes the door
+    Quoting is done by :meth:`SqlRules.table`; refusing anything else closes the door
     to SQL injection through a (templated) table name.
     """
     if not isinstance(name, str) or not name:
@@ -137,16 +129,72 @@ def validate_columns(columns: Iterable[Any] | None, include_transcript: bool) ->
     return [c for c in ALL_CALL_LOG_COLUMNS if c in wanted]
 
 
-def quote_identifier(name: str) -> str:
-    """``"name"`` (the name was validated: it holds no quote)."""
-    if not IDENTIFIER.match(name):
-        raise CekuraValidationError("identifier", f"{name[:80]!r} is not a plain identifier")
-    return f'"{name}"'
+FAMILIES_BY_DIALECT: dict[str, str] = {
+    "postgresql": "postgres",
+    "postgres": "postgres",
+    "sqlite": "sqlite",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "duckdb": "duckdb",
+}
+"""Database family by common.sql ``dialect_name``."""
+
+FAMILIES_BY_DRIVER: tuple[tuple[str, str], ...] = (
+    ("sqlite3", "sqlite"),
+    ("psycopg", "postgres"),  # psycopg (3) and psycopg2
+    ("MySQLdb", "mysql"),
+    ("pymysql", "mysql"),
+    ("mysql.connector", "mysql"),
+    ("_duckdb", "duckdb"),
+    ("duckdb", "duckdb"),
+)
+"""Database family by the module of the DB-API connection's class (what the writer really talks to)."""
 
 
-def quote_table(name: str) -> str:
-    """``"schema"."table"`` or ``"table"``."""
-    return ".".join(quote_identifier(part) for part in validate_table_name(name).split("."))
+@dataclass(frozen=True)
+class SqlRules:
+    """The target database's SQL rules, taken from its hook's common.sql dialect.
+
+    ``escape`` is the dialect's ``escape_word`` (it quotes reserved words with the
+    dialect's ``escape_word_format``: double quotes, or backticks on MySQL). When the
+    dialect knows no reserved word for the database (SQLite and DuckDB have no
+    SQLAlchemy reserved-word list), every identifier is quoted with that format:
+    names are validated plain identifiers, so quoting is always safe, and a table
+    called ``order`` still works.
+    """
+
+    family: str
+    placeholder: str
+    escape: Callable[[str], str]
+
+    @classmethod
+    def from_hook(cls, hook: Any, conn: Any = None) -> SqlRules:
+        """The rules of ``hook`` (a ``DbApiHook``); ``conn`` (its DB-API connection) decides the family first."""
+        dialect = hook.dialect
+        module = type(conn).__module__ if conn is not None else ""
+        family = next((f for prefix, f in FAMILIES_BY_DRIVER if module.startswith(prefix)), None)
+        if family is None:
+            family = FAMILIES_BY_DIALECT.get(str(getattr(hook, "dialect_name", "")).lower(), "generic")
+        escape: Callable[[str], str] = dialect.escape_word
+        if not dialect.reserved_words:
+            escape = dialect.escape_word_format.format
+        return cls(family, dialect.placeholder, escape)
+
+    def quote(self, name: str) -> str:
+        """One identifier, quoted where the dialect says so (the name is validated first)."""
+        if not IDENTIFIER.match(name):
+            raise CekuraValidationError("identifier", f"{name[:80]!r} is not a plain identifier")
+        return self.escape(name)
+
+    def table(self, name: str) -> str:
+        """``schema.table`` or ``table``, each part quoted by :meth:`quote`."""
+        return ".".join(self.quote(part) for part in validate_table_name(name).split("."))
+
+    def columns(self, names: Iterable[str]) -> str:
+        return ", ".join(self.quote(c) for c in names)
+
+    def placeholders(self, count: int) -> str:
+        return ", ".join([self.placeholder] * count)
 
 
 # ---------------------------------------------------------------------------- values
@@ -270,14 +318,6 @@ class TableSpec:
     columns: dict[str, str]
     key: tuple[str, ...]
 
-    @property
-    def quoted(self) -> str:
-        return quote_table(self.name)
-
-    @property
-    def column_list(self) -> str:
-        return ", ".join(quote_identifier(c) for c in self.columns)
-
 
 TYPES: dict[str, dict[str, str]] = {
     "postgres": {
@@ -289,6 +329,23 @@ TYPES: dict[str, dict[str, str]] = {
         TIMESTAMP: "TIMESTAMP WITH TIME ZONE",
     },
     "sqlite": {INT: "INTEGER", TEXT: "TEXT", BOOL: "BOOLEAN", FLOAT: "REAL", JSON: "TEXT", TIMESTAMP: "TEXT"},
+    # MySQL/MariaDB: TEXT holds 64 KiB (transcripts can be longer), no time zone in DATETIME (UTC is stored).
+    "mysql": {
+        INT: "BIGINT",
+        TEXT: "LONGTEXT",
+        BOOL: "BOOLEAN",
+        FLOAT: "DOUBLE",
+        JSON: "JSON",
+        TIMESTAMP: "DATETIME(6)",
+    },
+    "duckdb": {
+        INT: "BIGINT",
+        TEXT: "VARCHAR",
+        BOOL: "BOOLEAN",
+        FLOAT: "DOUBLE",
+        JSON: "JSON",
+        TIMESTAMP: "TIMESTAMPTZ",
+    },
     "generic": {
         INT: "BIGINT",
         TEXT: "TEXT",
@@ -298,373 +355,122 @@ TYPES: dict[str, dict[str, str]] = {
         TIMESTAMP: "TEXT",
     },
 }
-"""Column types per database family. JSON is JSONB on Postgres and JSON text elsewhere; timestamps are
-``TIMESTAMP WITH TIME ZONE`` on Postgres and ISO 8601 text elsewhere."""
+"""Column types per database family. JSON is JSONB on Postgres, JSON on MySQL/MariaDB and DuckDB, JSON text
+elsewhere; timestamps are time-zone aware on Postgres and DuckDB, UTC ``DATETIME(6)`` on MySQL/MariaDB and
+ISO 8601 text elsewhere."""
+
+KEY_TYPES: dict[str, dict[str, str]] = {"mysql": {TEXT: "VARCHAR(255)"}}
+"""Types of primary key columns where the column type cannot be a key (MySQL cannot index a LONGTEXT)."""
+
+TABLE_OPTIONS: dict[str, str] = {"mysql": " CHARACTER SET utf8mb4"}
+"""After the column list: MySQL's default character set may not hold emoji."""
 
 
-def create_table_sql(spec: TableSpec, family: str) -> str:
+def create_table_sql(spec: TableSpec, rules: SqlRules) -> str:
     """``CREATE TABLE IF NOT EXISTS`` with the family's types and the primary key."""
-    types = TYPES[family]
+    types = TYPES[rules.family]
+    key_types = KEY_TYPES.get(rules.family, {})
     lines = []
     for column, kind in spec.columns.items():
-        not_null = " NOT NULL" if column in spec.key else ""
-        lines.append(f"{quote_identifier(column)} {types[kind]}{not_null}")
-    lines.append(f"PRIMARY KEY ({', '.join(quote_identifier(c) for c in spec.key)})")
-    return f"CREATE TABLE IF NOT EXISTS {spec.quoted} (\n    " + ",\n    ".join(lines) + "\n)"
+        if column in spec.key:
+            lines.append(f"{rules.quote(column)} {key_types.get(kind, types[kind])} NOT NULL")
+        else:
+            lines.append(f"{rules.quote(column)} {types[kind]}")
+    lines.append(f"PRIMARY KEY ({rules.columns(spec.key)})")
+    options = TABLE_OPTIONS.get(rules.family, "")
+    return f"CREATE TABLE IF NOT EXISTS {rules.table(spec.name)} (\n    " + ",\n    ".join(lines) + f"\n){options}"
 
 
-_QUOTED = re.compile(r"\"([^\"]*)\"|'([^']*)'")
+def _in_any(text: str, statements: Sequence[str]) -> bool:
+    return any(text in statement for statement in statements)
 
 
-def safe_db_error(err: BaseException, known: Iterable[str] = ()) -> str:
-    """A one-line description of a database error that carries no row data.
+def _statement_prefix(text: str, statements: Sequence[str]) -> str:
+    """The longest prefix of ``text`` found in one of our own statements (which hold placeholders, no value)."""
+    low, high = 0, len(text)
+    while low < high:  # a prefix of a substring is a substring: binary search on the length
+        middle = (low + high + 1) // 2
+        if _in_any(text[:middle], statements):
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low]
 
-    Keeps the exception type, the SQLSTATE when the driver has one and the first
-    line of the message, with every quoted text replaced by ``<redacted>`` unless
-    it is one of the ``known`` identifiers (table and column names): database
-    messages quote offending values (``invalid input syntax for type integer: "..."``).
+
+def redact(message: str, known: Iterable[str] = (), statements: Sequence[str] = ()) -> str:
+    """``message`` with every quoted text that could hold a value replaced by ``<redacted>``.
+
+    A quoted text is kept when it is one of the ``known`` names (tables, columns), or
+    when it is a piece of one of our own ``statements`` (SQL templates with
+    placeholders: MySQL's ``near '...'`` quotes the statement where it stopped
+    parsing). Otherwise everything from that quote up to the last quote of the same
+    kind goes (a value may itself hold quotes), except the part at its start that
+    is text of our own statements.
     """
     allowed = {k.lower() for k in known}
-    first = (str(err).strip().splitlines() or [""])[0]
+    out: list[str] = []
+    position = 0
+    while True:
+        starts = [i for i in (message.find("'", position), message.find('"', position)) if i >= 0]
+        if not starts:
+            out.append(message[position:])
+            return "".join(out)
+        start = min(starts)
+        quote = message[start]
+        close = message.find(quote, start + 1)
+        if close < 0:  # an unbalanced quote: nothing after it can be trusted
+            out.append(message[position:start] + "<redacted>")
+            return "".join(out)
+        inner = message[start + 1 : close]
+        if inner.lower() in allowed:
+            out.append(message[position : close + 1])
+            position = close + 1
+            continue
+        last = message.rindex(quote)
+        inner = message[start + 1 : last]
+        if inner and _in_any(inner, statements):
+            out.append(message[position : last + 1])
+        else:
+            kept = _statement_prefix(inner, statements)
+            out.append(
+                f"{message[position:start]}{quote}{kept}<redacted>{quote}"
+                if kept
+                else message[position:start] + "<redacted>"
+            )
+        position = last + 1
 
-    def redact(match: re.Match[str]) -> str:
-        text = match.group(1) if match.group(1) is not None else match.group(2)
-        return match.group(0) if text.lower() in allowed else "<redacted>"
 
-    message = _QUOTED.sub(redact, first)[:300]
+def _code_and_message(err: BaseException) -> tuple[Any, str]:
+    """The driver's error code and the database's own message.
+
+    MySQL drivers (mysqlclient, PyMySQL) carry ``(errno, message)`` in ``args``: their
+    ``str()`` is the tuple's repr, which quotes the whole message. Postgres drivers put
+    the SQLSTATE in ``sqlstate``/``pgcode`` and details (with values) on the lines after
+    the first: only the first line is kept there.
+    """
+    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
+    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        return args[0], args[1]
+    errno, msg = getattr(err, "errno", None), getattr(err, "msg", None)
+    if isinstance(errno, int) and isinstance(msg, str):  # mysql-connector-python
+        return errno, msg
     code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+    return code, (str(err).strip().splitlines() or [""])[0]
+
+
+def safe_db_error(err: BaseException, known: Iterable[str] = (), statements: Sequence[str] = ()) -> str:
+    """A one-line description of a database error that keeps the database's explanation and no row data.
+
+    Keeps the exception type, the error code (SQLSTATE or MySQL errno) and the message,
+    with quoted values redacted by :func:`redact` (database messages quote offending
+    values: ``invalid input syntax for type integer: "..."``, ``Duplicate entry '...'``).
+    """
+    code, message = _code_and_message(err)
+    message = " ".join(redact(message, known, statements).split())
+    if len(message) > 400:
+        message = message[:400] + "..."
     kind = type(err).__name__ + (f" [{code}]" if code else "")
     return f"{kind}: {message}" if message else kind
-
-
-# ---------------------------------------------------------------------------- writers
-
-
-class PageWriter:
-    """Writes pages of call log rows (and their metric rows) to one connection, one transaction per page."""
-
-    family = "generic"
-
-    def __init__(self, conn: Any, table: TableSpec, metrics: TableSpec | None, placeholder: str = "%s") -> None:
-        self.conn = conn
-        self.table = table
-        self.metrics = metrics
-        self.placeholder = placeholder
-
-    # -- set-up
-
-    def _tables(self) -> list[TableSpec]:
-        return [self.table] + ([self.metrics] if self.metrics is not None else [])
-
-    def existing_columns(self, spec: TableSpec) -> set[str] | None:
-        """The table's column names (lower case), or ``None`` when it does not exist (or cannot be read)."""
-        cursor = self.conn.cursor()
-        try:
-            cursor.execute(f"SELECT * FROM {spec.quoted} WHERE 1 = 0")
-            names = {str(d[0]).lower() for d in cursor.description or ()}
-            cursor.fetchall()
-        except Exception:
-            self.conn.rollback()
-            return None
-        finally:
-            cursor.close()
-        self.conn.commit()
-        return names
-
-    def prepare(self, create: bool) -> list[str]:
-        """Create missing tables (when ``create``), check the columns exist; returns the names of created tables."""
-        created = []
-        for spec in self._tables():
-            columns = self.existing_columns(spec)
-            if columns is None:
-                if not create:
-                    raise CekuraExportError(f"Table {spec.name} does not exist (and create_table is False)")
-                self._execute_ddl(create_table_sql(spec, self.family), spec)
-                created.append(spec.name)
-                columns = self.existing_columns(spec)
-                if columns is None:
-                    raise CekuraExportError(f"Table {spec.name} could not be read after CREATE TABLE")
-            missing = [c for c in spec.columns if c.lower() not in columns]
-            if missing:
-                raise CekuraExportError(
-                    f"Table {spec.name} exists but has no column(s) {', '.join(missing)}: add them "
-                    "(ALTER TABLE ... ADD COLUMN ...), export into another table, or choose columns="
-                )
-        self._after_prepare()
-        return created
-
-    def _execute_ddl(self, sql: str, spec: TableSpec) -> None:
-        cursor = self.conn.cursor()
-        try:
-            cursor.execute(sql)
-            self.conn.commit()
-        except Exception as err:
-            self.conn.rollback()
-            raise CekuraExportError(
-                f"Creating table {spec.name} failed: {safe_db_error(err, self._known())}. "
-                "Create it yourself (see the documented schema) and pass create_table=False."
-            ) from None
-        finally:
-            cursor.close()
-
-    def _after_prepare(self) -> None:
-        """Per-connection set-up after the tables exist (staging tables)."""
-
-    def _known(self) -> set[str]:
-        names: set[str] = set()
-        for spec in self._tables():
-            names |= set(spec.columns) | set(spec.name.split(".")) | {spec.name}
-        return names
-
-    # -- pages
-
-    def write_page(self, rows: Sequence[tuple[Any, ...]], metrics: Sequence[tuple[Any, ...]]) -> None:
-        """Upsert ``rows``; replace the metric rows of every call log in ``rows`` by ``metrics``; commit."""
-        ids = [row[0] for row in rows]
-        try:
-            self._begin()
-            self._upsert_rows(rows)
-            if self.metrics is not None:
-                self._replace_metrics(ids, metrics)
-            self._commit()
-        except Exception as err:
-            self._rollback()
-            raise CekuraExportError(
-                f"Writing {len(rows)} call log(s) into {self.table.name} failed: {safe_db_error(err, self._known())}"
-            ) from None
-
-    def _begin(self) -> None:
-        """Transactions begin implicitly in DB-API."""
-
-    def _commit(self) -> None:
-        self.conn.commit()
-
-    def _rollback(self) -> None:
-        # The connection may be gone; the error that brought us here is what matters.
-        with contextlib.suppress(Exception):
-            self.conn.rollback()
-
-    def _placeholders(self, count: int) -> str:
-        return ", ".join([self.placeholder] * count)
-
-    def _delete_keys(self, spec: TableSpec, column: str, ids: Sequence[Any]) -> None:
-        cursor = self.conn.cursor()
-        try:
-            for start in range(0, len(ids), 500):
-                chunk = list(ids[start : start + 500])
-                cursor.execute(
-                    f"DELETE FROM {spec.quoted} WHERE {quote_identifier(column)} IN ({self._placeholders(len(chunk))})",
-                    chunk,
-                )
-        finally:
-            cursor.close()
-
-    def _insert(self, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        sql = f"INSERT INTO {spec.quoted} ({spec.column_list}) VALUES ({self._placeholders(len(spec.columns))})"
-        cursor = self.conn.cursor()
-        try:
-            cursor.executemany(sql, list(rows))
-        finally:
-            cursor.close()
-
-    def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self._delete_keys(self.table, "id", [row[0] for row in rows])
-        self._insert(self.table, rows)
-
-    def _replace_metrics(self, ids: Sequence[int], metrics: Sequence[tuple[Any, ...]]) -> None:
-        assert self.metrics is not None
-        self._delete_keys(self.metrics, "call_log_id", ids)
-        self._insert(self.metrics, metrics)
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
-
-
-class SqlitePageWriter(PageWriter):
-    """SQLite: explicit ``BEGIN IMMEDIATE``/``COMMIT``; ``ON CONFLICT DO UPDATE`` (3.24+) or ``INSERT OR REPLACE``."""
-
-    family = "sqlite"
-
-    def __init__(self, conn: Any, table: TableSpec, metrics: TableSpec | None, placeholder: str = "?") -> None:
-        super().__init__(conn, table, metrics, "?")
-        import sqlite3
-
-        conn.isolation_level = None  # we issue BEGIN/COMMIT ourselves
-        self.has_upsert = sqlite3.sqlite_version_info >= (3, 24, 0)
-
-    def _begin(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def _commit(self) -> None:
-        self.conn.execute("COMMIT")
-
-    def _rollback(self) -> None:
-        if self.conn.in_transaction:
-            with contextlib.suppress(Exception):
-                self.conn.execute("ROLLBACK")
-
-    def existing_columns(self, spec: TableSpec) -> set[str] | None:
-        try:
-            cursor = self.conn.execute(f"SELECT * FROM {spec.quoted} WHERE 1 = 0")
-        except Exception:
-            return None
-        names = {str(d[0]).lower() for d in cursor.description or ()}
-        cursor.close()
-        return names
-
-    def _execute_ddl(self, sql: str, spec: TableSpec) -> None:
-        try:
-            self.conn.execute(sql)
-        except Exception as err:
-            raise CekuraExportError(
-                f"Creating table {spec.name} failed: {safe_db_error(err, self._known())}. "
-                "Create it yourself (see the documented schema) and pass create_table=False."
-            ) from None
-
-    def _upsert_sql(self, spec: TableSpec) -> str:
-        values = self._placeholders(len(spec.columns))
-        if not self.has_upsert:
-            return f"INSERT OR REPLACE INTO {spec.quoted} ({spec.column_list}) VALUES ({values})"
-        key = ", ".join(quote_identifier(c) for c in spec.key)
-        updates = ", ".join(
-            f"{quote_identifier(c)} = excluded.{quote_identifier(c)}" for c in spec.columns if c not in spec.key
-        )
-        return f"INSERT INTO {spec.quoted} ({spec.column_list}) VALUES ({values}) ON CONFLICT ({key}) DO " + (
-            f"UPDATE SET {updates}" if updates else "NOTHING"
-        )
-
-    def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        if rows:
-            self.conn.executemany(self._upsert_sql(self.table), rows)
-
-    def _replace_metrics(self, ids: Sequence[int], metrics: Sequence[tuple[Any, ...]]) -> None:
-        assert self.metrics is not None
-        self._delete_keys(self.metrics, "call_log_id", ids)
-        if metrics:
-            self.conn.executemany(self._upsert_sql(self.metrics), metrics)
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_text(rows: Iterable[tuple[Any, ...]]) -> str:
-    """Rows in Postgres ``COPY ... FROM STDIN`` text format (tab separated, ``\\N`` for NULL)."""
-    out = io.StringIO()
-    for row in rows:
-        fields = []
-        for value in row:
-            if value is None:
-                fields.append("\\N")
-            elif value is True:
-                fields.append("t")
-            elif value is False:
-                fields.append("f")
-            else:
-                fields.append(str(value).translate(_COPY_ESCAPES))
-        out.write("\t".join(fields))
-        out.write("\n")
-    return out.getvalue()
-
-
-class PostgresPageWriter(PageWriter):
-    """Postgres through psycopg 3 or psycopg2: ``COPY`` into a temporary staging table, then one upsert."""
-
-    family = "postgres"
-
-    def __init__(self, conn: Any, table: TableSpec, metrics: TableSpec | None, placeholder: str = "%s") -> None:
-        super().__init__(conn, table, metrics, "%s")
-        conn.autocommit = False
-        self.psycopg2 = type(conn).__module__.startswith("psycopg2")
-
-    @staticmethod
-    def _stage(spec: TableSpec, suffix: str) -> str:
-        return f"pg_temp.{quote_identifier('cekura_stage_' + suffix)}"
-
-    def _after_prepare(self) -> None:
-        cursor = self.conn.cursor()
-        try:
-            for spec, suffix in ((self.table, "call_logs"), (self.metrics, "metrics")):
-                if spec is None:
-                    continue
-                stage = self._stage(spec, suffix)
-                cursor.execute(f"DROP TABLE IF EXISTS {stage}")
-                # Only the columns written, with the target's types and no constraints; emptied at each commit.
-                cursor.execute(
-                    f"CREATE TEMPORARY TABLE {stage.split('.', 1)[1]} ON COMMIT DELETE ROWS AS "
-                    f"SELECT {spec.column_list} FROM {spec.quoted} WITH NO DATA"
-                )
-            self.conn.commit()
-        except Exception as err:
-            self.conn.rollback()
-            raise CekuraExportError(
-                f"Preparing the staging tables failed: {safe_db_error(err, self._known())}"
-            ) from None
-        finally:
-            cursor.close()
-
-    def _copy(self, cursor: Any, stage: str, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
-        sql = f"COPY {stage} ({spec.column_list}) FROM STDIN"
-        data = copy_text(rows)
-        if self.psycopg2:
-            cursor.copy_expert(sql, io.StringIO(data))
-        else:
-            with cursor.copy(sql) as copy:
-                copy.write(data)
-
-    def _merge(self, cursor: Any, stage: str, spec: TableSpec) -> None:
-        key = ", ".join(quote_identifier(c) for c in spec.key)
-        updates = ", ".join(
-            f"{quote_identifier(c)} = EXCLUDED.{quote_identifier(c)}" for c in spec.columns if c not in spec.key
-        )
-        action = f"UPDATE SET {updates}" if updates else "NOTHING"
-        cursor.execute(
-            f"INSERT INTO {spec.quoted} ({spec.column_list}) SELECT {spec.column_list} FROM {stage} "
-            f"ON CONFLICT ({key}) DO {action}"
-        )
-
-    def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        if not rows:
-            return
-        cursor = self.conn.cursor()
-        try:
-            stage = self._stage(self.table, "call_logs")
-            self._copy(cursor, stage, self.table, rows)
-            self._merge(cursor, stage, self.table)
-        finally:
-            cursor.close()
-
-    def _replace_metrics(self, ids: Sequence[int], metrics: Sequence[tuple[Any, ...]]) -> None:
-        assert self.metrics is not None
-        if not ids:
-            return
-        cursor = self.conn.cursor()
-        try:
-            cursor.execute(
-                f"DELETE FROM {self.metrics.quoted} WHERE {quote_identifier('call_log_id')} = ANY(%s)", (list(ids),)
-            )
-            if metrics:
-                stage = self._stage(self.metrics, "metrics")
-                self._copy(cursor, stage, self.metrics, metrics)
-                self._merge(cursor, stage, self.metrics)
-        finally:
-            cursor.close()
-
-
-def writer_for(conn: Any, table: TableSpec, metrics: TableSpec | None, placeholder: str = "%s") -> PageWriter:
-    """The writer for a DB-API connection: by its driver (sqlite3, psycopg/psycopg2, anything else)."""
-    module = type(conn).__module__
-    if module.startswith("sqlite3"):
-        return SqlitePageWriter(conn, table, metrics)
-    if module.startswith(("psycopg2", "psycopg")):
-        cursor = conn.cursor()
-        can_copy = hasattr(cursor, "copy_expert") or hasattr(cursor, "copy")
-        cursor.close()
-        if can_copy:
-            return PostgresPageWriter(conn, table, metrics)
-    return PageWriter(conn, table, metrics, placeholder)
 
 
 __all__ = [
@@ -674,17 +480,13 @@ __all__ = [
     "OPTIONAL_COLUMNS",
     "TRANSCRIPT_COLUMNS",
     "CekuraExportError",
-    "PageWriter",
-    "PostgresPageWriter",
-    "SqlitePageWriter",
+    "SqlRules",
     "TableSpec",
     "call_log_row",
-    "copy_text",
     "create_table_sql",
     "metric_rows",
-    "quote_table",
+    "redact",
     "safe_db_error",
     "validate_columns",
     "validate_table_name",
-    "writer_for",
 ]

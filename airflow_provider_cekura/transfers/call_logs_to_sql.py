@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
     from airflow_provider_cekura.hooks.cekura import CekuraHook
-    from airflow_provider_cekura.transfers._sql import PageWriter
+    from airflow_provider_cekura.transfers._writers import PageWriter
     from airflow_provider_cekura.version_compat import Context
 
 IDS_PER_REQUEST = 100
@@ -105,8 +105,9 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
     ``schedule=DeltaDataIntervalTimetable(timedelta(hours=1))`` or ``CronDataIntervalTimetable``.
     The window used is logged.
 
-    **Table**: created when missing (``create_table``) with portable types (JSONB and
-    ``TIMESTAMP WITH TIME ZONE`` on Postgres; JSON and timestamps as text elsewhere),
+    **Table**: created when missing (``create_table``) with the database's types (JSONB and
+    ``TIMESTAMP WITH TIME ZONE`` on Postgres; JSON and ``DATETIME(6)`` in UTC on MySQL/MariaDB;
+    JSON and ``TIMESTAMPTZ`` on DuckDB; JSON and timestamps as text elsewhere),
     primary key ``id``. Rows are upserted: a rerun or an overlapping window never
     duplicates a row and updates re-evaluated ones. Call logs still under evaluation
     are written with status ``evaluating`` and updated by a later run, unless
@@ -119,14 +120,17 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
     its own transaction, so a crash leaves only complete pages and a rerun completes.
     Postgres: ``COPY`` into a temporary staging table then one
     ``INSERT ... ON CONFLICT DO UPDATE`` per page; SQLite: ``INSERT ... ON CONFLICT``;
-    other databases: ``DELETE`` then ``INSERT`` of the page's ids.
+    MySQL/MariaDB: multi-row ``INSERT ... ON DUPLICATE KEY UPDATE``; DuckDB: one
+    ``INSERT ... SELECT UNNEST(...) ... ON CONFLICT`` per page; other databases:
+    ``DELETE`` then ``INSERT`` of the page's ids. Identifier quoting and placeholders
+    come from the target hook's common.sql dialect.
 
     Returns (XCom) the number of call log rows written. The table (and the metrics
     table) are declared as outlets ``Asset("cekura://<sql_conn_id>/<table>")``
     when neither name is templated. Logs counts and timings, never row contents.
 
     :param sql_conn_id: connection id of the target database; its hook must be a
-        ``DbApiHook`` (SQLite, Postgres, MySQL, ...) (templated).
+        ``DbApiHook``; tested on SQLite, Postgres, MariaDB and DuckDB (templated).
     :param table: target table, ``table`` or ``schema.table``; plain identifiers only (templated).
     :param cekura_conn_id: connection id of type ``cekura`` (templated).
     :param timestamp_from: start of the window, inclusive: ISO 8601 text or datetime; default the
@@ -313,11 +317,20 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
                 close()
 
     def _writer(self, table: Any, metrics: Any) -> PageWriter:
-        from airflow_provider_cekura.transfers._sql import writer_for
+        from airflow_provider_cekura.transfers._sql import CekuraExportError, safe_db_error
+        from airflow_provider_cekura.transfers._writers import writer_for
 
         hook = self.sql_hook
-        conn = hook.get_conn()
-        writer = writer_for(conn, table, metrics, placeholder=getattr(hook, "placeholder", "%s"))
+        try:
+            conn = hook.get_conn()
+        except Exception as err:
+            known = {table.name, *table.name.split(".")} | ({metrics.name} if metrics else set())
+            connection = getattr(hook, "connection", None)
+            known |= {n for n in (getattr(connection, "login", None), getattr(connection, "host", None)) if n}
+            raise CekuraExportError(
+                f"Connecting to {self.sql_conn_id!r} to write {table.name} failed: {safe_db_error(err, known)}"
+            ) from None
+        writer = writer_for(hook, conn, table, metrics)
         self.log.info(
             "Writing into %s%s on connection %r (%s, %s)",
             table.name,

@@ -1,0 +1,231 @@
+"""One adaptive rate limiter per Cekura connection and process, shared by every request of every hook.
+
+A 429 means "slow down", not "this call failed". When any request is
+throttled, :class:`RateLimiter` stops *every* request of the connection until
+the server's ``Retry-After`` has passed, and then paces all of them at a rate
+estimated from what the server actually admitted: the requests admitted
+between two throttles, divided by the time between them (the first time, the
+time since the first request plus the pause). The rate then climbs back
+(doubling every :data:`DOUBLING` seconds), so a limit that was raised, or a
+throttle caused by someone else, is soon forgotten.
+
+Like the AWS SDKs' *adaptive* retry mode there is no limit until the first
+throttle (unless the connection's ``max_requests_per_second`` sets one, which
+is never exceeded). Unlike it, a throttle pauses everyone (octokit's
+throttling plugin does the same), and a window between two throttles with
+fewer than :data:`MIN_SAMPLES` admitted requests does not change the rate (a
+server that throttles at random is obeyed, not chased down to a crawl).
+Until there is an estimate, requests start :data:`INITIAL_IN_FLIGHT` in flight
+and one more per round trip (like TCP's slow start), so the first burst into
+an empty bucket meets few 429s.
+
+Requests are counted by send time, and the estimate is made when the pause
+ends, once the requests sent before the throttle have answered.
+
+The limiter only waits in the thread that sends (``acquire`` sleeps); the
+trigger runs the sync hook in worker threads, so the triggerer's event loop
+never waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from typing import overload
+
+DOUBLING = 10.0
+"""Seconds in which the rate doubles while nothing is throttled."""
+MIN_SAMPLES = 10
+"""Admitted requests a window between two throttles needs before its estimate may lower the rate."""
+MIN_FIRST_SAMPLES = 5
+"""Admitted requests the first window (or one after a long calm) needs to give an estimate at all."""
+MIN_RATE = 1.0
+"""Requests per second the estimate never goes below (``max_requests_per_second`` may)."""
+MAX_CUT = 0.5
+"""One throttle lowers an established rate at most to this share of it."""
+WINDOW_MAX = 30.0
+"""Seconds of admitted requests an estimate looks back at, at most."""
+INITIAL_IN_FLIGHT = 2.0
+"""Requests in flight at first; one more per round trip until a rate is estimated (or 64)."""
+MAX_IN_FLIGHT = 64.0
+
+
+class RateLimiter:
+    """Shared pause and pacing for the requests of one connection; thread-safe.
+
+    Callers do ``sent_at = acquire()``, send, ``release()``, then report the
+    answer: ``admitted(sent_at)`` or ``throttled(sent_at, pause)``.
+
+    :param max_rate: requests per second never exceeded (``None``: no known limit).
+    """
+
+    def __init__(self, max_rate: float | None = None) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self.max_rate = max_rate
+        self._estimate: float | None = None  # requests/s estimated at the last throttle
+        self._estimated_at = 0.0  # when the estimate starts to grow (the end of that pause)
+        self._next_slot = 0.0
+        self._blocked_until = 0.0
+        self._in_flight = 0
+        self._window: float | None = INITIAL_IN_FLIGHT  # None: no cap on requests in flight
+        self._window_start: float | None = None
+        self._after_throttle = False  # the window starts at a throttle (the bucket was empty then)
+        self._admitted: deque[float] = deque()  # send times of admitted requests
+        self._episode_start = float("-inf")
+        self._pending: tuple[float, float] | None = None  # (throttled at, pause) not yet estimated
+        self.throttles = 0
+        """429 answers seen (every request, every hook of the connection)."""
+
+    def __repr__(self) -> str:
+        rate = self.rate()
+        shown = "unlimited" if rate is None else f"{rate:.1f}/s"
+        return f"RateLimiter(rate={shown}, max_rate={self.max_rate}, throttles={self.throttles})"
+
+    @property
+    def estimate(self) -> float | None:
+        """Requests per second the server admitted, as estimated at the last throttle (``None``: none yet)."""
+        return self._estimate
+
+    def rate(self, now: float | None = None) -> float | None:
+        """The requests per second allowed now (``None``: not limited)."""
+        if self._estimate is None:
+            return self.max_rate
+        now = time.monotonic() if now is None else now
+        grown = self._estimate * 2 ** (min(max(now - self._estimated_at, 0.0), 600.0) / DOUBLING)
+        return grown if self.max_rate is None else min(grown, self.max_rate)
+
+    def blocked_for(self) -> float:
+        """Seconds until requests may be sent again (0 when not paused)."""
+        return max(self._blocked_until - time.monotonic(), 0.0)
+
+    @overload
+    def acquire(self) -> float: ...
+
+    @overload
+    def acquire(self, deadline: float) -> float | None: ...
+
+    def acquire(self, deadline: float | None = None) -> float | None:
+        """Wait until this request may be sent (shared pause, then pacing); returns the send time.
+
+        :param deadline: a ``time.monotonic()`` value; ``None`` is returned (nothing waited) when the
+            request could not be sent before it.
+        """
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                if self._window_start is None:
+                    self._window_start = now
+                wait: float | None = None
+                if now < self._blocked_until:
+                    wait = self._blocked_until - now
+                elif self._window is not None and self._in_flight >= self._window:
+                    wait = None  # until a request in flight answers
+                else:
+                    if self._pending is not None:
+                        self._estimate_rate(*self._pending)
+                        self._pending = None
+                    rate = self.rate(now)
+                    slot = now if rate is None else max(self._next_slot, now - 1 / rate)
+                    if slot <= now:  # (a thread woken a little late may still use its slot)
+                        if rate is not None:
+                            self._next_slot = slot + 1 / rate
+                        self._in_flight += 1
+                        return now
+                    wait = slot - now
+                if deadline is not None and (wait is None or now + wait > deadline):
+                    if wait is not None or now >= deadline:
+                        return None
+                    wait = deadline - now
+                self._cond.wait(wait)
+
+    def release(self) -> None:
+        """The request sent after :meth:`acquire` has its answer (or failed)."""
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+    def admitted(self, sent_at: float) -> None:
+        """The request sent at ``sent_at`` got an answer other than 429 (the server counted it)."""
+        with self._cond:
+            self._admitted.append(sent_at)
+            while self._admitted and self._admitted[0] < sent_at - WINDOW_MAX:
+                self._admitted.popleft()
+            if self._window is not None:
+                self._window += 1 / self._window  # about one more per round trip
+                if self._window >= MAX_IN_FLIGHT:
+                    self._window = None
+                self._cond.notify_all()
+
+    def throttled(self, sent_at: float, pause: float) -> float:
+        """A request sent at ``sent_at`` got 429: pause everyone for ``pause`` s.
+
+        The rate is re-estimated when the pause ends, once the requests sent
+        before the throttle have answered. Returns how long the caller must
+        sleep itself: 0, since :meth:`acquire` waits for the pause.
+        """
+        with self._cond:
+            now = time.monotonic()
+            self.throttles += 1
+            self._blocked_until = max(self._blocked_until, now + pause)
+            self._next_slot = max(self._next_slot, self._blocked_until)
+            if sent_at < self._episode_start or self._pending is not None:
+                return 0.0  # sent before the pause began: the same throttle, already accounted for
+            self._episode_start = now
+            self._pending = (now, pause)
+            return 0.0
+
+    def _estimate_rate(self, throttled_at: float, pause: float) -> None:
+        """Requests admitted (by send time) since the window began, per second; called under the lock."""
+        start = self._window_start if self._window_start is not None else throttled_at
+        fresh = not self._after_throttle
+        if throttled_at - start > WINDOW_MAX:
+            start, fresh = throttled_at - WINDOW_MAX, True
+        # A fresh window began with a full bucket, which held about one pause worth of requests.
+        span = throttled_at - start + (pause if fresh else 0.0)
+        admitted = sum(1 for t in self._admitted if start <= t < throttled_at)
+        if admitted >= (MIN_FIRST_SAMPLES if fresh else MIN_SAMPLES) and span > 0:
+            self._window = None  # from now on the rate paces
+            estimate = admitted / span
+            current = self.rate(throttled_at)
+            if current is not None:
+                estimate = max(estimate, current * MAX_CUT)
+            estimate = max(estimate, MIN_RATE)
+            self._estimate = estimate if self.max_rate is None else min(estimate, self.max_rate)
+            self._estimated_at = self._blocked_until
+        elif self._estimate is None and admitted == 0:
+            self._window = 1.0  # throttled before anything passed: start again with one request in flight
+        self._window_start, self._after_throttle = throttled_at, True
+        while self._admitted and self._admitted[0] < throttled_at:
+            self._admitted.popleft()
+
+
+_LIMITERS: dict[tuple[str, str], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_limiter(conn_id: str, base_url: str, max_rate: float | None) -> RateLimiter:
+    """The process's one limiter for this connection id and host (created on first use).
+
+    ``max_rate`` comes from the connection; when it changed, the latest value applies.
+    """
+    key = (conn_id, base_url)
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(key)
+        if limiter is None:
+            limiter = _LIMITERS[key] = RateLimiter(max_rate)
+        else:
+            limiter.max_rate = max_rate
+        return limiter
+
+
+def reset_shared_limiters() -> None:
+    """Forget every shared limiter (a forked child starts afresh; tests start each case clean)."""
+    global _LIMITERS_LOCK
+    _LIMITERS_LOCK = threading.Lock()
+    _LIMITERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=reset_shared_limiters)

@@ -1,0 +1,88 @@
+"""The emulator's command line and ``EmulatorProcess``: faults for the whole run, the request log, SIGUSR1."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import TEST_API_KEY
+
+from airflow_provider_cekura.testing.__main__ import parse_fault
+from airflow_provider_cekura.testing.process import EmulatorProcess
+
+CALL = {
+    "call_id": "proc-1",
+    "agent": 1,
+    "transcript_json": [{"role": "Main Agent", "content": "Hello.", "start_time": 0.0, "end_time": 1.0}],
+}
+
+
+def test_faults_request_log_and_finishing_evaluations(tmp_path: Path) -> None:
+    log_path = tmp_path / "emulator.log"
+    with open(log_path, "wb") as log:
+        emulator = EmulatorProcess(
+            TEST_API_KEY,
+            evaluation_delay=3600,
+            stdout=log,
+            faults=["5xx:method=POST,path=/observe/,times=1,status=502"],
+            log_requests=True,
+        )
+        url = emulator.start()
+        try:
+            headers = {"X-CEKURA-API-KEY": TEST_API_KEY}
+            observe = f"{url}/observability/v1/observe/"
+            assert requests.post(observe, json=CALL, headers=headers, timeout=10).status_code == 502  # the fault
+            created = requests.post(observe, json=CALL, headers=headers, timeout=10)
+            assert created.status_code == 201 and created.json()["status"] == "evaluating"  # times=1: once only
+            detail = f"{url}/observability/v1/call-logs/{created.json()['id']}/"
+
+            def status() -> str:
+                return str(requests.get(detail, headers=headers, timeout=10).json()["status"])
+
+            assert status() == "evaluating"  # an hour to go...
+            emulator.finish_evaluations()  # ...until SIGUSR1
+            for _ in range(100):
+                if status() != "evaluating":
+                    break
+            assert status() == "success"
+        finally:
+            emulator.stop()
+    lines = log_path.read_text().splitlines()
+    assert "POST /observability/v1/observe/ 502 fault=5xx" in lines
+    assert lines.count("POST /observability/v1/observe/ 201") == 1
+    assert not any(TEST_API_KEY in line for line in lines)  # method, path and status only
+    with pytest.raises(RuntimeError, match="not running"):
+        emulator.finish_evaluations()
+
+
+def test_fault_specs_are_parsed_by_the_fault_fields() -> None:
+    assert parse_fault("latency:method=POST,path=/observe/,delay=0.5") == (
+        "latency",
+        {"method": "POST", "path": "/observe/", "delay": 0.5},
+    )
+    assert parse_fault("429:every=3,times=2,retry_after=7") == ("429", {"every": 3, "times": 2, "retry_after": "7"})
+    assert parse_fault("hang") == ("hang", {})
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("latency:speed=1", "bad fault option 'speed=1'"),
+        ("latency:delay=soon", "fault option 'delay' needs a number"),
+        ("latency:delay", "bad fault option 'delay'"),
+        ("tsunami", "unknown fault kind 'tsunami'"),
+    ],
+)
+def test_a_bad_fault_spec_is_refused_before_serving(spec: str, message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0", "--fault", spec],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "listening" not in result.stdout
