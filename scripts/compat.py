@@ -73,6 +73,8 @@ _CHILDREN: set[subprocess.Popen[Any]] = set()
 
 def _call(command: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     """Start ``command`` in its own session (no stdin) and wait for it."""
+    if _STOPPING:
+        raise SystemExit("stopped")
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
     _CHILDREN.add(process)
     try:
@@ -82,10 +84,20 @@ def _call(command: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
     return process
 
 
+_STOPPING = False
+
+
 def _stop_children(signum: int, _frame: Any) -> None:
-    for process in list(_CHILDREN):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+    """SIGTERM to every child's process group, SIGKILL 10 s later (Airflow's task runner traps SIGTERM)."""
+    global _STOPPING
+    _STOPPING = True
+    for sig, pause in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 0.0)):
+        for process in list(_CHILDREN):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+        deadline = time.monotonic() + pause
+        while _CHILDREN and time.monotonic() < deadline:
+            time.sleep(0.2)
     raise SystemExit(128 + signum)
 
 
