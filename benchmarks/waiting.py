@@ -71,11 +71,26 @@ class _OwnPolls:
         self._hook: Any = None
         self._next: float | None = None
         self._poll_by: float | None = None
+        self._expires: float | None = None
+
+    def __enter__(self) -> _OwnPolls:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def poll_before(self, deadline: float) -> None:
         self._poll_by = deadline
 
+    def expire_at(self, at: float) -> None:
+        self._expires = at
+
     async def next_outcome(self) -> Any:
+        """The next poll's summary, within ``asyncio.wait_for`` of the time left (as the trigger did)."""
+        window = None if self._expires is None else max(self._expires - time.time(), 0.0)
+        return await asyncio.wait_for(self._next_outcome(), window)
+
+    async def _next_outcome(self) -> Any:
         if self._next is not None:
             wait = self._next - time.monotonic()
             if self._poll_by is not None:
@@ -108,18 +123,11 @@ _PER_TRIGGER: list[type] = []
 def per_trigger_polling() -> type:
     """``CekuraCallLogTrigger`` polling on its own (the path before the shared poller), for comparison."""
     if not _PER_TRIGGER:
-        from contextlib import contextmanager
-
         from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
 
         class PerTriggerPolling(CekuraCallLogTrigger):
-            @contextmanager
             def _polls(self) -> Any:
-                polls = _OwnPolls(self)
-                try:
-                    yield polls
-                finally:
-                    polls.close()
+                return _OwnPolls(self)
 
         _PER_TRIGGER.append(PerTriggerPolling)
     return _PER_TRIGGER[0]

@@ -32,9 +32,7 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_cekura.evaluation import EvaluationState
@@ -69,17 +67,45 @@ def shared_poller(cekura_conn_id: str) -> SharedPoller:
 
 
 class PollSource(Protocol):
-    """What a trigger needs from its polls (a :class:`Subscription`, or a benchmark's own polling)."""
+    """What a trigger needs from its polls (a :class:`Subscription`, or a benchmark's own polling).
+
+    It is a context manager: entering starts the polls, leaving stops them (also by cancellation).
+    """
 
     in_flight: bool
 
+    def __enter__(self) -> PollSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
     def poll_before(self, deadline: float) -> None: ...
+
+    def expire_at(self, at: float) -> None: ...
 
     async def next_outcome(self) -> EvaluationSummary: ...
 
 
 class Subscription:
-    """One wait's place in the shared poll: its ids, its interval, its next outcome."""
+    """One wait's place in the shared poll: its ids, its interval, its next outcome.
+
+    A context manager: entering joins the poll, leaving takes this wait out of it and nothing else.
+    It keeps the few objects a wait needs for its whole life (slots, one expiry timer, one future per
+    poll), so that thousands of waits add little to what the garbage collector has to look at.
+    """
+
+    __slots__ = (
+        "_expiry",
+        "_outcome",
+        "_poller",
+        "call_log_ids",
+        "closed",
+        "done_entries",
+        "expired",
+        "in_flight",
+        "next_due",
+        "poll_by",
+        "poll_interval",
+    )
 
     def __init__(self, poller: SharedPoller, call_log_ids: list[int], poll_interval: float) -> None:
         self.call_log_ids = list(call_log_ids)
@@ -89,17 +115,47 @@ class Subscription:
         self.poll_by: float | None = None
         self.in_flight = False
         self.closed = False
+        self.expired = False
+        self._expiry: asyncio.TimerHandle | None = None
         self.done_entries: dict[int, dict[str, Any]] = {}
         """Results of the call logs already evaluated or failed: not asked about again."""
         self._outcome: asyncio.Future[EvaluationSummary] | None = None
 
+    def __enter__(self) -> Subscription:
+        self._poller._join(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self._poller._leave(self)
+
     def pending_ids(self) -> list[int]:
         return [i for i in self.call_log_ids if i not in self.done_entries]
+
+    def has_pending(self) -> bool:
+        return len(self.done_entries) < len(self.call_log_ids)
 
     def poll_before(self, deadline: float) -> None:
         """Make sure one poll starts by ``deadline`` (epoch seconds), even when the interval is longer."""
         self.poll_by = self._poller.loop.time() + (deadline - time.time())
         self._poller.wake(self.due_at)
+
+    def expire_at(self, at: float) -> None:
+        """From ``at`` (epoch seconds) on, :meth:`next_outcome` raises :class:`TimeoutError` (one timer per wait)."""
+        loop = self._poller.loop
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = loop.call_at(loop.time() + (at - time.time()), self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self._expiry = None
+        future = self._outcome
+        if future is not None and not future.done():
+            future.set_exception(TimeoutError())
 
     @property
     def due_at(self) -> float:
@@ -114,9 +170,11 @@ class Subscription:
             self.poll_by = None  # this is the poll at the deadline (never taken early)
 
     async def next_outcome(self) -> EvaluationSummary:
-        """The next poll's summary of this wait's ids; raises what the poll raised."""
+        """The next poll's summary of this wait's ids; raises what the poll raised, or TimeoutError once expired."""
         future = self._outcome
         if future is None:
+            if self.expired:
+                raise TimeoutError
             future = self._outcome = self._poller.loop.create_future()
         try:
             return await future
@@ -168,10 +226,14 @@ class SharedPoller:
     def running(self) -> bool:
         return self._runner is not None and not self._runner.done()
 
-    @contextmanager
-    def subscribe(self, call_log_ids: list[int], poll_interval: float) -> Iterator[Subscription]:
-        """Join the shared poll for the block; leaving it (also by cancellation) takes nothing else along."""
-        subscription = Subscription(self, call_log_ids, poll_interval)
+    def subscribe(self, call_log_ids: list[int], poll_interval: float) -> Subscription:
+        """A place in the shared poll, to use as ``with poller.subscribe(ids, interval) as subscription:``.
+
+        Leaving the block (also by cancellation) takes this wait out and nothing else.
+        """
+        return Subscription(self, call_log_ids, poll_interval)
+
+    def _join(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
         if not self.running:
             self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="cekura-poller")
@@ -179,13 +241,11 @@ class SharedPoller:
             threading.Thread(target=_start_threads, args=(self._executor,), name="cekura-poller-start").start()
             self._runner = self.loop.create_task(self._run(), name=f"cekura-poller-{self.cekura_conn_id}")
         self.wake(subscription.due_at)
-        try:
-            yield subscription
-        finally:
-            subscription.closed = True
-            self.subscriptions.remove(subscription)
-            if not self.subscriptions:
-                self._stop()
+
+    def _leave(self, subscription: Subscription) -> None:
+        self.subscriptions.remove(subscription)
+        if not self.subscriptions:
+            self._stop()
 
     def wake(self, due_at: float | None = None) -> None:
         """Have the scheduler look again (only if ``due_at`` comes before the moment it will anyway)."""
@@ -198,7 +258,7 @@ class SharedPoller:
         while self.subscriptions:
             now = self.loop.time()
             # a wait whose ids are all done has its outcome and is about to leave
-            idle = [s for s in self.subscriptions if not s.in_flight and s.pending_ids()]
+            idle = [s for s in self.subscriptions if not s.in_flight and s.has_pending()]
             if idle and min(s.due_at for s in idle) <= now:
                 # take along whatever falls due within half the shortest interval: waits fall into step
                 horizon = now + 0.5 * min(s.poll_interval for s in self.subscriptions)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_TIMEOUT, EvaluationSummary
@@ -71,11 +70,9 @@ class CekuraCallLogTrigger(BaseTrigger):
             },
         )
 
-    @contextmanager
-    def _polls(self) -> Iterator[PollSource]:
-        """Where this wait's polls come from: its place in the connection's shared poll."""
-        with shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval) as subscription:
-            yield subscription
+    def _polls(self) -> PollSource:
+        """Where this wait's polls come from (a context manager): its place in the connection's shared poll."""
+        return shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval)
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "call_log_ids": self.call_log_ids, **extra})
@@ -104,15 +101,13 @@ class CekuraCallLogTrigger(BaseTrigger):
         with self._polls() as polls:
             if self.deadline is not None:
                 polls.poll_before(self.deadline)  # one last look at the deadline, whatever the interval
-            while True:
-                remaining = self._remaining()
                 # A poll may take the hook's whole retry budget (read timeouts included): never let it
                 # outlive the deadline by more than a short answer window, so that a deadline already
                 # past (a triggerer that picked the trigger up late) still gets one fair look.
-                answer = min(self.poll_interval, MAX_ANSWER_WINDOW)
-                window = None if remaining is None else max(remaining, 0.0) + answer
+                polls.expire_at(self.deadline + min(self.poll_interval, MAX_ANSWER_WINDOW))
+            while True:
                 try:
-                    summary = await asyncio.wait_for(polls.next_outcome(), window)
+                    summary = await polls.next_outcome()
                     errors = 0
                 except TimeoutError:
                     why = " (the last poll did not answer before the deadline)" if polls.in_flight else ""
