@@ -32,6 +32,7 @@ import contextlib
 import threading
 import time
 import weakref
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,7 +83,7 @@ class PollSource(Protocol):
 
     def expire_at(self, at: float) -> None: ...
 
-    async def next_outcome(self) -> EvaluationSummary: ...
+    def next_outcome(self) -> Awaitable[EvaluationSummary]: ...
 
 
 class Subscription:
@@ -94,13 +95,14 @@ class Subscription:
     """
 
     __slots__ = (
-        "_expiry",
-        "_outcome",
+        "_awaited",
         "_poller",
+        "_ready",
         "call_log_ids",
         "closed",
         "done_entries",
         "expired",
+        "expires_at",
         "in_flight",
         "next_due",
         "poll_by",
@@ -108,7 +110,7 @@ class Subscription:
     )
 
     def __init__(self, poller: SharedPoller, call_log_ids: list[int], poll_interval: float) -> None:
-        self.call_log_ids = list(call_log_ids)
+        self.call_log_ids = tuple(call_log_ids)  # a tuple of ints: untracked by the garbage collector
         self.poll_interval = poll_interval
         self._poller = poller
         self.next_due = poller.loop.time() + min(JOIN_DELAY, poll_interval)
@@ -116,10 +118,14 @@ class Subscription:
         self.in_flight = False
         self.closed = False
         self.expired = False
-        self._expiry: asyncio.TimerHandle | None = None
+        self.expires_at: float | None = None
+        """Loop time from which :meth:`next_outcome` raises :class:`TimeoutError` (the poller's scheduler expires it)."""
         self.done_entries: dict[int, dict[str, Any]] = {}
         """Results of the call logs already evaluated or failed: not asked about again."""
-        self._outcome: asyncio.Future[EvaluationSummary] | None = None
+        self._awaited: asyncio.Future[EvaluationSummary] | None = None
+        """The future :meth:`next_outcome` handed out, not answered yet."""
+        self._ready: asyncio.Future[EvaluationSummary] | None = None
+        """An outcome delivered before anybody asked for it."""
 
     def __enter__(self) -> Subscription:
         self._poller._join(self)
@@ -127,9 +133,6 @@ class Subscription:
 
     def __exit__(self, *exc: object) -> None:
         self.closed = True
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
         self._poller._leave(self)
 
     def pending_ids(self) -> list[int]:
@@ -144,16 +147,17 @@ class Subscription:
         self._poller.wake(self.due_at)
 
     def expire_at(self, at: float) -> None:
-        """From ``at`` (epoch seconds) on, :meth:`next_outcome` raises :class:`TimeoutError` (one timer per wait)."""
-        loop = self._poller.loop
-        if self._expiry is not None:
-            self._expiry.cancel()
-        self._expiry = loop.call_at(loop.time() + (at - time.time()), self._expire)
+        """From ``at`` (epoch seconds) on, :meth:`next_outcome` raises :class:`TimeoutError`.
 
-    def _expire(self) -> None:
+        No timer per wait: the poller's scheduler, which wakes for the polls anyway, expires it.
+        """
+        self.expires_at = self._poller.loop.time() + (at - time.time())
+        self._poller.wake(self.expires_at)
+
+    def expire(self) -> None:
         self.expired = True
-        self._expiry = None
-        future = self._outcome
+        self.expires_at = None
+        future, self._awaited = self._awaited, None
         if future is not None and not future.done():
             future.set_exception(TimeoutError())
 
@@ -169,28 +173,32 @@ class Subscription:
         if self.poll_by is not None and self.poll_by <= started:
             self.poll_by = None  # this is the poll at the deadline (never taken early)
 
-    async def next_outcome(self) -> EvaluationSummary:
-        """The next poll's summary of this wait's ids; raises what the poll raised, or TimeoutError once expired."""
-        future = self._outcome
-        if future is None:
-            if self.expired:
-                raise TimeoutError
-            future = self._outcome = self._poller.loop.create_future()
-        try:
-            return await future
-        finally:
-            if self._outcome is future and future.done():
-                self._outcome = None
+    def next_outcome(self) -> asyncio.Future[EvaluationSummary]:
+        """The next poll's summary of this wait's ids, to await; raises what the poll raised, or TimeoutError.
+
+        A plain future (no coroutine, no task, no timer per poll): what a wait keeps alive between two
+        polls is what survives into the garbage collector's oldest generation.
+        """
+        loop = self._poller.loop
+        future, self._ready = self._ready, None
+        if future is not None:
+            return future
+        future = loop.create_future()
+        if self.expired:
+            future.set_exception(TimeoutError())
+        else:
+            self._awaited = future
+        return future
 
     def deliver(self, outcome: EvaluationSummary | BaseException) -> None:
         self.in_flight = False
         if self.closed:
             return
-        future = self._outcome
-        if future is None or future.done():
-            if future is not None and not future.cancelled():
-                future.exception()  # an outcome nobody awaited: superseded by this one
-            future = self._outcome = self._poller.loop.create_future()
+        future, self._awaited = self._awaited, None
+        if future is None or future.done():  # nobody is waiting (or the wait was cancelled): keep it
+            if self._ready is not None and not self._ready.cancelled():
+                self._ready.exception()  # an outcome nobody took: superseded by this one
+            future = self._ready = self._poller.loop.create_future()
         if isinstance(outcome, BaseException):
             future.set_exception(outcome)
         else:
@@ -257,6 +265,10 @@ class SharedPoller:
     async def _run(self) -> None:
         while self.subscriptions:
             now = self.loop.time()
+            for subscription in self.subscriptions:
+                if subscription.expires_at is not None and subscription.expires_at <= now:
+                    subscription.expire()
+            expiries = [s.expires_at for s in self.subscriptions if s.expires_at is not None]
             # a wait whose ids are all done has its outcome and is about to leave
             idle = [s for s in self.subscriptions if not s.in_flight and s.has_pending()]
             if idle and min(s.due_at for s in idle) <= now:
@@ -271,7 +283,8 @@ class SharedPoller:
                 task.add_done_callback(self._round_tasks.discard)
                 continue
             self._wakeup.clear()
-            timeout = None if not idle else min(s.due_at for s in idle) - now
+            wake_at = min([s.due_at for s in idle] + expiries, default=None)
+            timeout = None if wake_at is None else wake_at - now
             self._sleeps_until = float("inf") if timeout is None else now + timeout
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
@@ -328,6 +341,7 @@ class SharedPoller:
         for task in (self._runner, *self._round_tasks):
             if task is not None:
                 task.cancel()
+        self._runner = None  # stopped now, though the cancelled tasks end at their next step
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
