@@ -275,10 +275,9 @@ class SharedPoller:
                 # take along whatever falls due within half the shortest interval: waits fall into step
                 horizon = now + 0.5 * min(s.poll_interval for s in self.subscriptions)
                 due = [s for s in idle if s.due_at <= horizon]
-                asked = {s: s.pending_ids() for s in due}
                 for subscription in due:
                     subscription.scheduled(now)
-                task = self.loop.create_task(self._round(asked))
+                task = self.loop.create_task(self._round(due))
                 self._round_tasks.add(task)
                 task.add_done_callback(self._round_tasks.discard)
                 continue
@@ -293,17 +292,21 @@ class SharedPoller:
             finally:
                 self._sleeps_until = float("-inf")
 
-    async def _round(self, asked: dict[Subscription, list[int]]) -> None:
-        """Ask about the pending ids of ``asked``; each wait gets its outcome as soon as its pages answered."""
-        ids = sorted({i for pending in asked.values() for i in pending})
+    async def _round(self, asked: list[Subscription]) -> None:
+        """Ask about the pending ids of ``asked``; each wait gets its outcome as soon as its pages answered.
+
+        A subscription's pending ids do not change while its round is in flight (only its outcome marks
+        ids done), so they are read again where needed rather than kept for the round.
+        """
+        ids = sorted({i for subscription in asked for i in subscription.pending_ids()})
         pages = [ids[n : n + PAGE_IDS] for n in range(0, len(ids), PAGE_IDS)]
         self.rounds += 1
         self.pages.append(len(pages))
         page_of = {cid: n for n, page in enumerate(pages) for cid in page}
         waits_on: list[list[Subscription]] = [[] for _ in pages]
         unanswered: dict[Subscription, int] = {}
-        for subscription, pending in asked.items():
-            needed = {page_of[i] for i in pending}
+        for subscription in asked:
+            needed = {page_of[i] for i in subscription.pending_ids()}
             unanswered[subscription] = len(needed)
             for n in needed:
                 waits_on[n].append(subscription)
@@ -314,7 +317,7 @@ class SharedPoller:
         try:
             while True:
                 for n, subscription in enumerate(ready, 1):
-                    subscription.deliver(answers.outcome(subscription, asked[subscription]))
+                    subscription.deliver(answers.outcome(subscription))
                     if n % HANDOUT_BATCH == 0:
                         await asyncio.sleep(0)  # let the woken triggers (and everything else) run
                 if not in_flight:
@@ -403,11 +406,11 @@ class _Answers:
         self.done.update(answer.failed)
         self.pending.update(answer.pending)
 
-    def outcome(self, subscription: Subscription, asked: list[int]) -> EvaluationSummary | BaseException:
+    def outcome(self, subscription: Subscription) -> EvaluationSummary | BaseException:
         """The wait's summary (done ids remembered), or the error of a page that held one of its ids."""
         from airflow_provider_cekura.evaluation import EvaluationSummary
 
-        error = next((self.failed[i] for i in asked if i in self.failed), None)
+        error = next((self.failed[i] for i in subscription.pending_ids() if i in self.failed), None)
         if error is not None:
             return error
         known = subscription.done_entries

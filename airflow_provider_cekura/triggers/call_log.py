@@ -74,6 +74,14 @@ class CekuraCallLogTrigger(BaseTrigger):
         """Where this wait's polls come from (a context manager): its place in the connection's shared poll."""
         return shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval)
 
+    @property
+    def _wait_log(self) -> Any:
+        """The class's logger, shared by every wait (same name and routing as ``self.log``).
+
+        ``self.log`` would build a logger per trigger, which a thousand deferred waits keep alive.
+        """
+        return self.__dict__.get("_log") or type(self).logger()
+
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "call_log_ids": self.call_log_ids, **extra})
 
@@ -118,11 +126,11 @@ class CekuraCallLogTrigger(BaseTrigger):
                     errors += 1
                     if errors >= self.max_consecutive_errors:
                         return self._event(EVENT_ERROR, f"{errors} polls in a row failed, last: {err}")
-                    self.log.warning("Poll failed (%d/%d): %s", errors, self.max_consecutive_errors, err)
+                    self._wait_log.warning("Poll failed (%d/%d): %s", errors, self.max_consecutive_errors, err)
                 else:
                     if summary.done:
                         return TriggerEvent({**event_from_summary(summary), "call_log_ids": self.call_log_ids})
-                    self.log.info(
+                    self._wait_log.info(
                         "%d of %d call log(s) still evaluating",
                         len(summary.pending) + len(summary.missing),
                         len(self.call_log_ids),
