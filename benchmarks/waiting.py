@@ -253,8 +253,11 @@ def _lag_outside(lags: list[tuple[float, float]], pauses: list[tuple[float, floa
     return max(clean, default=float("nan")) * 1000
 
 
-async def _health(ids_per: list[list[int]], interval: float, shared: bool) -> dict[str, Any]:
-    """Start one trigger per id list, one per loop turn as the triggerer does, and await every first event."""
+async def _health(ids_per: list[list[int]], interval: float, shared: bool, freeze: bool = False) -> dict[str, Any]:
+    """Start one trigger per id list, one per loop turn as the triggerer does, and await every first event.
+
+    ``freeze``: ``gc.freeze()`` the heap first (as a deployment may do after start-up; never the provider).
+    """
     from airflow_provider_cekura.triggers._poller import shared_poller
 
     lags: list[tuple[float, float]] = []
@@ -263,6 +266,8 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool) -> di
     collect_started = time.perf_counter()
     gc.collect()  # what one full collection of this process's heap costs, measured just before the run
     collect_ms = (time.perf_counter() - collect_started) * 1000
+    if freeze:
+        gc.freeze()
     origin = time.perf_counter()
     threads_before = threading.active_count()
     with _FullCollections() as collections:
@@ -277,6 +282,8 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool) -> di
         results = await asyncio.gather(*tasks)
         stop.set()
         await tick
+    if freeze:
+        gc.unfreeze()
     return {
         "gc_pauses_ms": [(b - a) * 1000 for a, b in collections.pauses],
         "gc_collect_ms": collect_ms,
@@ -302,7 +309,7 @@ async def _idle(seconds: float) -> list[tuple[float, float]]:
 
 
 def _run_health(emulator: RemoteEmulator, count: int, per: int, delay: float, interval: float,
-                shared: bool) -> tuple[dict[str, Any], float, int]:  # fmt: skip
+                shared: bool, freeze: bool = False) -> tuple[dict[str, Any], float, int]:  # fmt: skip
     """(result, last event after the evaluations finished, list requests) of ``count`` waits of ``per`` ids."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     emulator.call("set", evaluation_delay=delay)
@@ -310,7 +317,7 @@ def _run_health(emulator: RemoteEmulator, count: int, per: int, delay: float, in
                         call_id_prefix=f"health-{count}-{per}-{shared}-{time.monotonic()}")  # fmt: skip
     due = time.monotonic() + delay  # every evaluation has finished by then
     emulator.reset_log()
-    result = asyncio.run(_health([ids[i * per : (i + 1) * per] for i in range(count)], interval, shared))
+    result = asyncio.run(_health([ids[i * per : (i + 1) * per] for i in range(count)], interval, shared, freeze))
     requests = emulator.count_requests("GET")
     return result, result["last_event_at"] - due, requests
 
@@ -403,6 +410,11 @@ def thousand_waits(section: Section, *, smoke: bool) -> None:
                     section.add(f"event-loop lag, p99 / threads used ({what})",
                                 f"{lag_p99:.1f} ms / {result['threads']} (pool of {MAX_THREADS})")  # fmt: skip
                     _gc_row(section, what, result)
+                    frozen, _, _ = _run_health(emulator, waits, per, delay, interval, shared, freeze=True)
+                    section.add(f"event-loop lag, max / p99, heap frozen first (`gc.freeze()`, a deployment's "
+                                f"choice, not the provider's) ({what})",
+                                "{:.1f} / {:.1f} ms".format(*_lag_stats(frozen["lags"])))  # fmt: skip
+                    _gc_row(section, f"{what}, heap frozen first", frozen)
                 else:
                     polls = requests / waits
                     section.add(f"last event after the evaluations finished ({what})", f"{after_due:.2f} s",
