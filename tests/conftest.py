@@ -138,26 +138,29 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator:
         emu.stop()
 
 
-@pytest.fixture(scope="session")
-def postgres_uri() -> str:
-    """URI of the real Postgres started by ``make test`` (scripts/with_test_servers.sh)."""
-    uri = os.environ.get("CEKURA_TEST_POSTGRES_URI")
+def _test_server_uri(variable: str, name: str) -> str:
+    """The URI of a test server that ``make test`` starts (scripts/with_test_servers.sh); skip without it.
+
+    Under ``make test`` or CI a missing server is a failure, not a skip.
+    """
+    uri = os.environ.get(variable)
     if not uri:
         if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
-            pytest.fail("CEKURA_TEST_POSTGRES_URI is not set: run the suite with `make test`")
-        pytest.skip("no Postgres: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
+            pytest.fail(f"{variable} is not set: run the suite with `make test`")
+        pytest.skip(f"no {name}: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
     return uri
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> str:
+    """URI of the real Postgres started by ``make test``."""
+    return _test_server_uri("CEKURA_TEST_POSTGRES_URI", "Postgres")
 
 
 @pytest.fixture(scope="session")
 def mariadb_uri() -> str:
-    """URI of the real MariaDB started by ``make test`` (scripts/with_test_servers.sh)."""
-    uri = os.environ.get("CEKURA_TEST_MARIADB_URI")
-    if not uri:
-        if os.environ.get("CEKURA_REQUIRE_POSTGRES") or os.environ.get("CI"):
-            pytest.fail("CEKURA_TEST_MARIADB_URI is not set: run the suite with `make test`")
-        pytest.skip("no MariaDB: run with `make test` (or scripts/with_test_servers.sh pytest ...)")
-    return uri
+    """URI of the real MariaDB started by ``make test``."""
+    return _test_server_uri("CEKURA_TEST_MARIADB_URI", "MariaDB")
 
 
 # ------------------------------------------------------------------ DAG run inspection (shared by tests)
