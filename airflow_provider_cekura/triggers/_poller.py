@@ -363,7 +363,7 @@ class SharedPoller:
 
     def _fetch(self, page: list[int]) -> EvaluationSummary:
         """One list request for ``page``, classified at once (the raw call logs are dropped here, young)."""
-        from airflow_provider_cekura.evaluation import summarize
+        from airflow_provider_cekura.waiting import check_evaluations
 
         with self._hook_lock:
             if self._hook is None:
@@ -374,7 +374,7 @@ class SharedPoller:
                 hook.base_url  # noqa: B018 - resolves the connection (its errors fail this page)
                 self._hook = hook
             hook = self._hook
-        return summarize(page, hook.get_call_logs(page))
+        return check_evaluations(hook, page)
 
 
 def _start_threads(executor: ThreadPoolExecutor) -> None:
