@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_cekura.evaluation import EvaluationSummary
+from airflow_provider_cekura.evaluation import EvaluationSummary, unpack_result
 from airflow_provider_cekura.exceptions import CekuraValidationError
 
 COMPARISONS: dict[str, str] = {
@@ -263,7 +263,7 @@ def _find_metric(metrics: list[Mapping[str, Any]], wanted: str | int) -> Mapping
 
 def measure(check: Check, summary: EvaluationSummary) -> tuple[float | None, str | None]:
     """``(value, None)``, or ``(None, reason)`` when the statistic cannot be measured on these call logs."""
-    evaluated = list(summary.evaluated.values())
+    evaluated = [unpack_result(entry) for entry in summary.evaluated.values()]
     if check.statistic == FAILED_EVALUATIONS:
         return len(summary.failed), None
     if check.statistic == SUCCESS_RATE:

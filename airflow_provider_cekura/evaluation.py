@@ -170,12 +170,37 @@ def is_done(call_log: Mapping[str, Any]) -> bool:
     return evaluation_state(call_log) is not EvaluationState.PENDING
 
 
+Result = dict[str, Any]
+"""One finished call log's result: ``status``, ``success``, ``state``, ``metrics`` (and ``error_message`` if failed)."""
+
+PackedResult = str
+"""A :data:`Result` as compact JSON text (:func:`pack_result`)."""
+
+
+def pack_result(result: Result | PackedResult) -> PackedResult:
+    """``result`` as compact JSON text: one object the garbage collector never scans, instead of a dict and lists.
+
+    The triggerer holds the results of every deferred wait until its event, so that thousands of waits add
+    strings to its heap rather than containers that each garbage collection has to visit.
+    """
+    return result if isinstance(result, str) else json.dumps(result, separators=(",", ":"))
+
+
+def unpack_result(result: Result | PackedResult) -> Result:
+    """The :data:`Result` dict of ``result``, packed (:func:`pack_result`) or not."""
+    return json.loads(result) if isinstance(result, str) else result
+
+
 @dataclass
 class EvaluationSummary:
-    """Where a set of call logs stands, as the sensor and trigger report it."""
+    """Where a set of call logs stands, as the sensor and trigger report it.
 
-    evaluated: dict[int, dict[str, Any]] = field(default_factory=dict)
-    failed: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ``evaluated`` and ``failed`` map call log ids to their :data:`Result`; in the triggerer the results are
+    packed (:func:`summarize` with ``packed``): read them through :meth:`results` or :func:`unpack_result`.
+    """
+
+    evaluated: dict[int, Result | PackedResult] = field(default_factory=dict)
+    failed: dict[int, Result | PackedResult] = field(default_factory=dict)
     pending: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
 
@@ -185,7 +210,7 @@ class EvaluationSummary:
 
     def failure_message(self) -> str:
         parts = [
-            f"{cid} ({entry.get('error_message') or 'no metrics and no outcome'})"
+            f"{cid} ({unpack_result(entry).get('error_message') or 'no metrics and no outcome'})"
             for cid, entry in sorted(self.failed.items())
         ]
         return f"Evaluation failed for {len(parts)} call log(s): " + ", ".join(parts[:50])
@@ -196,43 +221,58 @@ class EvaluationSummary:
         more = f" (and {len(ids) - 50} more)" if len(ids) > 50 else ""
         return f"{len(ids)} call log(s) still pending: {shown}{more}"
 
-    def results(self) -> dict[str, dict[str, Any]]:
+    def results(self) -> dict[str, Result]:
         """JSON-safe per-id summary (string keys, as XCom and trigger events need)."""
-        out: dict[str, dict[str, Any]] = {}
-        for cid, entry in sorted({**self.evaluated, **self.failed}.items()):
-            out[str(cid)] = entry
-        return out
+        return {str(cid): unpack_result(entry) for cid, entry in sorted({**self.evaluated, **self.failed}.items())}
+
+    def packed_results(self) -> dict[str, PackedResult]:
+        """:meth:`results` with each result packed (:func:`pack_result`), as trigger events carry them."""
+        return {str(cid): pack_result(entry) for cid, entry in sorted({**self.evaluated, **self.failed}.items())}
 
 
-def summarize(call_log_ids: Iterable[int], call_logs: Iterable[Mapping[str, Any]]) -> EvaluationSummary:
+def summarize(
+    call_log_ids: Iterable[int], call_logs: Iterable[Mapping[str, Any]], *, packed: bool = False
+) -> EvaluationSummary:
     """Classify ``call_log_ids`` given the call logs the API returned for them.
 
     Ids the API did not return are ``missing`` (still waited for: a freshly
-    ingested call log can lag behind in list results).
+    ingested call log can lag behind in list results). With ``packed`` each
+    result is packed (:func:`pack_result`) as soon as it is read, so that only
+    its text outlives the call log (how the triggerer's poll keeps them).
     """
-    by_id = {int(c["id"]): c for c in call_logs if isinstance(c, Mapping) and c.get("id") is not None}
-    summary = EvaluationSummary()
-    for cid in call_log_ids:
-        call_log = by_id.get(int(cid))
-        if call_log is None:
-            summary.missing.append(int(cid))
+    classified: dict[int, tuple[EvaluationState, Result | PackedResult | None]] = {}
+    for call_log in call_logs:
+        if not isinstance(call_log, Mapping) or call_log.get("id") is None:
             continue
         state = evaluation_state(call_log)
         if state is EvaluationState.PENDING:
-            summary.pending.append(int(cid))
-            continue
-        entry = {
-            "status": call_log.get("status"),
-            "success": call_log.get("success"),
-            "state": state.value,
-            "metrics": [
-                {k: m.get(k) for k in ("id", "name", "type", "score", "value") if k in m}
-                for m in parse_metrics(call_log)
-            ],
-        }
-        if state is EvaluationState.FAILED:
-            entry["error_message"] = call_log.get("error_message")
-            summary.failed[int(cid)] = entry
+            classified[int(call_log["id"])] = (state, None)
         else:
-            summary.evaluated[int(cid)] = entry
+            result = _result(call_log, state)
+            classified[int(call_log["id"])] = (state, pack_result(result) if packed else result)
+    summary = EvaluationSummary()
+    for cid in map(int, call_log_ids):
+        if cid not in classified:
+            summary.missing.append(cid)
+            continue
+        state, finished = classified[cid]
+        if finished is None:
+            summary.pending.append(cid)
+        else:
+            (summary.failed if state is EvaluationState.FAILED else summary.evaluated)[cid] = finished
     return summary
+
+
+def _result(call_log: Mapping[str, Any], state: EvaluationState) -> Result:
+    """The :data:`Result` of a call log whose evaluation finished (``state`` evaluated or failed)."""
+    result: Result = {
+        "status": call_log.get("status"),
+        "success": call_log.get("success"),
+        "state": state.value,
+        "metrics": [
+            {k: m.get(k) for k in ("id", "name", "type", "score", "value") if k in m} for m in parse_metrics(call_log)
+        ],
+    }
+    if state is EvaluationState.FAILED:
+        result["error_message"] = call_log.get("error_message")
+    return result

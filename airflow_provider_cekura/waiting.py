@@ -5,7 +5,8 @@
   :mod:`airflow_provider_cekura.evaluation`.
 - :func:`poll_until_evaluated` is the blocking loop (operators' non-deferrable wait).
 - :func:`event_from_summary` / :func:`result_from_event` are the two ends of a
-  trigger event, so the trigger and every ``execute_complete`` agree on it.
+  trigger event, so the trigger and every ``execute_complete`` agree on it (results
+  travel packed, as JSON text per call log; unpacked results, as 0.1.0 sent, are read too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from airflow_provider_cekura.evaluation import (
     EVENT_TIMEOUT,
     EvaluationSummary,
     summarize,
+    unpack_result,
 )
 from airflow_provider_cekura.exceptions import (
     CekuraError,
@@ -36,10 +38,13 @@ if TYPE_CHECKING:
     from airflow_provider_cekura.hooks.cekura import CekuraHook
 
 
-def check_evaluations(hook: CekuraHook, call_log_ids: Iterable[int]) -> EvaluationSummary:
-    """Where ``call_log_ids`` stand now: one list request per page of ids, never one per id."""
+def check_evaluations(hook: CekuraHook, call_log_ids: Iterable[int], *, packed: bool = False) -> EvaluationSummary:
+    """Where ``call_log_ids`` stand now: one list request per page of ids, never one per id.
+
+    ``packed``: results as JSON text (:func:`~airflow_provider_cekura.evaluation.pack_result`).
+    """
     ids = list(call_log_ids)
-    return summarize(ids, hook.get_call_logs(ids))
+    return summarize(ids, hook.get_evaluations(ids), packed=packed)
 
 
 def seconds(value: float | timedelta | None) -> float | None:
@@ -88,17 +93,22 @@ def finish(summary: EvaluationSummary, *, fail_on_evaluation_failure: bool) -> d
 
 
 def event_from_summary(summary: EvaluationSummary) -> dict[str, Any]:
-    """The trigger event for a finished set of call logs (success or failed evaluations)."""
+    """The trigger event for a finished set of call logs (success or failed evaluations).
+
+    Its ``results`` are packed (JSON text per call log, :func:`~airflow_provider_cekura.evaluation.pack_result`):
+    the triggerer holds every event until the scheduler takes it, and a string per call log is what its
+    garbage collector has least to do with. :func:`result_from_event` unpacks them.
+    """
     if summary.failed:
         return {
             "status": EVENT_EVALUATION_FAILED,
             "message": summary.failure_message(),
-            "results": summary.results(),
+            "results": summary.packed_results(),
         }
     return {
         "status": EVENT_SUCCESS,
         "message": f"{len(summary.evaluated)} call log(s) evaluated",
-        "results": summary.results(),
+        "results": summary.packed_results(),
     }
 
 
@@ -121,4 +131,10 @@ def result_from_event(event: Any, *, fail_on_evaluation_failure: bool) -> dict[s
         raise CekuraError("Trigger event carries no results")
     if status == EVENT_EVALUATION_FAILED and fail_on_evaluation_failure:
         raise CekuraEvaluationFailedError(message)
-    return results
+    try:
+        unpacked = {str(cid): unpack_result(result) for cid, result in results.items()}
+    except ValueError:
+        raise CekuraError("Trigger event carries a result that is not JSON") from None
+    if not all(isinstance(result, dict) for result in unpacked.values()):
+        raise CekuraError("Trigger event carries a result that is not an object")
+    return unpacked

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from test_trigger import LIST_PATH, collect, polls_of, seed, use_connection
 
-from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_SUCCESS, EVENT_TIMEOUT
+from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_SUCCESS, EVENT_TIMEOUT, unpack_result
 from airflow_provider_cekura.triggers import _poller
 from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
 
@@ -90,7 +90,7 @@ def test_ids_that_are_done_are_not_asked_about_again(emulator: Any) -> None:
     events = asyncio.run(scenario())
     assert [e.payload["status"] for e in events] == [EVENT_SUCCESS]
     assert set(events[0].payload["results"]) == {str(i) for i in quick + slow}
-    assert events[0].payload["results"][str(quick[0])]["state"] == "evaluated"
+    assert unpack_result(events[0].payload["results"][str(quick[0])])["state"] == "evaluated"
     assert polls_of(emulator, slow[0]) == len(list_requests(emulator)) > 3
     assert polls_of(emulator, quick[0]) == 1  # evaluated at the first poll: never asked about again
 

@@ -20,10 +20,12 @@ from airflow_provider_cekura.evaluation import (
     EVENT_STATUSES,
     EVENT_SUCCESS,
     EVENT_TIMEOUT,
+    unpack_result,
 )
 from airflow_provider_cekura.exceptions import CekuraEvaluationFailedError
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
 from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
+from airflow_provider_cekura.waiting import result_from_event
 
 LIST_PATH = "/call-logs/"
 
@@ -125,7 +127,11 @@ def test_success_event_with_per_id_results(emulator: Any) -> None:
     assert event["status"] == EVENT_SUCCESS
     assert event["call_log_ids"] == ids
     assert set(event["results"]) == {str(i) for i in ids}
-    for entry in event["results"].values():
+    # results travel packed (JSON text per call log); execute_complete reads them back as dicts
+    assert all(isinstance(packed, str) for packed in event["results"].values())
+    results = result_from_event(event, fail_on_evaluation_failure=True)
+    assert set(results) == set(event["results"])
+    for entry in results.values():
         assert entry["state"] == "evaluated"
         assert entry["status"] in ("success", "failure")
         assert isinstance(entry["success"], bool)
@@ -147,8 +153,8 @@ def test_failed_evaluation_event_and_the_sensor_outcome(emulator: Any) -> None:
     reason = "Evaluation failed: the transcript could not be processed"
     for cid in ids:
         assert f"{cid} ({reason})" in event["message"]
-        assert event["results"][str(cid)]["state"] == "failed"
-        assert event["results"][str(cid)]["error_message"] == reason
+        assert unpack_result(event["results"][str(cid)])["state"] == "failed"
+        assert unpack_result(event["results"][str(cid)])["error_message"] == reason
 
     strict = CekuraCallLogSensor(task_id="strict", call_log_ids=ids, deferrable=True)
     with pytest.raises(CekuraEvaluationFailedError) as info:
@@ -158,7 +164,9 @@ def test_failed_evaluation_event_and_the_sensor_outcome(emulator: Any) -> None:
     lenient = CekuraCallLogSensor(
         task_id="lenient", call_log_ids=ids, deferrable=True, fail_on_evaluation_failure=False
     )
-    assert lenient.execute_complete({}, event=event) == event["results"]  # type: ignore[arg-type]
+    expected = {cid: unpack_result(packed) for cid, packed in event["results"].items()}
+    assert lenient.execute_complete({}, event=event) == expected  # type: ignore[arg-type]
+    assert all(isinstance(result["metrics"], list) for result in expected.values())
 
 
 def test_timeout_names_the_pending_ids(emulator: Any) -> None:

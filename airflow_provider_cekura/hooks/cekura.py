@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -241,8 +241,9 @@ class CekuraHook(BaseHook):
         data: Any = None,
         headers: Mapping[str, str] | None = None,
         on_ambiguous_failure: Any = None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> Any:
-        """Send one request under the retry policy and return its decoded JSON body.
+        """Send one request under the retry policy and return its decoded JSON body (``decode``: how, if not all).
 
         Every attempt first passes the connection's shared rate limiter. A 429
         (the server did not act) pauses every request of the connection for
@@ -321,7 +322,7 @@ class CekuraHook(BaseHook):
                         path=path,
                     )
                 if response.status_code < 400:
-                    return self._decode(response, method, path)
+                    return self._decode(response, method, path, decode)
                 last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
                 response.close()
                 if isinstance(last_error, CekuraRateLimitError) and not throttles_spend_attempts:
@@ -363,11 +364,13 @@ class CekuraHook(BaseHook):
         ) from None
 
     @staticmethod
-    def _decode(response: requests.Response, method: str, path: str) -> Any:
+    def _decode(
+        response: requests.Response, method: str, path: str, decode: Callable[[bytes], Any] | None = None
+    ) -> Any:
         if response.status_code == 204 or not response.content:
             return None
         try:
-            return response.json()
+            return response.json() if decode is None else decode(response.content)
         except ValueError:
             kind = response.headers.get("Content-Type", "unknown content type")
             raise CekuraResponseError(
@@ -442,6 +445,22 @@ class CekuraHook(BaseHook):
         found: list[dict[str, Any]] = []
         for chunk in _chunks(ids, size):
             found.extend(self.iter_call_logs(call_ids=chunk, page_size=len(chunk), prefetch=False))
+        return found
+
+    def get_evaluations(self, call_log_ids: Any) -> list[dict[str, Any]]:
+        """Like :meth:`get_call_logs`, with only the fields that decide an evaluation in each call log.
+
+        That is ``id``, ``status``, ``success``, ``error_message`` and ``metrics`` (read as
+        :func:`~airflow_provider_cekura.evaluation.normalize_call_log` reads them). The transcripts and
+        other large fields are skipped while each page is decoded: what waiting polls with.
+        """
+        from airflow_provider_cekura.hooks._evaluation_fields import decode_page
+
+        found: list[dict[str, Any]] = []
+        for chunk in _chunks(_int_ids(call_log_ids), self._settings["page_size"]):
+            params = self._list_params({"call_ids": chunk, "page_size": len(chunk)})
+            for page in self._pages(params, [None], decode=decode_page):
+                found.extend(page)
         return found
 
     def find_call_log(self, call_id: str) -> dict[str, Any] | None:
@@ -570,7 +589,10 @@ class CekuraHook(BaseHook):
             yield from page
 
     def _pages(
-        self, params: dict[str, Any], windows: list[tuple[datetime, datetime] | None]
+        self,
+        params: dict[str, Any],
+        windows: list[tuple[datetime, datetime] | None],
+        decode: Callable[[bytes], Any] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         base = urlsplit(self.base_url)
         for window in windows:
@@ -582,7 +604,7 @@ class CekuraHook(BaseHook):
             empty_pages = 0
             first = True
             while url:
-                body = self._request("GET", url, params=query if first else None)
+                body = self._request("GET", url, params=query if first else None, decode=decode)
                 first = False
                 page = self._expect(body, dict, "a page of call logs")
                 results = page.get("results")

@@ -13,9 +13,16 @@ together, one ``call_ids=`` request per :data:`PAGE_IDS` ids, at most
   within half the shortest interval, so waits that started at different moments
   fall into step and share requests.
 - Ids that are done (evaluated or failed) are not asked about again by that subscription.
-- A wait gets its outcome as soon as the pages holding its ids have answered. A page
-  that fails (after the hook's own retries) fails the subscriptions with an id in it
-  for that round only; the others get their summaries.
+- A wait is woken (its outcome delivered) as soon as the pages holding its ids have
+  answered, and only when it must act: all its ids finished, a poll failed, the first
+  answer after a failed one, or any answer after its deadline. Otherwise a poll with
+  news (the first one, or some ids finished) calls the wait's ``on_progress`` and one
+  without news does nothing: a thousand waits still evaluating cost no task step,
+  future or summary per round. A page that fails (after the hook's own retries) fails
+  the subscriptions with an id in it for that round only.
+- Results are kept packed (JSON text per call log, see
+  :func:`~airflow_provider_cekura.evaluation.pack_result`): strings, which the garbage
+  collector never scans, rather than a dict and lists per call log until the events.
 - HTTP goes through the sync :class:`~airflow_provider_cekura.hooks.cekura.CekuraHook`
   (its one retry policy) on a small thread pool owned by the poller, never the loop's
   default executor; the hook is imported, built and its connection looked up there.
@@ -32,15 +39,16 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Protocol
-
-from airflow_provider_cekura.evaluation import EvaluationState
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from airflow_provider_cekura.evaluation import EvaluationSummary
+    from airflow_provider_cekura.evaluation import EvaluationSummary, PackedResult
     from airflow_provider_cekura.hooks.cekura import CekuraHook
+
+ProgressCallback = Callable[[int, int], None]
+"""``on_progress(still_pending, total)`` of a wait (see :meth:`Subscription.answer`)."""
 
 PAGE_IDS = 100
 """Ids per list request (the API's largest page)."""
@@ -96,36 +104,56 @@ class Subscription:
 
     __slots__ = (
         "_awaited",
+        "_must_report",
         "_poller",
+        "_progress_shown",
         "_ready",
         "call_log_ids",
         "closed",
-        "done_entries",
+        "deadline_at",
+        "evaluated",
         "expired",
         "expires_at",
+        "failed",
         "in_flight",
         "next_due",
+        "on_progress",
         "poll_by",
         "poll_interval",
     )
 
-    def __init__(self, poller: SharedPoller, call_log_ids: list[int], poll_interval: float) -> None:
+    def __init__(
+        self,
+        poller: SharedPoller,
+        call_log_ids: list[int],
+        poll_interval: float,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
         self.call_log_ids = tuple(call_log_ids)  # a tuple of ints: untracked by the garbage collector
         self.poll_interval = poll_interval
+        self.on_progress = on_progress
+        """Called on the loop with (still pending, total) when a poll has news but the wait goes on."""
         self._poller = poller
         self.next_due = poller.loop.time() + min(JOIN_DELAY, poll_interval)
         self.poll_by: float | None = None
+        self.deadline_at: float | None = None
+        """Loop time of the wait's deadline: the poll that answers after it is always reported."""
         self.in_flight = False
         self.closed = False
         self.expired = False
         self.expires_at: float | None = None
         """Loop time from which :meth:`next_outcome` raises :class:`TimeoutError` (the poller's scheduler expires it)."""
-        self.done_entries: dict[int, dict[str, Any]] = {}
-        """Results of the call logs already evaluated or failed: not asked about again."""
+        self.evaluated: dict[int, PackedResult] = {}
+        """Packed results of the call logs already evaluated: not asked about again."""
+        self.failed: dict[int, PackedResult] = {}
+        """Packed results of the call logs whose evaluation failed: not asked about again."""
         self._awaited: asyncio.Future[EvaluationSummary] | None = None
         """The future :meth:`next_outcome` handed out, not answered yet."""
         self._ready: asyncio.Future[EvaluationSummary] | None = None
         """An outcome delivered before anybody asked for it."""
+        self._must_report = False
+        """The next answer wakes the wait even without news: the first one after a failed poll."""
+        self._progress_shown = False
 
     def __enter__(self) -> Subscription:
         self._poller._join(self)
@@ -135,15 +163,21 @@ class Subscription:
         self.closed = True
         self._poller._leave(self)
 
+    def is_finished(self, call_log_id: int) -> bool:
+        return call_log_id in self.evaluated or call_log_id in self.failed
+
     def pending_ids(self) -> list[int]:
-        return [i for i in self.call_log_ids if i not in self.done_entries]
+        return [i for i in self.call_log_ids if not self.is_finished(i)]
+
+    def pending_count(self) -> int:
+        return len(self.call_log_ids) - len(self.evaluated) - len(self.failed)
 
     def has_pending(self) -> bool:
-        return len(self.done_entries) < len(self.call_log_ids)
+        return self.pending_count() > 0
 
     def poll_before(self, deadline: float) -> None:
         """Make sure one poll starts by ``deadline`` (epoch seconds), even when the interval is longer."""
-        self.poll_by = self._poller.loop.time() + (deadline - time.time())
+        self.poll_by = self.deadline_at = self._poller.loop.time() + (deadline - time.time())
         self._poller.wake(self.due_at)
 
     def expire_at(self, at: float) -> None:
@@ -190,6 +224,31 @@ class Subscription:
             self._awaited = future
         return future
 
+    def answer(self, answers: _Answers) -> None:
+        """This poll's answer: wake the wait only when it must act, else report progress or nothing.
+
+        The wait is woken (its future resolved) when every id has finished, when the poll failed, on
+        the first answer after a failed one (it resets the wait's error count) and on any answer after
+        the deadline. A first answer, or one where some ids finished, while others are still evaluating,
+        only calls :attr:`on_progress`: no task step, future or summary per wait and round.
+        """
+        error = answers.error_for(self)
+        if error is not None:
+            self._must_report = True
+            self.deliver(error)
+            return
+        finished = answers.record(self)
+        past_deadline = self.deadline_at is not None and self._poller.loop.time() >= self.deadline_at
+        if not self.has_pending() or self._must_report or past_deadline:
+            self._must_report = False
+            self.deliver(answers.outcome(self))
+            return
+        self.in_flight = False
+        if (finished or not self._progress_shown) and not self.closed:
+            self._progress_shown = True
+            if self.on_progress is not None:
+                self.on_progress(self.pending_count(), len(self.call_log_ids))
+
     def deliver(self, outcome: EvaluationSummary | BaseException) -> None:
         self.in_flight = False
         if self.closed:
@@ -234,12 +293,15 @@ class SharedPoller:
     def running(self) -> bool:
         return self._runner is not None and not self._runner.done()
 
-    def subscribe(self, call_log_ids: list[int], poll_interval: float) -> Subscription:
+    def subscribe(
+        self, call_log_ids: list[int], poll_interval: float, on_progress: ProgressCallback | None = None
+    ) -> Subscription:
         """A place in the shared poll, to use as ``with poller.subscribe(ids, interval) as subscription:``.
 
-        Leaving the block (also by cancellation) takes this wait out and nothing else.
+        Leaving the block (also by cancellation) takes this wait out and nothing else. ``on_progress``
+        is called with (still pending, total) when a poll has news but the wait goes on.
         """
-        return Subscription(self, call_log_ids, poll_interval)
+        return Subscription(self, call_log_ids, poll_interval, on_progress)
 
     def _join(self, subscription: Subscription) -> None:
         self.subscriptions.append(subscription)
@@ -317,7 +379,7 @@ class SharedPoller:
         try:
             while True:
                 for n, subscription in enumerate(ready, 1):
-                    subscription.deliver(answers.outcome(subscription))
+                    subscription.answer(answers)
                     if n % HANDOUT_BATCH == 0:
                         await asyncio.sleep(0)  # let the woken triggers (and everything else) run
                 if not in_flight:
@@ -374,7 +436,7 @@ class SharedPoller:
                 hook.base_url  # noqa: B018 - resolves the connection (its errors fail this page)
                 self._hook = hook
             hook = self._hook
-        return check_evaluations(hook, page)
+        return check_evaluations(hook, page, packed=True)
 
 
 def _start_threads(executor: ThreadPoolExecutor) -> None:
@@ -391,35 +453,51 @@ def _start_threads(executor: ThreadPoolExecutor) -> None:
 
 
 class _Answers:
-    """What the pages of one round answered so far, merged into each wait's own summary."""
+    """What the pages of one round answered so far (packed results), merged into each wait's own summary."""
 
     def __init__(self) -> None:
-        self.done: dict[int, dict[str, Any]] = {}
+        self.evaluated: dict[int, PackedResult] = {}
+        self.failed: dict[int, PackedResult] = {}
         self.pending: set[int] = set()
-        self.failed: dict[int, BaseException] = {}
+        self.errors: dict[int, BaseException] = {}
 
     def add(self, page: list[int], answer: EvaluationSummary | BaseException) -> None:
         if isinstance(answer, BaseException):
-            self.failed.update(dict.fromkeys(page, answer))
+            self.errors.update(dict.fromkeys(page, answer))
             return
-        self.done.update(answer.evaluated)
-        self.done.update(answer.failed)
+        self.evaluated.update(answer.evaluated)  # type: ignore[arg-type]  # packed in the poller's threads
+        self.failed.update(answer.failed)  # type: ignore[arg-type]
         self.pending.update(answer.pending)
 
-    def outcome(self, subscription: Subscription) -> EvaluationSummary | BaseException:
-        """The wait's summary (done ids remembered), or the error of a page that held one of its ids."""
+    def error_for(self, subscription: Subscription) -> BaseException | None:
+        """The error of a page that held one of the wait's pending ids, if one failed."""
+        if not self.errors:
+            return None
+        return next((self.errors[i] for i in subscription.pending_ids() if i in self.errors), None)
+
+    def record(self, subscription: Subscription) -> int:
+        """Remember in ``subscription`` the ids that finished in this round; returns how many did."""
+        finished = 0
+        for cid in subscription.pending_ids():
+            if cid in self.evaluated:
+                subscription.evaluated[cid] = self.evaluated[cid]
+            elif cid in self.failed:
+                subscription.failed[cid] = self.failed[cid]
+            else:
+                continue
+            finished += 1
+        return finished
+
+    def outcome(self, subscription: Subscription) -> EvaluationSummary:
+        """The wait's summary (after :meth:`record`): its finished ids, and the others pending or missing."""
         from airflow_provider_cekura.evaluation import EvaluationSummary
 
-        error = next((self.failed[i] for i in subscription.pending_ids() if i in self.failed), None)
-        if error is not None:
-            return error
-        known = subscription.done_entries
         summary = EvaluationSummary()
         for cid in subscription.call_log_ids:
-            entry = known.get(cid) or self.done.get(cid)
-            if entry is not None:
-                known[cid] = entry
-                (summary.failed if entry["state"] == EvaluationState.FAILED else summary.evaluated)[cid] = entry
+            if cid in subscription.evaluated:
+                summary.evaluated[cid] = subscription.evaluated[cid]
+            elif cid in subscription.failed:
+                summary.failed[cid] = subscription.failed[cid]
             elif cid in self.pending:
                 summary.pending.append(cid)
             else:

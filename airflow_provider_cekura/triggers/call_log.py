@@ -72,7 +72,11 @@ class CekuraCallLogTrigger(BaseTrigger):
 
     def _polls(self) -> PollSource:
         """Where this wait's polls come from (a context manager): its place in the connection's shared poll."""
-        return shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval)
+        return shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval, self._progress)
+
+    def _progress(self, pending: int, total: int) -> None:
+        """A poll had news, but some call logs are still evaluating (the poller calls this, on the loop)."""
+        self._wait_log.info("%d of %d call log(s) still evaluating", pending, total)
 
     @property
     def _wait_log(self) -> Any:
@@ -130,11 +134,7 @@ class CekuraCallLogTrigger(BaseTrigger):
                 else:
                     if summary.done:
                         return TriggerEvent({**event_from_summary(summary), "call_log_ids": self.call_log_ids})
-                    self._wait_log.info(
-                        "%d of %d call log(s) still evaluating",
-                        len(summary.pending) + len(summary.missing),
-                        len(self.call_log_ids),
-                    )
+                    self._progress(len(summary.pending) + len(summary.missing), len(self.call_log_ids))
                 remaining = self._remaining()
                 if remaining is not None and remaining <= 0:
                     return self._timeout_event(summary)
