@@ -14,6 +14,7 @@ answers every request after 200 ms, next to a ticker coroutine that sleeps
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import threading
@@ -246,6 +247,60 @@ class _FullCollections:
         gc.callbacks.remove(self)
 
 
+class _Promotions:
+    """Counts the objects that survive into the oldest generation (what sets off CPython's full collections).
+
+    At each generation-1 collection, the young objects still alive move to the oldest generation; this
+    counts the young objects at its start (an upper bound: cyclic garbage among them is freed instead).
+    Listing them costs time: count in a run of its own, never in one whose lag is measured.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._busy = False
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase != "start" or info.get("generation") != 1 or self._busy:
+            return
+        self._busy = True
+        self.count += len(gc.get_objects(0)) + len(gc.get_objects(1))
+        self._busy = False
+
+    def __enter__(self) -> _Promotions:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
+
+
+_SLEEPER: list[type] = []
+
+
+def sleeping_trigger() -> type:
+    """A trigger that only sleeps until a given moment and then yields an event like ours: the floor of B2."""
+    if not _SLEEPER:
+        from airflow_provider_cekura.evaluation import EVENT_SUCCESS, pack_result
+        from airflow_provider_cekura.version_compat import BaseTrigger, TriggerEvent
+
+        class SleepingTrigger(BaseTrigger):
+            def __init__(self, call_log_ids: list[int], until: float) -> None:
+                super().__init__()
+                self.call_log_ids, self.until = call_log_ids, until
+
+            def serialize(self) -> tuple[str, dict[str, Any]]:
+                return (f"{__name__}.SleepingTrigger", {"call_log_ids": self.call_log_ids, "until": self.until})
+
+            async def run(self) -> Any:
+                await asyncio.sleep(max(self.until - time.time(), 0.0))
+                result = pack_result({"status": "success", "success": True, "state": "evaluated", "metrics": []})
+                results = {str(i): result for i in self.call_log_ids}
+                yield TriggerEvent({"status": EVENT_SUCCESS, "call_log_ids": self.call_log_ids, "results": results})
+
+        _SLEEPER.append(SleepingTrigger)
+    return _SLEEPER[0]
+
+
 def _lag_outside(lags: list[tuple[float, float]], pauses: list[tuple[float, float]], origin: float) -> float:
     """Max ticker lag (ms) over the ticks that no full garbage collection overlapped."""
     spans = [(a - origin, b - origin) for a, b in pauses]
@@ -253,10 +308,12 @@ def _lag_outside(lags: list[tuple[float, float]], pauses: list[tuple[float, floa
     return max(clean, default=float("nan")) * 1000
 
 
-async def _health(ids_per: list[list[int]], interval: float, shared: bool, freeze: bool = False) -> dict[str, Any]:
+async def _health(ids_per: list[list[int]], interval: float, shared: bool, *, count_promotions: bool = False,
+                  sleep_until: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Start one trigger per id list, one per loop turn as the triggerer does, and await every first event.
 
-    ``freeze``: ``gc.freeze()`` the heap first (as a deployment may do after start-up; never the provider).
+    ``count_promotions``: count what survives into the oldest generation (slows the run: lag not comparable).
+    ``sleep_until``: start :func:`sleeping_trigger` ones instead, which wake at that moment (epoch seconds).
     """
     from airflow_provider_cekura.triggers._poller import shared_poller
 
@@ -266,25 +323,26 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool, freez
     collect_started = time.perf_counter()
     gc.collect()  # what one full collection of this process's heap costs, measured just before the run
     collect_ms = (time.perf_counter() - collect_started) * 1000
-    if freeze:
-        gc.freeze()
+    long_lived = len(gc.get_objects(2))
     origin = time.perf_counter()
     threads_before = threading.active_count()
-    with _FullCollections() as collections:
+    promotions = _Promotions()
+    with _FullCollections() as collections, promotions if count_promotions else contextlib.nullcontext():
         tick = asyncio.create_task(_ticker(lags, stop, origin, threads))
         await asyncio.sleep(0.05)
         poller = shared_poller(CONN_ID) if shared else None  # the one the triggers will join
         started = time.monotonic()
         tasks = []
         for ids in ids_per:
-            tasks.append(asyncio.create_task(_first_event(_trigger(ids, interval, shared))))
+            trigger = _trigger(ids, interval, shared) if sleep_until is None else sleeping_trigger()(ids, sleep_until)
+            tasks.append(asyncio.create_task(_first_event(trigger)))
             await asyncio.sleep(0)
         results = await asyncio.gather(*tasks)
         stop.set()
         await tick
-    if freeze:
-        gc.unfreeze()
     return {
+        "promoted": promotions.count,
+        "full_collection_after": long_lived // 4,
         "gc_pauses_ms": [(b - a) * 1000 for a, b in collections.pauses],
         "gc_collect_ms": collect_ms,
         "lag_outside_gc_ms": _lag_outside(lags, collections.pauses, origin),
@@ -309,15 +367,17 @@ async def _idle(seconds: float) -> list[tuple[float, float]]:
 
 
 def _run_health(emulator: RemoteEmulator, count: int, per: int, delay: float, interval: float,
-                shared: bool, freeze: bool = False) -> tuple[dict[str, Any], float, int]:  # fmt: skip
+                shared: bool, **options: Any) -> tuple[dict[str, Any], float, int]:  # fmt: skip
     """(result, last event after the evaluations finished, list requests) of ``count`` waits of ``per`` ids."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     emulator.call("set", evaluation_delay=delay)
     ids = emulator.seed(count * per, start=start, end=start + timedelta(hours=1), evaluated=False,
                         call_id_prefix=f"health-{count}-{per}-{shared}-{time.monotonic()}")  # fmt: skip
     due = time.monotonic() + delay  # every evaluation has finished by then
+    if options.pop("sleeping", False):
+        options["sleep_until"] = time.time() + delay
     emulator.reset_log()
-    result = asyncio.run(_health([ids[i * per : (i + 1) * per] for i in range(count)], interval, shared, freeze))
+    result = asyncio.run(_health([ids[i * per : (i + 1) * per] for i in range(count)], interval, shared, **options))
     requests = emulator.count_requests("GET")
     return result, result["last_event_at"] - due, requests
 
@@ -410,11 +470,14 @@ def thousand_waits(section: Section, *, smoke: bool) -> None:
                     section.add(f"event-loop lag, p99 / threads used ({what})",
                                 f"{lag_p99:.1f} ms / {result['threads']} (pool of {MAX_THREADS})")  # fmt: skip
                     _gc_row(section, what, result)
-                    frozen, _, _ = _run_health(emulator, waits, per, delay, interval, shared, freeze=True)
-                    section.add(f"event-loop lag, max / p99, heap frozen first (`gc.freeze()`, a deployment's "
-                                f"choice, not the provider's) ({what})",
-                                "{:.1f} / {:.1f} ms".format(*_lag_stats(frozen["lags"])))  # fmt: skip
-                    _gc_row(section, f"{what}, heap frozen first", frozen)
+                    counted, _, _ = _run_health(emulator, waits, per, delay, interval, shared, count_promotions=True)
+                    floor, _, _ = _run_health(emulator, waits, per, delay, interval, shared, count_promotions=True,
+                                              sleeping=True)  # fmt: skip
+                    section.add(f"objects surviving into the oldest generation during the run, per wait: this / a "
+                                f"trigger that only sleeps until the evaluations finish (counted in runs of their "
+                                f"own; a full collection starts past {counted['full_collection_after'] / waits:.0f} "
+                                f"per wait here) ({what})",
+                                f"{counted['promoted'] / waits:.1f} / {floor['promoted'] / waits:.1f}")  # fmt: skip
                 else:
                     polls = requests / waits
                     section.add(f"last event after the evaluations finished ({what})", f"{after_due:.2f} s",

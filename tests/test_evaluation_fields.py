@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -194,3 +195,23 @@ def test_progress_is_reported_again_when_some_ids_finish(emulator: Any) -> None:
 
     asyncio.run(scenario())
     assert progress == [(2, 2), (1, 2)]
+
+
+def test_progress_is_reported_in_the_context_of_each_wait(emulator: Any) -> None:
+    """The triggerer routes a trigger's log lines by context variables: progress runs in the wait's own."""
+    trigger_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trigger_id", default=None)
+    seen: list[tuple[str, str | None]] = []
+
+    async def wait(name: str, ids: list[int]) -> None:
+        trigger_id.set(name)  # as the triggerer binds each trigger's log context in its task
+        poller = _poller.shared_poller("cekura_default")
+        with poller.subscribe(ids, 0.05, lambda *_: seen.append((name, trigger_id.get()))):
+            await until(lambda: any(n == name for n, _ in seen))
+
+    async def scenario() -> None:
+        first = asyncio.create_task(wait("first", seed(emulator, 1, delay=600, prefix="first")))
+        await asyncio.sleep(0)  # the first wait creates the poller (and its task) in its own context
+        await asyncio.gather(first, wait("second", seed(emulator, 1, delay=600, prefix="second")))
+
+    asyncio.run(scenario())
+    assert sorted(seen) == [("first", "first"), ("second", "second")]

@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class Subscription:
 
     __slots__ = (
         "_awaited",
+        "_context",
         "_must_report",
         "_poller",
         "_progress_shown",
@@ -133,6 +135,9 @@ class Subscription:
         self.poll_interval = poll_interval
         self.on_progress = on_progress
         """Called on the loop with (still pending, total) when a poll has news but the wait goes on."""
+        self._context = contextvars.copy_context()
+        """The subscribing trigger's context: ``on_progress`` runs in it (the triggerer routes a trigger's
+        log lines to that task's log by context variables)."""
         self._poller = poller
         self.next_due = poller.loop.time() + min(JOIN_DELAY, poll_interval)
         self.poll_by: float | None = None
@@ -247,7 +252,7 @@ class Subscription:
         if (finished or not self._progress_shown) and not self.closed:
             self._progress_shown = True
             if self.on_progress is not None:
-                self.on_progress(self.pending_count(), len(self.call_log_ids))
+                self._context.run(self.on_progress, self.pending_count(), len(self.call_log_ids))
 
     def deliver(self, outcome: EvaluationSummary | BaseException) -> None:
         self.in_flight = False
@@ -309,7 +314,10 @@ class SharedPoller:
             self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="cekura-poller")
             # Thread.start() waits until the new thread runs: start the pool's threads off the event loop
             threading.Thread(target=_start_threads, args=(self._executor,), name="cekura-poller-start").start()
-            self._runner = self.loop.create_task(self._run(), name=f"cekura-poller-{self.cekura_conn_id}")
+            # an empty context: the poller belongs to no trigger (the first one's would route its logs there)
+            self._runner = self.loop.create_task(
+                self._run(), name=f"cekura-poller-{self.cekura_conn_id}", context=contextvars.Context()
+            )
         self.wake(subscription.due_at)
 
     def _leave(self, subscription: Subscription) -> None:
@@ -374,29 +382,41 @@ class SharedPoller:
                 waits_on[n].append(subscription)
         answers = _Answers()
         ready = [s for s, count in unanswered.items() if not count]
-        fetches = {self.loop.run_in_executor(self._executor, self._fetch, page): n for n, page in enumerate(pages)}
-        in_flight = set(fetches)
+        # Each page's answer comes back through one queue: no asyncio future, callback or context copy
+        # per request (asyncio.wait over a hundred futures adds and removes a callback on each, every time).
+        answered: asyncio.Queue[tuple[int, EvaluationSummary | Exception]] = asyncio.Queue()
+        jobs = [self._submit(page, n, answered) for n, page in enumerate(pages)]
+        remaining = len(pages)
         try:
             while True:
                 for n, subscription in enumerate(ready, 1):
                     subscription.answer(answers)
                     if n % HANDOUT_BATCH == 0:
                         await asyncio.sleep(0)  # let the woken triggers (and everything else) run
-                if not in_flight:
+                if not remaining:
                     break
-                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                batch = [await answered.get()]
+                while not answered.empty():
+                    batch.append(answered.get_nowait())
+                remaining -= len(batch)
                 ready = []
-                for fetch in done:
-                    n = fetches[fetch]
-                    answers.add(pages[n], fetch.exception() or fetch.result())
+                for n, answer in batch:
+                    answers.add(pages[n], answer)
                     for subscription in waits_on[n]:
                         unanswered[subscription] -= 1
                         if not unanswered[subscription]:
                             ready.append(subscription)
         finally:
-            for fetch in in_flight:
-                fetch.cancel()
+            for job in jobs:
+                job.cancel()  # the pages not sent yet (a cancelled round: the poller stopped)
             self.wake()
+
+    def _submit(
+        self, page: list[int], n: int, answered: asyncio.Queue[tuple[int, EvaluationSummary | Exception]]
+    ) -> Future[None]:
+        """Fetch ``page`` on the poller's threads; its answer (or error) is put on ``answered`` as ``(n, ...)``."""
+        assert self._executor is not None
+        return self._executor.submit(self._fetch_into, page, n, answered)
 
     def _stop(self) -> None:
         """The last subscription left: stop polling; threads end and the hook closes once idle."""
@@ -422,6 +442,16 @@ class SharedPoller:
             hook.close()
 
     # ------------------------------------------------------------------ HTTP (in the poller's threads)
+
+    def _fetch_into(
+        self, page: list[int], n: int, answered: asyncio.Queue[tuple[int, EvaluationSummary | Exception]]
+    ) -> None:
+        try:
+            answer: EvaluationSummary | Exception = self._fetch(page)
+        except Exception as err:  # the page failed (after the hook's retries): its waits hear of it
+            answer = err
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody is waiting any more
+            self.loop.call_soon_threadsafe(answered.put_nowait, (n, answer))
 
     def _fetch(self, page: list[int]) -> EvaluationSummary:
         """One list request for ``page``, classified at once (the raw call logs are dropped here, young)."""

@@ -82,9 +82,11 @@ class CekuraCallLogTrigger(BaseTrigger):
     def _wait_log(self) -> Any:
         """The class's logger, shared by every wait (same name and routing as ``self.log``).
 
-        ``self.log`` would build a logger per trigger, which a thousand deferred waits keep alive.
+        ``self.log`` would build a logger per trigger, which a thousand deferred waits keep alive; and
+        ``self.__dict__`` would give each trigger a dict object (attributes live inline until it is read).
+        A logger the triggerer set on this trigger (``_log``) is used.
         """
-        return self.__dict__.get("_log") or type(self).logger()
+        return getattr(self, "_log", None) or type(self).logger()
 
     def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
         return TriggerEvent({"status": status, "message": message, "call_log_ids": self.call_log_ids, **extra})
