@@ -60,7 +60,7 @@ MAX_THREADS = 16
 JOIN_DELAY = 0.1
 """Seconds a new wait waits for its first poll, so that waits created together share it."""
 
-HANDOUT_BATCH = 100
+HANDOUT_BATCH = 20
 """Subscriptions woken per event-loop turn when a round hands out its results."""
 
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPoller]] = weakref.WeakKeyDictionary()
