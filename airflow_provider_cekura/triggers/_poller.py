@@ -99,8 +99,9 @@ class Subscription:
     """One wait's place in the shared poll: its ids, its interval, its next outcome.
 
     A context manager: entering joins the poll, leaving takes this wait out of it and nothing else.
-    It keeps the few objects a wait needs for its whole life (slots, one expiry timer, one future per
-    poll), so that thousands of waits add little to what the garbage collector has to look at.
+    It keeps the few objects a wait needs for its whole life (slots, its ids as a tuple, its results as
+    text, one future while the wait awaits its outcome), so that thousands of waits add little to what
+    the garbage collector has to look at.
     """
 
     __slots__ = (
