@@ -440,12 +440,7 @@ class CekuraHook(BaseHook):
 
         Ids the API does not return are absent from the result (no error).
         """
-        ids = _int_ids(call_log_ids)
-        size = chunk_size or self._settings["page_size"]
-        found: list[dict[str, Any]] = []
-        for chunk in _chunks(ids, size):
-            found.extend(self.iter_call_logs(call_ids=chunk, page_size=len(chunk), prefetch=False))
-        return found
+        return self._by_ids(call_log_ids, chunk_size or self._settings["page_size"])
 
     def get_evaluations(self, call_log_ids: Any) -> list[dict[str, Any]]:
         """Like :meth:`get_call_logs`, with only the fields that decide an evaluation in each call log.
@@ -456,10 +451,16 @@ class CekuraHook(BaseHook):
         """
         from airflow_provider_cekura.hooks._evaluation_fields import decode_page
 
+        return self._by_ids(call_log_ids, self._settings["page_size"], decode=decode_page)
+
+    def _by_ids(
+        self, call_log_ids: Any, chunk_size: int, decode: Callable[[bytes], Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """The call logs of ``call_log_ids``, one list request (``call_ids=``) per chunk of ``chunk_size``."""
         found: list[dict[str, Any]] = []
-        for chunk in _chunks(_int_ids(call_log_ids), self._settings["page_size"]):
+        for chunk in _chunks(_int_ids(call_log_ids), chunk_size):
             params = self._list_params({"call_ids": chunk, "page_size": len(chunk)})
-            for page in self._pages(params, [None], decode=decode_page):
+            for page in self._pages(params, [None], decode=decode):
                 found.extend(page)
         return found
 
