@@ -19,6 +19,7 @@ import gc
 import os
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -52,22 +53,25 @@ async def _first_event(trigger: Any) -> tuple[Any, float]:
     raise RuntimeError("the trigger ended without an event")
 
 
-def _trigger(ids: list[int], poll_interval: float, shared: bool = True) -> Any:
+def _trigger(ids: list[int], poll_interval: float) -> Any:
     from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
 
-    cls = CekuraCallLogTrigger if shared else per_trigger_polling()
-    return cls(call_log_ids=ids, cekura_conn_id=CONN_ID, poll_interval=poll_interval, deadline=time.time() + 300)
+    return CekuraCallLogTrigger(call_log_ids=ids, cekura_conn_id=CONN_ID, poll_interval=poll_interval,
+                                deadline=time.time() + 300)  # fmt: skip
 
 
 class _OwnPolls:
     """The trigger's polling before the shared poller: its own hook, one ``asyncio.to_thread`` per poll.
 
     That is the loop's default executor (min(32, CPUs + 4) threads), one list request per trigger per
-    poll, and the next poll ``poll_interval`` after the previous one ended. Kept as B2's baseline.
+    poll, and the next poll ``poll_interval`` after the previous one ended. Kept as B2's baseline: it
+    stands in for a wait's :class:`~airflow_provider_cekura.triggers._poller.Subscription`.
     """
 
-    def __init__(self, trigger: Any) -> None:
-        self.trigger = trigger
+    def __init__(self, conn_id: str, call_log_ids: list[int], poll_interval: float) -> None:
+        self.conn_id = conn_id
+        self.call_log_ids = list(call_log_ids)
+        self.poll_interval = poll_interval
         self.in_flight = False
         self._hook: Any = None
         self._next: float | None = None
@@ -78,7 +82,8 @@ class _OwnPolls:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        if self._hook is not None:
+            self._hook.close()
 
     def poll_before(self, deadline: float) -> None:
         self._poll_by = deadline
@@ -103,35 +108,59 @@ class _OwnPolls:
             return await asyncio.to_thread(self._check)
         finally:
             self.in_flight = False
-            self._next = time.monotonic() + self.trigger.poll_interval
+            self._next = time.monotonic() + self.poll_interval
 
     def _check(self) -> Any:
         from airflow_provider_cekura.hooks.cekura import CekuraHook
         from airflow_provider_cekura.waiting import check_evaluations
 
         if self._hook is None:
-            self._hook = CekuraHook(cekura_conn_id=self.trigger.cekura_conn_id)
-        return check_evaluations(self._hook, self.trigger.call_log_ids)
-
-    def close(self) -> None:
-        if self._hook is not None:
-            self._hook.close()
+            self._hook = CekuraHook(cekura_conn_id=self.conn_id)
+        return check_evaluations(self._hook, self.call_log_ids)
 
 
-_PER_TRIGGER: list[type] = []
+class _OwnPoller:
+    """What ``shared_poller(conn_id)`` returns while :func:`per_trigger_polling` is in force."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+
+    def subscribe(self, call_log_ids: list[int], poll_interval: float, on_progress: Any = None) -> _OwnPolls:
+        return _OwnPolls(self.conn_id, call_log_ids, poll_interval)
 
 
-def per_trigger_polling() -> type:
-    """``CekuraCallLogTrigger`` polling on its own (the path before the shared poller), for comparison."""
-    if not _PER_TRIGGER:
-        from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
+@contextlib.contextmanager
+def _pages_per_round() -> Iterator[list[int]]:
+    """Within the block, the list requests (pages) of each shared-poller round are counted into the list."""
+    from airflow_provider_cekura.triggers._poller import SharedPoller
 
-        class PerTriggerPolling(CekuraCallLogTrigger):
-            def _polls(self) -> Any:
-                return _OwnPolls(self)
+    pages: list[int] = []
+    submit = SharedPoller._submit
 
-        _PER_TRIGGER.append(PerTriggerPolling)
-    return _PER_TRIGGER[0]
+    def counted(self: SharedPoller, page: list[int], n: int, answered: Any) -> Any:
+        if n == 0:  # a round submits its pages 0, 1, ... in one step
+            pages.append(0)
+        pages[-1] += 1
+        return submit(self, page, n, answered)
+
+    SharedPoller._submit = counted  # type: ignore[method-assign]
+    try:
+        yield pages
+    finally:
+        SharedPoller._submit = submit  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def per_trigger_polling() -> Iterator[list[int]]:
+    """Within the block, every ``CekuraCallLogTrigger`` polls on its own (the path before the shared poller)."""
+    from airflow_provider_cekura.triggers import call_log
+
+    shared = call_log.shared_poller
+    call_log.shared_poller = _OwnPoller  # type: ignore[assignment]
+    try:
+        yield []
+    finally:
+        call_log.shared_poller = shared
 
 
 def naive_wait(ids: list[int], poll_interval: float) -> int:
@@ -315,8 +344,6 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool, *, co
     ``count_promotions``: count what survives into the oldest generation (slows the run: lag not comparable).
     ``sleep_until``: start :func:`sleeping_trigger` ones instead, which wake at that moment (epoch seconds).
     """
-    from airflow_provider_cekura.triggers._poller import shared_poller
-
     lags: list[tuple[float, float]] = []
     threads: list[int] = []
     stop = asyncio.Event()
@@ -327,14 +354,15 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool, *, co
     origin = time.perf_counter()
     threads_before = threading.active_count()
     promotions = _Promotions()
-    with _FullCollections() as collections, promotions if count_promotions else contextlib.nullcontext():
+    polling = _pages_per_round() if shared else per_trigger_polling()
+    with _FullCollections() as collections, promotions if count_promotions else contextlib.nullcontext(), \
+            polling as pages:  # fmt: skip
         tick = asyncio.create_task(_ticker(lags, stop, origin, threads))
         await asyncio.sleep(0.05)
-        poller = shared_poller(CONN_ID) if shared else None  # the one the triggers will join
         started = time.monotonic()
         tasks = []
         for ids in ids_per:
-            trigger = _trigger(ids, interval, shared) if sleep_until is None else sleeping_trigger()(ids, sleep_until)
+            trigger = _trigger(ids, interval) if sleep_until is None else sleeping_trigger()(ids, sleep_until)
             tasks.append(asyncio.create_task(_first_event(trigger)))
             await asyncio.sleep(0)
         results = await asyncio.gather(*tasks)
@@ -351,8 +379,8 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool, *, co
         "last_event_s": max(at for _, at in results) - started,
         "last_event_at": max(at for _, at in results),
         "statuses": sorted({event.payload.get("status") for event, _ in results}),
-        "rounds": poller.rounds if poller else None,
-        "pages": list(poller.pages) if poller else [],
+        "rounds": len(pages) if shared else None,
+        "pages": list(pages) if shared else [],
     }
 
 

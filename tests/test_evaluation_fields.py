@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from test_shared_poller import list_requests, poller_threads_end, until
-from test_trigger import seed
+from test_trigger import polls_of, seed
 
 from airflow_provider_cekura.evaluation import (
     EVENT_EVALUATION_FAILED,
@@ -150,7 +150,7 @@ def test_a_wait_still_evaluating_hears_of_progress_without_being_woken(emulator:
     progress: list[tuple[int, int]] = []
     woken: list[EvaluationSummary] = []
 
-    async def scenario() -> _poller.SharedPoller:
+    async def scenario() -> None:
         poller = _poller.shared_poller("cekura_default")
         with poller.subscribe(quick + slow, 0.05, lambda *p: progress.append(p)) as subscription:
 
@@ -161,17 +161,16 @@ def test_a_wait_still_evaluating_hears_of_progress_without_being_woken(emulator:
                         return
 
             waiting = asyncio.create_task(take())
-            await until(lambda: poller.rounds >= 6)
+            await until(lambda: len(list_requests(emulator)) >= 6)
             assert not woken, "a wait whose ids are still evaluating is not woken"
             assert progress == [(2, 4)]  # the first answer (two already evaluated), then no news
             emulator.finish_evaluations()
             await asyncio.wait_for(waiting, 10)
-        return poller
 
-    poller = asyncio.run(scenario())
+    asyncio.run(scenario())
     assert len(woken) == 1 and woken[0].done and set(woken[0].evaluated) == set(quick + slow)
     assert all(isinstance(r, str) for r in woken[0].evaluated.values())  # kept packed until the event
-    assert len(list_requests(emulator)) == poller.rounds  # polled every round all the same
+    assert polls_of(emulator, slow[0]) == len(list_requests(emulator))  # polled every round all the same
     assert poller_threads_end() == []
 
 
@@ -184,12 +183,12 @@ def test_progress_is_reported_again_when_some_ids_finish(emulator: Any) -> None:
         poller = _poller.shared_poller("cekura_default")
         with poller.subscribe(first + later, 0.05, lambda *p: progress.append(p)) as subscription:
             outcome = asyncio.ensure_future(subscription.next_outcome())
-            await until(lambda: poller.rounds >= 3)
+            await until(lambda: len(list_requests(emulator)) >= 3)
             with emulator._lock:
                 emulator._records[first[0]]["_due"] = 0.0  # only this one finishes now
             await until(lambda: len(progress) >= 2)
-            rounds = poller.rounds
-            await until(lambda: poller.rounds >= rounds + 3)
+            rounds = len(list_requests(emulator))
+            await until(lambda: len(list_requests(emulator)) >= rounds + 3)
             assert not outcome.done(), "one of two finished: progress, not an outcome"
             outcome.cancel()
 

@@ -32,6 +32,20 @@ def list_requests(emulator: Any, after: float = 0.0) -> list[set[int]]:
         ]
 
 
+def rounds_of(emulator: Any, gap: float = 0.05) -> list[list[set[int]]]:
+    """The list requests grouped into poll rounds: a round's requests are sent together, rounds ``gap`` apart."""
+    with emulator._lock:
+        asked = [(r.at, r.query.get("call_ids", "")) for r in emulator.requests if LIST_PATH in r.path]
+    rounds: list[list[set[int]]] = []
+    last = float("-inf")
+    for at, ids in sorted(asked):
+        if at - last > gap:
+            rounds.append([])
+        rounds[-1].append({int(i) for i in ids.split(",") if i})
+        last = at
+    return rounds
+
+
 async def until(condition: Callable[[], bool]) -> None:
     """Let the loop run until ``condition()`` holds (the test's own timeout bounds it)."""
     while not condition():
@@ -55,25 +69,26 @@ def test_many_triggers_share_one_poll_with_ids_spread_over_pages(emulator: Any) 
     async def scenario() -> tuple[list[list[Any]], _poller.SharedPoller]:
         poller = _poller.shared_poller("cekura_default")
         waits = asyncio.gather(*(collect(t) for t in triggers))
-        await until(lambda: poller.rounds >= 2)  # the first round saw every id pending
+        await until(lambda: len(rounds_of(emulator)) >= 2)  # the first round saw every id pending
         emulator.finish_evaluations()
         results = await waits
         assert not poller.running and "cekura_default" not in _poller._POLLERS.get(asyncio.get_running_loop(), {})
         return results, poller
 
-    results, poller = asyncio.run(scenario())
+    results, _ = asyncio.run(scenario())
     for group, events in zip(groups, results, strict=True):
         assert len(events) == 1
         assert events[0].payload["status"] == EVENT_SUCCESS
         assert events[0].payload["call_log_ids"] == group
         assert set(events[0].payload["results"]) == {str(i) for i in group}
 
-    asked = list_requests(emulator)
-    assert poller.rounds >= 2
-    assert len(asked) == sum(poller.pages), "one list request per page, no retries needed"
-    assert max(poller.pages) == 3 and all(len(page) <= 100 for page in asked)
-    # thirty triggers polling on their own would have made 30 requests per round; the shared poll made 3
-    assert len(asked) <= 3 * poller.rounds < 30 * poller.rounds
+    rounds = rounds_of(emulator)
+    assert len(rounds) >= 2
+    # thirty triggers polling on their own would have made 30 requests per round; the shared poll made 3,
+    # one per page of at most 100 ids, each id asked about once per round
+    assert max(len(pages) for pages in rounds) == 3 == len(rounds[0])
+    assert all(len(page) <= 100 for pages in rounds for page in pages)
+    assert set().union(*rounds[0]) == set(ids) and sum(map(len, rounds[0])) == len(ids)
     assert poller_threads_end() == []
 
 

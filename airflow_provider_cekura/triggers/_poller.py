@@ -37,12 +37,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import queue
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.evaluation import EvaluationSummary, PackedResult
@@ -63,6 +64,9 @@ JOIN_DELAY = 0.1
 HANDOUT_BATCH = 20
 """Subscriptions woken per event-loop turn when a round hands out its results."""
 
+SETUP_BATCH = 100
+"""Subscriptions a round looks at per event-loop turn while it works out which pages to ask for."""
+
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPoller]] = weakref.WeakKeyDictionary()
 
 
@@ -74,25 +78,6 @@ def shared_poller(cekura_conn_id: str) -> SharedPoller:
     if poller is None:
         poller = pollers[cekura_conn_id] = SharedPoller(cekura_conn_id, loop)
     return poller
-
-
-class PollSource(Protocol):
-    """What a trigger needs from its polls (a :class:`Subscription`, or a benchmark's own polling).
-
-    It is a context manager: entering starts the polls, leaving stops them (also by cancellation).
-    """
-
-    in_flight: bool
-
-    def __enter__(self) -> PollSource: ...
-
-    def __exit__(self, *exc: object) -> None: ...
-
-    def poll_before(self, deadline: float) -> None: ...
-
-    def expire_at(self, at: float) -> None: ...
-
-    def next_outcome(self) -> Awaitable[EvaluationSummary]: ...
 
 
 class Subscription:
@@ -280,10 +265,8 @@ class SharedPoller:
     def __init__(self, cekura_conn_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self.cekura_conn_id = cekura_conn_id
         self.loop = loop
-        self.subscriptions: list[Subscription] = []
-        self.rounds = 0
-        self.pages: list[int] = []
-        """List requests (pages) of each round, for benchmarks and tests."""
+        self.subscriptions: dict[Subscription, None] = {}
+        """The waits in the poll, in joining order (a dict: a wait leaves in O(1), whatever their number)."""
         self._executor: ThreadPoolExecutor | None = None
         self._hook: CekuraHook | None = None
         self._hook_lock = threading.Lock()
@@ -310,7 +293,7 @@ class SharedPoller:
         return Subscription(self, call_log_ids, poll_interval, on_progress)
 
     def _join(self, subscription: Subscription) -> None:
-        self.subscriptions.append(subscription)
+        self.subscriptions[subscription] = None
         if not self.running:
             self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="cekura-poller")
             # Thread.start() waits until the new thread runs: start the pool's threads off the event loop
@@ -322,7 +305,7 @@ class SharedPoller:
         self.wake(subscription.due_at)
 
     def _leave(self, subscription: Subscription) -> None:
-        self.subscriptions.remove(subscription)
+        self.subscriptions.pop(subscription, None)
         if not self.subscriptions:
             self._stop()
 
@@ -369,18 +352,25 @@ class SharedPoller:
         A subscription's pending ids do not change while its round is in flight (only its outcome marks
         ids done), so they are read again where needed rather than kept for the round.
         """
-        ids = sorted({i for subscription in asked for i in subscription.pending_ids()})
+        # Built a slice of waits per loop turn: a thousand waits of ten ids are 10,000 ids to sort and place.
+        pending: dict[Subscription, list[int]] = {}
+        for n, subscription in enumerate(asked, 1):
+            pending[subscription] = subscription.pending_ids()
+            if n % SETUP_BATCH == 0:
+                await asyncio.sleep(0)
+        ids = sorted(set().union(*pending.values()))
         pages = [ids[n : n + PAGE_IDS] for n in range(0, len(ids), PAGE_IDS)]
-        self.rounds += 1
-        self.pages.append(len(pages))
         page_of = {cid: n for n, page in enumerate(pages) for cid in page}
         waits_on: list[list[Subscription]] = [[] for _ in pages]
         unanswered: dict[Subscription, int] = {}
-        for subscription in asked:
-            needed = {page_of[i] for i in subscription.pending_ids()}
+        for n, (subscription, its_ids) in enumerate(pending.items(), 1):
+            needed = {page_of[i] for i in its_ids}
             unanswered[subscription] = len(needed)
-            for n in needed:
-                waits_on[n].append(subscription)
+            for page in needed:
+                waits_on[page].append(subscription)
+            if n % SETUP_BATCH == 0:
+                await asyncio.sleep(0)
+        del pending
         answers = _Answers()
         ready = [s for s, count in unanswered.items() if not count]
         # Each page's answer comes back through one queue: no asyncio future, callback or context copy
@@ -431,10 +421,9 @@ class SharedPoller:
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
-            # a request still in flight ends within the hook's timeouts; close the hook after it
-            threading.Thread(
-                target=self._close_after, args=(executor,), name="cekura-poller-close", daemon=True
-            ).start()
+            # A request still in flight ends within the hook's deadlines; the hook is closed after it, by the
+            # closer thread (started off the loop with the pool: Thread.start() would block the loop here).
+            _CLOSER.put((executor, self))
 
     def _close_after(self, executor: ThreadPoolExecutor) -> None:
         executor.shutdown(wait=True)
@@ -470,8 +459,31 @@ class SharedPoller:
         return check_evaluations(hook, page, packed=True)
 
 
+_CLOSER: queue.SimpleQueue[tuple[ThreadPoolExecutor, SharedPoller]] = queue.SimpleQueue()
+"""Stopped pollers whose hook is closed once their last request returned (by :func:`_closer`)."""
+_CLOSER_STARTED = threading.Lock()
+_closer_thread: threading.Thread | None = None
+
+
+def _closer() -> None:
+    while True:
+        executor, poller = _CLOSER.get()
+        with contextlib.suppress(Exception):
+            poller._close_after(executor)
+
+
+def _start_closer() -> None:
+    """Start the one closer thread of the process, if not yet (called off the loop)."""
+    global _closer_thread
+    with _CLOSER_STARTED:
+        if _closer_thread is None or not _closer_thread.is_alive():
+            _closer_thread = threading.Thread(target=_closer, name="cekura-hook-closer", daemon=True)
+            _closer_thread.start()
+
+
 def _start_threads(executor: ThreadPoolExecutor) -> None:
     """Have ``executor`` start all its threads now (each job waits until every thread holds one)."""
+    _start_closer()
     barrier = threading.Barrier(MAX_THREADS)
 
     def hold() -> None:

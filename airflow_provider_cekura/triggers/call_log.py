@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_TIMEOUT, EvaluationSummary
 from airflow_provider_cekura.exceptions import CekuraAPIError
-from airflow_provider_cekura.triggers._poller import PollSource, shared_poller
+from airflow_provider_cekura.triggers._poller import shared_poller
 from airflow_provider_cekura.version_compat import BaseTrigger, TriggerEvent
 from airflow_provider_cekura.waiting import event_from_summary
 
@@ -70,10 +70,6 @@ class CekuraCallLogTrigger(BaseTrigger):
             },
         )
 
-    def _polls(self) -> PollSource:
-        """Where this wait's polls come from (a context manager): its place in the connection's shared poll."""
-        return shared_poller(self.cekura_conn_id).subscribe(self.call_log_ids, self.poll_interval, self._progress)
-
     def _progress(self, pending: int, total: int) -> None:
         """A poll had news, but some call logs are still evaluating (the poller calls this, on the loop)."""
         self._wait_log.info("%d of %d call log(s) still evaluating", pending, total)
@@ -112,7 +108,10 @@ class CekuraCallLogTrigger(BaseTrigger):
         """Take each poll's outcome until done, failed for good, or past the deadline; returns the one event."""
         errors = 0
         summary: EvaluationSummary | None = None
-        with self._polls() as polls:
+        subscription = shared_poller(self.cekura_conn_id).subscribe(
+            self.call_log_ids, self.poll_interval, self._progress
+        )
+        with subscription as polls:
             if self.deadline is not None:
                 polls.poll_before(self.deadline)  # one last look at the deadline, whatever the interval
                 # A poll may take the hook's whole retry budget (read timeouts included): never let it
