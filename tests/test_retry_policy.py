@@ -25,7 +25,7 @@ from airflow_provider_cekura.exceptions import (
     CekuraServerError,
     CekuraTransportError,
 )
-from airflow_provider_cekura.hooks._http import RetryPolicy, parse_retry_after
+from airflow_provider_cekura.hooks._transport import RetryPolicy, parse_retry_after
 from airflow_provider_cekura.hooks.cekura import CALL_LOGS_PATH, OBSERVE_PATH, RERUN_PATH, CekuraHook
 
 TURNS = [{"role": "Main Agent", "content": "Hello.", "start_time": 0.0, "end_time": 1.0}]
