@@ -475,7 +475,9 @@ class Transport:
         limit = config.max_response_bytes if status < 400 else min(config.max_response_bytes, ERROR_BODY_MAX)
         try:
             body = read_body(response, limit=limit, deadline=deadline, read_timeout=config.read_timeout)
-        except _Deadline:
+        except (_Deadline, ReadTimeoutError, TimeoutError):
+            if time.monotonic() < deadline:
+                return self._lost(where, "timed out")
             return self._lost(where, f"timed out (no whole answer within request_timeout={config.request_timeout:g}s)")
         except _TooLarge:
             if status >= 400:
@@ -485,8 +487,6 @@ class Transport:
                 where, status, f"with more than max_response_bytes={cap} bytes (decoded) of connection "
                 f"{config.conn_id!r}; refusing to read more. Raise max_response_bytes if that is expected",
             ) from None  # fmt: skip
-        except (ReadTimeoutError, TimeoutError):
-            return self._lost(where, "timed out")
         except DecodeError:
             raise self._response_error(where, status, "with a body that does not decompress") from None
         except (ProtocolError, OSError, requests.RequestException):
