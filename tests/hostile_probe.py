@@ -75,7 +75,7 @@ def run(case: str, bound: float) -> dict[str, Any]:
             def call() -> None:
                 try:
                     if case == "echo_key_401":
-                        ok, message = hook.test_connection()
+                        _, message = hook.test_connection()
                         outcome["value"] = message
                         try:
                             hook.get_call_logs([1])

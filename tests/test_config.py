@@ -174,7 +174,9 @@ def test_localhost_as_this_machine_resolves_it(monkeypatch: pytest.MonkeyPatch) 
     addresses = {info[4][0] for info in socket.getaddrinfo("localhost", None)}
     assert is_loopback("localhost") == all(a.startswith("127.") or a == "::1" for a in addresses)
     if is_loopback("localhost"):
-        assert config(monkeypatch, {"conn_type": "cekura", "host": "http://localhost:1"}).base_url == "http://localhost:1"
+        assert (
+            config(monkeypatch, {"conn_type": "cekura", "host": "http://localhost:1"}).base_url == "http://localhost:1"
+        )
 
 
 @pytest.mark.parametrize(

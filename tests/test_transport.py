@@ -19,6 +19,7 @@ from conftest import TEST_API_KEY  # not tests.conftest: that would import (and 
 from airflow_provider_cekura.exceptions import (
     CekuraAuthError,
     CekuraBadRequestError,
+    CekuraNotFoundError,
     CekuraRateLimitError,
     CekuraServerError,
     CekuraTransportError,
@@ -51,7 +52,9 @@ def test_retry_after_the_policy_does_not_believe_is_none(value: str | None) -> N
 def test_retry_after_the_policy_believes() -> None:
     policy = RetryPolicy()
     assert policy.parse_retry_after("3") == 3.0 and policy.parse_retry_after(" 1.5 ") == 1.5
-    assert policy.parse_retry_after("0") == 0.0 and policy.parse_retry_after(str(RETRY_AFTER_ABSURD)) == RETRY_AFTER_ABSURD
+    assert (
+        policy.parse_retry_after("0") == 0.0 and policy.parse_retry_after(str(RETRY_AFTER_ABSURD)) == RETRY_AFTER_ABSURD
+    )
     now = 1_800_000_000.0
     assert policy.parse_retry_after(email.utils.formatdate(now + 90, usegmt=True), now=now) == pytest.approx(90.0)
     assert policy.parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now=now) == 0.0
@@ -119,7 +122,9 @@ def test_redactor_removes_the_key_in_every_form_and_what_airflow_masks() -> None
     key = 'k3y/with "quotes"+plus'
     mask_secret("masked-by-airflow-5a1c")
     redactor = Redactor(ApiKey(key))
-    text = f'raw {key} url k3y%2Fwith%20%22quotes%22%2Bplus json k3y/with \\"quotes\\"+plus other masked-by-airflow-5a1c'
+    text = (
+        f'raw {key} url k3y%2Fwith%20%22quotes%22%2Bplus json k3y/with \\"quotes\\"+plus other masked-by-airflow-5a1c'
+    )
     cleaned = redactor.text(text)
     assert "k3y" not in cleaned and "masked-by-airflow" not in cleaned and cleaned.count("***") == 4
     assert redactor.value({key: [key, {"n": 1, "k": key}], "ok": 2}) == {"***": ["***", {"n": 1, "k": "***"}], "ok": 2}
@@ -154,7 +159,7 @@ def test_turn_unavailable_ends_a_throttled_request_within_its_budget(
     emulator.add_fault("429", times=1, retry_after="0.3")
     emulator.add_fault("429", times=1, retry_after="0.4")
     started = time.monotonic()
-    with pytest.raises(CekuraRateLimitError, match="rate_limit_max_wait=0.5s"):
+    with pytest.raises(CekuraRateLimitError, match=r"rate_limit_max_wait=0\.5s"):
         CekuraHook().get_call_logs([1])
     assert time.monotonic() - started < 1.0 and emulator.count_requests() == 2
 
@@ -166,11 +171,11 @@ def test_one_keep_alive_connection_for_sequential_requests(emulator: Any) -> Non
     hook = CekuraHook()
     for _ in range(5):
         hook.get_call_logs([1])
-    with pytest.raises(Exception):
+    with pytest.raises(CekuraNotFoundError):
         hook.get_call_log(99999)  # a 404 read to its end keeps the connection too
     hook.get_call_logs([1])
     pools = hook.get_conn().get_adapter(emulator.base_url).poolmanager.pools
-    (pool,) = [pools[key] for key in pools.keys()]
+    (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 - not iterable
     assert pool.num_connections == 1, pool.num_connections
     hook.close()
     hook.close()  # idempotent

@@ -102,8 +102,7 @@ def _base_url(conn: Any, conn_id: str) -> str:
         _fail(conn_id, f"host {shown!r} is not an http(s) URL")
     if parts.username or parts.password:
         log.warning(
-            "Connection %r: the user and password in its host URL are ignored (the API key goes in the password "
-            "field)",
+            "Connection %r: the user and password in its host URL are ignored (the API key goes in the password field)",
             conn_id,
         )
     if parts.scheme == "http" and not is_loopback(parts.hostname):
@@ -165,7 +164,7 @@ class CekuraConnectionConfig:
     read_timeout: float = 60.0
     request_timeout: float = 70.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
-    retry_policy: RetryPolicy = RetryPolicy()
+    retry_policy: RetryPolicy = RetryPolicy()  # noqa: RUF009 - immutable
     window: timedelta = timedelta(days=30)
     page_size: int = 100
     dashboard_url: str = DEFAULT_DASHBOARD_URL

@@ -14,9 +14,9 @@ Airflow's secret masker before it becomes an exception.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
-import logging
 import math
 import random
 import time
@@ -124,7 +124,9 @@ class RetryPolicy:
             return None
         return self.delay(attempt, getattr(error, "retry_after", None))
 
-    def after_throttle(self, throttles: int, retry_after: float | None, throttled_for: float, budget: float) -> float | None:
+    def after_throttle(
+        self, throttles: int, retry_after: float | None, throttled_for: float, budget: float
+    ) -> float | None:
         """The connection's pause after the ``throttles``-th 429 of one request, or ``None`` to give up.
 
         :param throttled_for: seconds since this request's first 429.
@@ -292,10 +294,8 @@ def _set_socket_timeout(raw: Any, seconds: float) -> None:
     """Shorten the wait of the next socket read to what is left of the deadline (best effort)."""
     sock = getattr(getattr(raw, "connection", None), "sock", None)
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.settimeout(max(seconds, 0.001))
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------------------------------------- session
@@ -344,9 +344,7 @@ class Transport:
     :param log: where retries are logged.
     """
 
-    def __init__(
-        self, config: CekuraConnectionConfig, limiter: RateLimiter, *, pool_size: int = 10, log: logging.Logger
-    ) -> None:
+    def __init__(self, config: CekuraConnectionConfig, limiter: RateLimiter, *, pool_size: int = 10, log: Any) -> None:
         self.config = config
         self.limiter = limiter
         self.pool_size = pool_size
@@ -439,7 +437,10 @@ class Transport:
         method = where[0]
         config = self.config
         deadline = time.monotonic() + config.request_timeout
-        timeout = (min(config.connect_timeout, config.request_timeout), min(config.read_timeout, config.request_timeout))
+        timeout = (
+            min(config.connect_timeout, config.request_timeout),
+            min(config.read_timeout, config.request_timeout),
+        )
         try:
             # Never follow redirects: a redirect elsewhere would get the key (see KeyPinnedSession).
             response = self.session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **send)
@@ -542,7 +543,6 @@ class Transport:
             return json.loads(body) if decode is None else decode(body)
         except ValueError:
             kind = response.headers.get("Content-Type", "unknown content type")
-            method, path = where
             raise self._response_error(
                 where, response.status_code, f"with {response.status_code} but a body that is not JSON ({kind})"
             ) from None

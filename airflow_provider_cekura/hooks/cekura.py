@@ -12,7 +12,9 @@ from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_cekura.evaluation import normalize_call_log
 from airflow_provider_cekura.exceptions import CekuraResponseError, CekuraValidationError
-from airflow_provider_cekura.hooks._config import DEFAULT_DASHBOARD_URL, DEFAULT_HOST, CekuraConnectionConfig
+from airflow_provider_cekura.hooks._config import DEFAULT_DASHBOARD_URL as DEFAULT_DASHBOARD_URL  # re-exported
+from airflow_provider_cekura.hooks._config import DEFAULT_HOST as DEFAULT_HOST  # re-exported
+from airflow_provider_cekura.hooks._config import CekuraConnectionConfig
 from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
 from airflow_provider_cekura.hooks._transport import Redactor, RetryPolicy, Transport
 from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
@@ -114,7 +116,9 @@ class CekuraHook(BaseHook):
     def _config(self) -> CekuraConnectionConfig:
         """Everything read from the connection, checked once per hook."""
         conn = self.get_connection(self.cekura_conn_id)
-        return CekuraConnectionConfig.from_connection(conn, self.cekura_conn_id, retry_policy=self._retry_policy_override)
+        return CekuraConnectionConfig.from_connection(
+            conn, self.cekura_conn_id, retry_policy=self._retry_policy_override
+        )
 
     @property
     def _settings(self) -> dict[str, Any]:
