@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -62,13 +63,17 @@ class HostileServer:
         self.requests: list[dict[str, str]] = []
         self.stopped = threading.Event()
         self._lock = threading.Lock()
-        self.httpd = self.HTTPServer((host, 0), Handler)
+        server_class = self.HTTPServer
+        if ":" in host:  # an IPv6 address
+            server_class = type("HTTPServer6", (self.HTTPServer,), {"address_family": socket.AF_INET6})
+        self.httpd = server_class((host, 0), Handler)
         self.httpd.owner = self
         self.host = host
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.httpd.server_address[1]}"
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{shown}:{self.httpd.server_address[1]}"
 
     def record(self, handler: Handler) -> None:
         with self._lock:

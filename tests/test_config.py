@@ -210,3 +210,20 @@ def test_retry_policy_override_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     policy = RetryPolicy(max_attempts=2)
     assert CekuraHook(CONN_ID, retry_policy=policy).retry_policy is policy
     assert CekuraHook(CONN_ID).retry_policy.max_attempts == 9
+
+
+def test_a_request_reaches_an_ipv6_host_given_with_the_port_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests import hostile
+
+    try:
+        server = hostile.HostileServer(hostile.ok_page(), host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
+    with server as url:
+        port = int(url.rsplit(":", 1)[1])
+        conn = {"conn_type": "cekura", "host": "::1", "port": port, "schema": "http", "password": TEST_API_KEY}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+        hook = CekuraHook(CONN_ID)
+        assert hook.base_url == f"http://[::1]:{port}"
+        assert hook.get_call_logs([1]) == []
+    assert server.count == 1
