@@ -199,6 +199,9 @@ def test_the_key_is_hidden_and_not_picklable(monkeypatch: pytest.MonkeyPatch) ->
     hook.base_url  # noqa: B018 - resolves the config
     assert "api_key" not in hook._settings and TEST_API_KEY not in repr(hook._settings)
     assert TEST_API_KEY not in repr(vars(hook)) and TEST_API_KEY.encode() not in pickle.dumps(hook)
+    hook.get_conn()  # the transport and its session exist now
+    for obj in (hook, hook._transport, hook._transport.redactor, hook.get_conn(), hook.get_conn().auth):
+        assert TEST_API_KEY not in repr(vars(obj) if hasattr(obj, "__dict__") else obj), obj
     assert pickle.loads(pickle.dumps(hook)).base_url == "https://api.cekura.ai"
 
 

@@ -159,15 +159,13 @@ class Redactor:
     """Removes the connection's key (as sent, URL-quoted, JSON-escaped) and what Airflow masks from text."""
 
     def __init__(self, api_key: ApiKey | None) -> None:
-        forms: set[str] = set()
-        if api_key is not None:
-            key = api_key.reveal()
-            forms = {key, quote(key, safe=""), json.dumps(key)[1:-1]}
-        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
+        self._api_key = api_key  # (no copy of the key in clear is kept)
 
     def text(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, "***")
+        if self._api_key is not None:
+            key = self._api_key.reveal()
+            for form in sorted({key, quote(key, safe=""), json.dumps(key)[1:-1]} - {""}, key=len, reverse=True):
+                text = text.replace(form, "***")
         from airflow_provider_cekura.version_compat import redact
 
         masked = redact(text)
