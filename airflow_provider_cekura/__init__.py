@@ -27,6 +27,17 @@ _CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
         "description": "Seconds to wait for a response (default 60).",
         "schema": {"type": ["number", "null"], "minimum": 0.1, "default": 60},
     },
+    "request_timeout": {
+        "label": "Request timeout (s)",
+        "description": "Seconds one attempt may take in all: connect, headers and the whole body "
+        "(default: connect timeout + read timeout).",
+        "schema": {"type": ["number", "null"], "minimum": 0.1},
+    },
+    "max_response_bytes": {
+        "label": "Max response bytes",
+        "description": "Largest answer read, counted after gzip decoding (default 67108864 = 64 MiB).",
+        "schema": {"type": ["integer", "null"], "minimum": 1, "default": 67108864},
+    },
     "max_attempts": {
         "label": "Max attempts",
         "description": "Attempts per request on 5xx, timeouts and dropped connections (default 5); "

@@ -7,7 +7,7 @@ Airflow 3 and to their old homes on Airflow 2.11. What that package does not cov
 this provider checks the Airflow version or imports a moved name with ``try/except``.
 
 Names that cost import time and are needed only on some paths (``ObjectStoragePath``,
-``Asset``, ``XCom``, ``mask_secret``) are resolved lazily on first attribute access, so
+``Asset``, ``XCom``, ``mask_secret``, ``redact``) are resolved lazily on first attribute access, so
 that a DAG file importing an operator does not pay for them at every parse.
 """
 
@@ -66,11 +66,12 @@ if TYPE_CHECKING:
         TaskInstanceKey,
         XCom,
         mask_secret,
+        redact,
     )
     from airflow.timetables.interval import DeltaDataIntervalTimetable
     from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-_LAZY = frozenset({"Asset", "Context", "ObjectStoragePath", "TaskInstanceKey", "XCom", "mask_secret"})
+_LAZY = frozenset({"Asset", "Context", "ObjectStoragePath", "TaskInstanceKey", "XCom", "mask_secret", "redact"})
 
 
 def _delta_data_interval_timetable() -> Any:
@@ -127,4 +128,5 @@ __all__ = [
     "conf",
     "is_deferral_timeout",
     "mask_secret",
+    "redact",
 ]

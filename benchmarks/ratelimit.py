@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_cekura.hooks._rate_limit import RateLimiter
+from airflow_provider_cekura.hooks._rate_limit import RateLimiter, Turn
+from airflow_provider_cekura.hooks._transport import RetryPolicy
 from benchmarks._emulator_proc import RemoteEmulator
 from benchmarks.common import Section, minimal_context
 from benchmarks.ingest import LATENCY, make_calls
@@ -30,19 +34,40 @@ GOAL_RATIO = 0.9
 GOAL_THROTTLED = 0.05
 
 
+class _OwnTurn(Turn):
+    """A turn that shares nothing: a 429 makes only its own request sleep."""
+
+    def __init__(self) -> None:
+        self.sent_at = time.monotonic()
+
+    def admitted(self) -> None:
+        return None
+
+    def throttled(self, pause: float) -> None:
+        time.sleep(pause)
+
+
 class PerRequestRetries(RateLimiter):
-    """The baseline: nothing shared; each request sleeps its own ``Retry-After`` and spends an attempt."""
+    """The baseline's limiter: no pause or pacing shared between requests; each sleeps its own ``Retry-After``."""
 
-    throttles_spend_attempts = True
+    @contextmanager
+    def turn(self, deadline: float | None = None) -> Iterator[Turn]:
+        yield _OwnTurn()
 
-    def acquire(self, deadline: float | None = None) -> float:
-        return time.monotonic()
 
-    def release(self) -> None:
-        return None
+@dataclass(frozen=True)
+class ThrottleSpendsAttempts(RetryPolicy):
+    """The baseline's policy: a 429 spends one of ``max_attempts`` (no time budget)."""
 
-    def admitted(self, sent_at: float) -> None:
-        return None
+    def after_throttle(
+        self, throttles: int, retry_after: float | None, throttled_for: float, budget: float
+    ) -> float | None:
+        return None if throttles >= self.max_attempts else self.delay(throttles, retry_after)
+
+
+def baseline_hook_kwargs() -> dict[str, Any]:
+    """What makes a hook behave as before the shared limiter (the connection's default retry numbers)."""
+    return {"rate_limiter": PerRequestRetries(), "retry_policy": ThrottleSpendsAttempts()}
 
 
 def _observe(
@@ -53,7 +78,7 @@ def _observe(
 
     class Operator(CekuraObserveOperator):
         def _hook_kwargs(self) -> dict[str, Any]:
-            return {**super()._hook_kwargs(), **({"rate_limiter": PerRequestRetries()} if baseline else {})}
+            return {**super()._hook_kwargs(), **(baseline_hook_kwargs() if baseline else {})}
 
     os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = emulator.connection_json(**extra)
     operator = Operator(task_id="observe", calls=calls, max_concurrency=8, cekura_conn_id=CONN_ID)
@@ -72,7 +97,7 @@ def _warm_up(emulator: RemoteEmulator) -> None:
     from airflow_provider_cekura.hooks.cekura import CekuraHook
 
     os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = emulator.connection_json()
-    hook = CekuraHook(cekura_conn_id=CONN_ID, rate_limiter=PerRequestRetries())
+    hook = CekuraHook(cekura_conn_id=CONN_ID, **baseline_hook_kwargs())
     try:
         hook.get_call_logs([1])
     finally:

@@ -422,6 +422,7 @@ def test_connection_settings(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> 
     assert hook.base_url == emulator.base_url
     assert hook.retry_policy.max_attempts == 3
     assert hook._settings["timeout"] == (2.0, 7.0)
+    assert hook._config.timeout == (2.0, 7.0) and hook._config.request_timeout == 9.0
     assert hook.call_log_url(12) == "https://dashboard.cekura.ai/observability/call-logs/12"
     assert hook.get_conn() is hook.get_conn()  # one session per hook
     use_connection(monkeypatch, emulator.base_url, max_attempts="many")
@@ -485,6 +486,10 @@ def test_key_never_in_repr_errors_or_logs(
     ]
     for err in errors:
         _no_key(str(err), repr(err), repr(err.args), repr(vars(err)))
+    import pickle
+
+    _no_key(repr(vars(hook)))
+    assert TEST_API_KEY.encode() not in pickle.dumps(hook)
     assert caplog.records, "expected retry warnings"
     out, err_text = capfd.readouterr()
     _no_key(caplog.text, out, err_text, *(str(r.args) for r in caplog.records))
@@ -506,6 +511,11 @@ def test_plain_http_to_a_remote_host_is_refused_before_any_request(
             CekuraHook().get_call_logs([1])
         ok, message = CekuraHook().test_connection()
         assert not ok and message
+    for host in (f"http://localhost.localdomain:{emulator.port}", f"http://127.0.0.1.nip.io:{emulator.port}"):
+        use_connection(monkeypatch, host)  # names are not trusted, whatever they resolve to
+        with pytest.raises(CekuraConfigurationError, match="plain http"):
+            CekuraHook().get_call_logs([1])
+    assert emulator.count_requests() == 0
     use_connection(monkeypatch, f"http://localhost:{emulator.port}")
     assert CekuraHook().get_call_logs([1]) == []
 
@@ -523,7 +533,10 @@ def test_redirect_is_not_followed_with_the_key(monkeypatch: pytest.MonkeyPatch, 
         use_connection(monkeypatch, url)
         with pytest.raises(CekuraResponseError, match="redirect"):
             CekuraHook().get_call_log(1)
-    assert emulator.count_requests() == 0
+        assert emulator.count_requests() == 0
+        # the public session follows it, without the key: the emulator answers 401 (it got no key)
+        assert CekuraHook().get_conn().get(f"{url}{CALL_LOGS_PATH}1/", timeout=5).status_code == 401
+    assert [r.status for r in emulator.requests] == [401]
 
 
 # ---------------------------------------------------------------- malformed responses

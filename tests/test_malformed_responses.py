@@ -102,3 +102,23 @@ def test_export_writes_odd_call_logs_with_nulls_for_what_does_not_convert(
     assert (call_id, agent, success) == ("33", None, 1)
     assert json.loads(metadata) == "not json"  # kept, as a JSON string
     assert metrics == [(4, 101, 4.5)]  # only the metric with an integer id
+
+
+def test_an_answer_over_max_response_bytes_fails_the_sensor_and_the_export_clearly(
+    odd_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_cekura.exceptions import CekuraResponseError
+
+    conn = {"conn_type": "cekura", "host": odd_server, "password": TEST_API_KEY}
+    conn["extra"] = {"max_attempts": 1, "max_response_bytes": 200}  # the odd page is ~1.2 kB
+    monkeypatch.setenv("AIRFLOW_CONN_CEKURA_ODD", json.dumps(conn))
+    sensor = CekuraCallLogSensor(task_id="s", call_log_ids=[1], cekura_conn_id="cekura_odd")
+    with pytest.raises(CekuraResponseError, match=r"max_response_bytes=200 .*'cekura_odd'"):
+        sensor.poke({})  # type: ignore[arg-type]
+    db = tmp_path / "big.db"
+    monkeypatch.setenv("AIRFLOW_CONN_BIG_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    op = CekuraCallLogsToSqlOperator(
+        task_id="e", cekura_conn_id="cekura_odd", sql_conn_id="big_warehouse", table="t", call_log_ids=[1, 2]
+    )
+    with pytest.raises(CekuraResponseError, match="max_response_bytes"):
+        op.execute({})  # type: ignore[arg-type]

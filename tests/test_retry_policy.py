@@ -25,7 +25,7 @@ from airflow_provider_cekura.exceptions import (
     CekuraServerError,
     CekuraTransportError,
 )
-from airflow_provider_cekura.hooks._http import RetryPolicy, parse_retry_after
+from airflow_provider_cekura.hooks._transport import RetryPolicy, parse_retry_after
 from airflow_provider_cekura.hooks.cekura import CALL_LOGS_PATH, OBSERVE_PATH, RERUN_PATH, CekuraHook
 
 TURNS = [{"role": "Main Agent", "content": "Hello.", "start_time": 0.0, "end_time": 1.0}]
@@ -57,6 +57,7 @@ def test_parse_retry_after_seconds() -> None:
     assert parse_retry_after(None) is None
     assert parse_retry_after("") is None
     assert parse_retry_after("soon") is None
+    assert parse_retry_after("nan") is None and parse_retry_after("inf") is None  # never a non-finite wait
 
 
 def test_parse_retry_after_http_date() -> None:
@@ -78,6 +79,7 @@ def test_retry_policy_numbers() -> None:
     assert policy.delay(1, 4.0) == 4.0
     assert policy.delay(1, 99.0) == 10.0  # capped
     assert policy.delay(1, -1.0) == 0.0
+    assert 0.25 <= policy.delay(1, float("nan")) <= 0.5  # not a number: the backoff
     assert 0.25 <= policy.delay(1, None) <= 0.5
     assert RetryPolicy(**policy.to_dict()) == policy
     json.dumps(policy.to_dict())  # plain numbers: survives trigger serialization
@@ -85,6 +87,8 @@ def test_retry_policy_numbers() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError):
         RetryPolicy(backoff_base=-1)
+    with pytest.raises(ValueError):
+        RetryPolicy(retry_after_max=float("nan"))
 
 
 # ---------------------------------------------------------------- 429

@@ -285,7 +285,8 @@ def test_plain_http_to_a_remote_host_is_refused_before_any_request(
     emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # http://example.com, and http://0.0.0.0:<emulator port>, which would reach the emulator were it not refused
-    for host in ("http://example.com", f"http://0.0.0.0:{emulator.port}"):
+    hosts = ("http://example.com", f"http://0.0.0.0:{emulator.port}", f"http://localhost.localdomain:{emulator.port}")
+    for host in hosts:
         _use(monkeypatch, host)
         for name, run in _operators(tmp_path, monkeypatch).items():
             with pytest.raises(CekuraConfigurationError, match="plain http") as info:

@@ -33,6 +33,8 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import overload
 
 DOUBLING = 10.0
@@ -52,11 +54,37 @@ INITIAL_IN_FLIGHT = 2.0
 MAX_IN_FLIGHT = 64.0
 
 
+class TurnUnavailable(Exception):
+    """The turn could not start before the caller's deadline; nothing was sent."""
+
+
+class Turn:
+    """One request's permission to send, handed out by :meth:`RateLimiter.turn`.
+
+    Report the answer with :meth:`admitted` or :meth:`throttled`; neither when there was none (timeout,
+    dropped connection): that says nothing about the rate.
+    """
+
+    __slots__ = ("_limiter", "sent_at")
+
+    def __init__(self, limiter: RateLimiter, sent_at: float) -> None:
+        self._limiter = limiter
+        self.sent_at = sent_at
+
+    def admitted(self) -> None:
+        """The server answered with anything but 429."""
+        self._limiter.admitted(self.sent_at)
+
+    def throttled(self, pause: float) -> None:
+        """The server answered 429; every request of the connection waits ``pause`` seconds (finite, >= 0)."""
+        self._limiter.throttled(self.sent_at, pause)
+
+
 class RateLimiter:
     """Shared pause and pacing for the requests of one connection; thread-safe.
 
-    Callers do ``sent_at = acquire()``, send, ``release()``, then report the
-    answer: ``admitted(sent_at)`` or ``throttled(sent_at, pause)``.
+    Callers do ``with limiter.turn(deadline) as turn:``, send, then report the
+    answer: ``turn.admitted()`` or ``turn.throttled(pause)``.
 
     :param max_rate: requests per second never exceeded (``None``: no known limit).
     """
@@ -96,9 +124,20 @@ class RateLimiter:
         grown = self._estimate * 2 ** (min(max(now - self._estimated_at, 0.0), 600.0) / DOUBLING)
         return grown if self.max_rate is None else min(grown, self.max_rate)
 
-    def blocked_for(self) -> float:
-        """Seconds until requests may be sent again (0 when not paused)."""
-        return max(self._blocked_until - time.monotonic(), 0.0)
+    @contextmanager
+    def turn(self, deadline: float | None = None) -> Iterator[Turn]:
+        """Wait until a request may be sent, then yield its :class:`Turn`; leaving the block releases the slot.
+
+        :param deadline: a ``time.monotonic()`` value; :class:`TurnUnavailable` is raised (nothing waited
+            beyond it, nothing sent) when the turn could not start before it.
+        """
+        sent_at = self.acquire() if deadline is None else self.acquire(deadline)
+        if sent_at is None:
+            raise TurnUnavailable(f"no turn before the deadline ({self!r})")
+        try:
+            yield Turn(self, sent_at)
+        finally:
+            self.release()
 
     @overload
     def acquire(self) -> float: ...
@@ -158,12 +197,11 @@ class RateLimiter:
                     self._window = None
                 self._cond.notify_all()
 
-    def throttled(self, sent_at: float, pause: float) -> float:
+    def throttled(self, sent_at: float, pause: float) -> None:
         """A request sent at ``sent_at`` got 429: pause everyone for ``pause`` s.
 
         The rate is re-estimated when the pause ends, once the requests sent
-        before the throttle have answered. Returns how long the caller must
-        sleep itself: 0, since :meth:`acquire` waits for the pause.
+        before the throttle have answered (:meth:`acquire` waits for the pause).
         """
         with self._cond:
             now = time.monotonic()
@@ -171,10 +209,9 @@ class RateLimiter:
             self._blocked_until = max(self._blocked_until, now + pause)
             self._next_slot = max(self._next_slot, self._blocked_until)
             if sent_at < self._episode_start or self._pending is not None:
-                return 0.0  # sent before the pause began: the same throttle, already accounted for
+                return  # sent before the pause began: the same throttle, already accounted for
             self._episode_start = now
             self._pending = (now, pause)
-            return 0.0
 
     def _estimate_rate(self, throttled_at: float, pause: float) -> None:
         """Requests admitted (by send time) since the window began, per second; called under the lock."""

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_cekura.evaluation import normalize_call_log
-from airflow_provider_cekura.exceptions import (
-    CekuraAPIError,
-    CekuraConfigurationError,
-    CekuraRateLimitError,
-    CekuraResponseError,
-    CekuraTransportError,
-    CekuraValidationError,
-)
-from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
+from airflow_provider_cekura.exceptions import CekuraResponseError, CekuraValidationError
+from airflow_provider_cekura.hooks._config import DEFAULT_DASHBOARD_URL as DEFAULT_DASHBOARD_URL  # re-exported
+from airflow_provider_cekura.hooks._config import DEFAULT_HOST as DEFAULT_HOST  # re-exported
+from airflow_provider_cekura.hooks._config import CekuraConnectionConfig
 from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
+from airflow_provider_cekura.hooks._transport import Redactor, RetryPolicy, Transport
 from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
 from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
 from airflow_provider_cekura.version_compat import BaseHook
@@ -32,23 +26,12 @@ if TYPE_CHECKING:
 
     from airflow_provider_cekura.payloads import RecordingSource
 
-DEFAULT_HOST = "https://api.cekura.ai"
-DEFAULT_DASHBOARD_URL = "https://dashboard.cekura.ai"
 OBSERVE_PATH = "/observability/v1/observe/"
 CALL_LOGS_PATH = "/observability/v1/call-logs/"
 RERUN_PATH = "/observability/v1/call-logs/rerun_evaluation/"
 RERUN_CHUNK = 100
 LOOKUP_CHUNK = 50
 MAX_EMPTY_PAGES = 3
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _to_datetime(value: datetime | str, name: str) -> datetime:
@@ -74,7 +57,9 @@ class CekuraHook(BaseHook):
     and the base URL in its host (default ``https://api.cekura.ai``; plain
     http is refused except for loopback hosts such as the bundled emulator).
     Optional extras: ``project_id``, ``connect_timeout`` and ``read_timeout``
-    (seconds), ``max_attempts``, ``backoff_base``, ``backoff_max``,
+    (seconds), ``request_timeout`` (seconds one attempt may take in all,
+    body included; default their sum), ``max_response_bytes`` (largest
+    decoded answer, default 64 MiB), ``max_attempts``, ``backoff_base``, ``backoff_max``,
     ``retry_after_max``, ``window_days`` (widest timestamp window per list
     request, default 30), ``page_size`` (default 100), ``dashboard_url``,
     ``max_requests_per_second`` (a plan's known limit, never exceeded) and
@@ -84,6 +69,11 @@ class CekuraHook(BaseHook):
     one :class:`~airflow_provider_cekura.hooks._rate_limit.RateLimiter`: a 429
     pauses all their requests until ``Retry-After`` and slows them to the rate
     the server admits; 429s do not spend ``max_attempts``.
+
+    The settings are read once into a
+    :class:`~airflow_provider_cekura.hooks._config.CekuraConnectionConfig`; every request goes through
+    :class:`~airflow_provider_cekura.hooks._transport.Transport`. A pickled hook holds no key (it reads the
+    connection again).
 
     :param cekura_conn_id: Airflow connection id of type ``cekura``.
     :param retry_policy: override the connection's retry settings.
@@ -109,125 +99,68 @@ class CekuraHook(BaseHook):
         self._retry_policy_override = retry_policy
         self._rate_limiter_override = rate_limiter
         self._pool_size = pool_size
-        self.request_count = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cekura_conn_id={self.cekura_conn_id!r})"
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickled hook keeps its conn id and overrides; it reads the connection (and key) again when used."""
+        state = dict(self.__dict__)
+        for resolved in ("_config", "_transport"):
+            state.pop(resolved, None)
+        return state
+
     # ------------------------------------------------------------------ connection
 
     @cached_property
-    def _settings(self) -> dict[str, Any]:
-        """Everything read from the connection, resolved once per hook."""
+    def _config(self) -> CekuraConnectionConfig:
+        """Everything read from the connection, checked once per hook."""
         conn = self.get_connection(self.cekura_conn_id)
-        api_key = conn.password
-        if not api_key:
-            raise CekuraConfigurationError(
-                f"Connection {self.cekura_conn_id!r} has no API key: put it in the password field."
-            )
-        from airflow_provider_cekura.version_compat import mask_secret
+        return CekuraConnectionConfig.from_connection(
+            conn, self.cekura_conn_id, retry_policy=self._retry_policy_override
+        )
 
-        mask_secret(api_key)
-        extra = conn.extra_dejson or {}
-
-        def option(name: str, default: Any = None) -> Any:
-            value = extra.get(name, extra.get(f"extra__cekura__{name}"))
-            return default if value in (None, "") else value
-
-        host = (conn.host or "").strip() or DEFAULT_HOST
-        if "://" not in host:
-            scheme = (conn.schema or "").strip() or "https"
-            host = f"{scheme}://{host}"
-        parts = urlsplit(host)
-        if conn.port and not parts.port:
-            host = f"{parts.scheme}://{parts.hostname}:{conn.port}{parts.path}"
-            parts = urlsplit(host)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CekuraConfigurationError(f"Connection {self.cekura_conn_id!r}: host {host!r} is not a URL")
-        if parts.scheme == "http" and not _is_loopback(parts.hostname):
-            raise CekuraConfigurationError(
-                f"Connection {self.cekura_conn_id!r}: refusing to send the API key over plain http to "
-                f"{parts.hostname!r}; use https (http is allowed for loopback hosts only)."
-            )
-        try:
-            policy = self._retry_policy_override or RetryPolicy(
-                max_attempts=int(option("max_attempts", 5)),
-                backoff_base=float(option("backoff_base", 0.5)),
-                backoff_max=float(option("backoff_max", 30)),
-                retry_after_max=float(option("retry_after_max", 60)),
-            )
-            project_id = option("project_id")
-            max_rate = option("max_requests_per_second")
-            max_wait = float(option("rate_limit_max_wait", 300))
-            if max_rate is not None and float(max_rate) <= 0:
-                raise ValueError(f"max_requests_per_second must be > 0, got {max_rate!r}")
-            if max_wait < 0:
-                raise ValueError(f"rate_limit_max_wait must be >= 0, got {max_wait!r}")
-            settings = {
-                "api_key": api_key,
-                "base_url": host.rstrip("/"),
-                "project_id": int(project_id) if project_id is not None else None,
-                "timeout": (float(option("connect_timeout", 10)), float(option("read_timeout", 60))),
-                "retry_policy": policy,
-                "window": timedelta(days=float(option("window_days", 30))),
-                "page_size": int(option("page_size", 100)),
-                "dashboard_url": str(option("dashboard_url", DEFAULT_DASHBOARD_URL)).rstrip("/"),
-                "max_requests_per_second": float(max_rate) if max_rate is not None else None,
-                "rate_limit_max_wait": max_wait,
-            }
-        except (TypeError, ValueError) as err:
-            raise CekuraConfigurationError(f"Connection {self.cekura_conn_id!r} has an invalid extra: {err}") from None
-        return settings
+    @property
+    def _settings(self) -> dict[str, Any]:
+        """Deprecated: the untyped view of :attr:`_config` (without the key) for code not yet moved over."""
+        return self._config.as_settings()
 
     @property
     def base_url(self) -> str:
-        return self._settings["base_url"]
+        return self._config.base_url
 
     @property
     def retry_policy(self) -> RetryPolicy:
-        return self._settings["retry_policy"]
+        return self._config.retry_policy
 
     @property
     def rate_limiter(self) -> RateLimiter:
         """The limiter every request of this hook goes through (shared by the connection's hooks)."""
         if self._rate_limiter_override is not None:
             return self._rate_limiter_override
-        settings = self._settings
-        return shared_limiter(self.cekura_conn_id, settings["base_url"], settings["max_requests_per_second"])
+        config = self._config
+        return shared_limiter(self.cekura_conn_id, config.base_url, config.max_requests_per_second)
 
     @property
     def project_id(self) -> int | None:
-        return self._settings["project_id"]
+        return self._config.project_id
 
     def call_log_url(self, call_log_id: int) -> str:
         """Dashboard URL of a call log (the ``dashboard_url`` extra, default https://dashboard.cekura.ai)."""
-        return f"{self._settings['dashboard_url']}/observability/call-logs/{int(call_log_id)}"
-
-    def get_conn(self) -> requests.Session:
-        """The hook's one ``requests.Session`` (keep-alive; auth header attached)."""
-        return self._session
+        return f"{self._config.dashboard_url}/observability/call-logs/{int(call_log_id)}"
 
     @cached_property
-    def _session(self) -> requests.Session:
-        import requests
-        from requests.adapters import HTTPAdapter
+    def _transport(self) -> Transport:
+        return Transport(self._config, self.rate_limiter, pool_size=self._pool_size, log=self.log)
 
-        from airflow_provider_cekura import __version__
-
-        settings = self._settings
-        session = requests.Session()
-        session.auth = _ApiKeyAuth(settings["api_key"])
-        session.headers["User-Agent"] = f"airflow-provider-cekura/{__version__}"
-        session.headers["Accept"] = "application/json"
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(self._pool_size, 1), max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
+    def get_conn(self) -> requests.Session:
+        """The hook's one ``requests.Session`` (keep-alive; the key header is dropped on a redirect elsewhere)."""
+        return self._transport.session
 
     def close(self) -> None:
         """Close the HTTP session (idempotent)."""
-        if "_session" in self.__dict__:
-            self.__dict__.pop("_session").close()
+        if "_transport" in self.__dict__:
+            self._transport.close()
 
     # ------------------------------------------------------------------ transport
 
@@ -243,142 +176,17 @@ class CekuraHook(BaseHook):
         on_ambiguous_failure: Any = None,
         decode: Callable[[bytes], Any] | None = None,
     ) -> Any:
-        """Send one request under the retry policy and return its decoded JSON body (``decode``: how, if not all).
-
-        Every attempt first passes the connection's shared rate limiter. A 429
-        (the server did not act) pauses every request of the connection for
-        ``Retry-After`` (capped by ``retry_after_max``) and is retried until
-        ``rate_limit_max_wait`` runs out, without spending an attempt.
-        500/502/503/504, timeouts and dropped connections are retried within
-        ``max_attempts``; before such a retry ``on_ambiguous_failure()`` may
-        return a result to use instead (how observe avoids duplicates). 4xx
-        other than 429 is never retried.
-        """
-        import requests
-
-        url = path_or_url if "://" in path_or_url else f"{self.base_url}{path_or_url}"
-        path = urlsplit(url).path
-        policy = self.retry_policy
-        timeout = self._settings["timeout"]
-        limiter = self.rate_limiter
-        # 429s spend the time budget, not the attempts (unless a limiter says otherwise: the benchmark baseline).
-        throttles_spend_attempts = getattr(limiter, "throttles_spend_attempts", False)
-        attempt = 0
-        throttled_since: float | None = None  # when this request met its first 429
-        throttles: list[CekuraRateLimitError] = []
-        last_error: CekuraAPIError | None = None
-        while True:
-            # A 429 was refused before any effect; anything else ambiguous may have taken effect.
-            if on_ambiguous_failure is not None and last_error is not None and last_error.status != 429:
-                found = on_ambiguous_failure()
-                if found is not None:
-                    self.log.info("%s %s took effect before it failed; using the existing result", method, path)
-                    return found
-            if throttled_since is None:
-                sent_at = limiter.acquire()
-            else:
-                # A throttled request waits for its turn only until its time budget ends.
-                turn = limiter.acquire(throttled_since + self._settings["rate_limit_max_wait"])
-                if turn is None:
-                    self._raise_rate_limit(throttles, time.monotonic() - throttled_since)
-                sent_at = turn
-            self.request_count += 1
-            try:
-                try:
-                    # Never follow redirects: requests would resend the X-CEKURA-API-KEY header to any host.
-                    response = self._session.request(
-                        method,
-                        url,
-                        params=params,
-                        json=json_body,
-                        data=data,
-                        headers=headers,
-                        timeout=timeout,
-                        allow_redirects=False,
-                    )
-                finally:
-                    limiter.release()
-            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
-                # ChunkedEncodingError: the connection broke while the body was read (a response cut short).
-                attempt += 1
-                kind = "timed out" if isinstance(err, requests.Timeout) else "lost its connection"
-                last_error = CekuraTransportError(
-                    f"{method} {path} {kind} (attempt {attempt}/{policy.max_attempts})",
-                    method=method,
-                    path=path,
-                )
-                retryable = True
-            else:
-                if response.status_code != 429:
-                    limiter.admitted(sent_at)
-                if 300 <= response.status_code < 400:
-                    target = urlsplit(response.headers.get("Location") or "").netloc or "unknown"
-                    response.close()
-                    raise CekuraResponseError(
-                        f"Cekura answered {method} {path} with a redirect ({response.status_code}) to {target}; "
-                        "not following it with the API key. Check the host of the connection.",
-                        status=response.status_code,
-                        method=method,
-                        path=path,
-                    )
-                if response.status_code < 400:
-                    return self._decode(response, method, path, decode)
-                last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
-                response.close()
-                if isinstance(last_error, CekuraRateLimitError) and not throttles_spend_attempts:
-                    throttles.append(last_error)
-                    now = time.monotonic()
-                    throttled_since = now if throttled_since is None else throttled_since
-                    pause = policy.delay(len(throttles), last_error.retry_after)
-                    if now - throttled_since + pause > self._settings["rate_limit_max_wait"]:
-                        self._raise_rate_limit(throttles, now - throttled_since)
-                    own_wait = limiter.throttled(sent_at, pause)
-                    self.log.warning("%s; every request of the connection waits %.2fs", last_error, pause)
-                    if own_wait > 0:
-                        time.sleep(own_wait)
-                    continue
-                attempt += 1
-                retryable = response.status_code in RETRYABLE_STATUSES
-                retryable = retryable or isinstance(last_error, CekuraRateLimitError)
-            if not retryable or attempt >= policy.max_attempts:
-                raise last_error
-            wait = policy.delay(attempt, getattr(last_error, "retry_after", None))
-            self.log.warning("%s; retry %d/%d in %.2fs", last_error, attempt, policy.max_attempts - 1, wait)
-            time.sleep(wait)
-
-    def _raise_rate_limit(self, throttles: list[CekuraRateLimitError], waited: float) -> NoReturn:
-        """The request stayed throttled for the connection's ``rate_limit_max_wait``: give up, saying so."""
-        budget = self._settings["rate_limit_max_wait"]
-        last = throttles[-1]
-        raise CekuraRateLimitError(
-            f"Cekura kept throttling {last.method} {last.path}: 429 {len(throttles)} time(s) over {waited:.1f}s, "
-            f"and the next try would come after rate_limit_max_wait={budget:g}s of connection "
-            f"{self.cekura_conn_id!r}. Lower the load on this connection (max_concurrency, an Airflow pool, "
-            "max_requests_per_second) or raise rate_limit_max_wait.",
-            retry_after=last.retry_after,
-            waited=waited,
-            status=last.status,
-            errors=last.errors,
-            method=last.method,
-            path=last.path,
-        ) from None
-
-    @staticmethod
-    def _decode(
-        response: requests.Response, method: str, path: str, decode: Callable[[bytes], Any] | None = None
-    ) -> Any:
-        if response.status_code == 204 or not response.content:
-            return None
-        try:
-            return response.json() if decode is None else decode(response.content)
-        except ValueError:
-            kind = response.headers.get("Content-Type", "unknown content type")
-            raise CekuraResponseError(
-                f"Cekura answered {method} {path} with {response.status_code} but a body that is not JSON ({kind})",
-                status=response.status_code,
-                method=method,
-                path=path,
-            ) from None
+        """Send one request through :meth:`Transport.request <._transport.Transport.request>` (see there)."""
+        return self._transport.request(
+            method,
+            path_or_url,
+            params=params,
+            json_body=json_body,
+            data=data,
+            headers=headers,
+            on_ambiguous_failure=on_ambiguous_failure,
+            decode=decode,
+        )
 
     @staticmethod
     def _expect(body: Any, kind: type, what: str) -> Any:
@@ -440,7 +248,7 @@ class CekuraHook(BaseHook):
 
         Ids the API does not return are absent from the result (no error).
         """
-        return self._by_ids(call_log_ids, chunk_size or self._settings["page_size"])
+        return self._by_ids(call_log_ids, chunk_size or self._config.page_size)
 
     def get_evaluations(self, call_log_ids: Any) -> list[dict[str, Any]]:
         """Like :meth:`get_call_logs`, with only the fields that decide an evaluation in each call log.
@@ -451,7 +259,7 @@ class CekuraHook(BaseHook):
         """
         from airflow_provider_cekura.hooks._evaluation_fields import decode_page
 
-        return self._by_ids(call_log_ids, self._settings["page_size"], decode=decode_page)
+        return self._by_ids(call_log_ids, self._config.page_size, decode=decode_page)
 
     def _by_ids(
         self, call_log_ids: Any, chunk_size: int, decode: Callable[[bytes], Any] | None = None
@@ -520,7 +328,7 @@ class CekuraHook(BaseHook):
             params["filters_v2"] = json.dumps(query, separators=(",", ":"))
         page_size = filters.get("page_size")
         if page_size is None:
-            page_size = self._settings["page_size"]
+            page_size = self._config.page_size
         if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
             raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
         params["page_size"] = page_size
@@ -539,7 +347,7 @@ class CekuraHook(BaseHook):
             raise CekuraValidationError("timestamp_to", f"{_iso(end)} is before timestamp_from {_iso(start)}")
         if end == start:
             return []
-        step: timedelta = self._settings["window"]
+        step: timedelta = self._config.window
         windows: list[tuple[datetime, datetime] | None] = []
         cursor = start
         while cursor < end:
@@ -679,7 +487,8 @@ class CekuraHook(BaseHook):
             )
             return True, f"Connected to {self.base_url} ({len(page)} call log(s) in the last day on page 1)"
         except Exception as err:
-            return False, str(err)
+            key = self._config.api_key if "_config" in self.__dict__ else None
+            return False, Redactor(key).text(str(err))
 
 
 def _before(call_log: Mapping[str, Any], end: datetime) -> bool:
@@ -694,20 +503,6 @@ def _before(call_log: Mapping[str, Any], end: datetime) -> bool:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when < end
-
-
-class _ApiKeyAuth:
-    """``requests`` auth that sets the ``X-CEKURA-API-KEY`` header; its repr never shows the key."""
-
-    def __init__(self, api_key: str) -> None:
-        self._api_key = api_key
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["X-CEKURA-API-KEY"] = self._api_key
-        return request
-
-    def __repr__(self) -> str:
-        return "_ApiKeyAuth(***)"
 
 
 __all__ = ["CekuraHook"]
