@@ -255,3 +255,17 @@ def test_each_connection_has_its_own_poller(monkeypatch: pytest.MonkeyPatch, emu
     # every list request asked about one connection's ids only
     assert all(page <= set(ids[:2]) or page <= set(ids[2:]) for page in list_requests(emulator))
     assert poller_threads_end() == []
+
+
+def test_no_thread_goes_on_polling_after_the_last_wait_ended(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
+    # every list request fails, and the hook would retry for a long time (40 attempts, 0.3 s apart)
+    use_connection(monkeypatch, emulator, max_attempts=40, backoff_base=0.3, backoff_max=0.3)
+    ids = seed(emulator, 2, delay=600)
+    emulator.add_fault("5xx", path=LIST_PATH)
+
+    events = asyncio.run(collect(trigger(ids, interval=0.2, timeout=1.0)))
+    ended = time.monotonic()
+    assert [e.payload["status"] for e in events] == [EVENT_TIMEOUT]
+    assert poller_threads_end() == []
+    time.sleep(1.5)  # five more retries would have been sent by now
+    assert list_requests(emulator, after=ended) == [], "a request sent after the wait ended"

@@ -19,6 +19,7 @@ import email.utils
 import json
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -348,6 +349,20 @@ class Transport:
         self.pool_size = pool_size
         self.log = log
         self.redactor = Redactor(config.api_key)
+        self.cancelled = threading.Event()
+        """Set by :meth:`cancel`: no attempt starts any more, and a retry's wait ends at once."""
+
+    def cancel(self) -> None:
+        """Stop sending: a request in its retry loop ends at its next step, no new attempt starts (thread-safe)."""
+        self.cancelled.set()
+
+    def _check_cancelled(self, where: tuple[str, str]) -> None:
+        if self.cancelled.is_set():
+            raise CekuraTransportError(
+                f"{where[0]} {where[1]} was cancelled: whoever asked for it stopped waiting",
+                method=where[0],
+                path=where[1],
+            )
 
     @cached_property
     def session(self) -> requests.Session:
@@ -417,7 +432,7 @@ class Transport:
             if wait is None:
                 raise error
             self.log.warning("%s; retry %d/%d in %.2fs", error, attempt, policy.max_attempts - 1, wait)
-            time.sleep(wait)
+            self.cancelled.wait(wait)  # a cancel ends the wait; the next attempt then refuses to start
 
     def _exchange(
         self,
@@ -432,6 +447,7 @@ class Transport:
         """One attempt: the decoded body, or the error to retry on (raises what must not be retried)."""
         import requests
 
+        self._check_cancelled(where)  # checked once the turn came: a cancelled request is never sent
         method = where[0]
         config = self.config
         deadline = time.monotonic() + config.request_timeout

@@ -157,6 +157,14 @@ class CekuraHook(BaseHook):
         """The hook's one ``requests.Session`` (keep-alive; the key header is dropped on a redirect elsewhere)."""
         return self._transport.session
 
+    def cancel(self) -> None:
+        """Stop this hook's requests, from any thread: one in a retry loop ends at its next step with
+        :class:`~airflow_provider_cekura.exceptions.CekuraTransportError`, and no new attempt is sent.
+
+        The shared poller calls it when its last wait has left, so no thread goes on polling for nobody.
+        """
+        self._transport.cancel()
+
     def close(self) -> None:
         """Close the HTTP session (idempotent)."""
         if "_transport" in self.__dict__:

@@ -270,6 +270,7 @@ class SharedPoller:
         self._executor: ThreadPoolExecutor | None = None
         self._hook: CekuraHook | None = None
         self._hook_lock = threading.Lock()
+        self._stopped = False
         self._runner: asyncio.Task[None] | None = None
         self._round_tasks: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
@@ -295,6 +296,8 @@ class SharedPoller:
     def _join(self, subscription: Subscription) -> None:
         self.subscriptions[subscription] = None
         if not self.running:
+            with self._hook_lock:
+                self._stopped = False  # (re)started: the hook of an earlier run was cancelled with it
             self._executor = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="cekura-poller")
             # Thread.start() waits until the new thread runs: start the pool's threads off the event loop
             threading.Thread(target=_start_threads, args=(self._executor,), name="cekura-poller-start").start()
@@ -418,18 +421,17 @@ class SharedPoller:
             if task is not None:
                 task.cancel()
         self._runner = None  # stopped now, though the cancelled tasks end at their next step
+        with self._hook_lock:
+            self._stopped = True
+            hook, self._hook = self._hook, None
+        if hook is not None:
+            hook.cancel()  # a request in its retry loop ends now: nobody waits for its answer
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
             # A request still in flight ends within the hook's deadlines; the hook is closed after it, by the
             # closer thread (started off the loop with the pool: Thread.start() would block the loop here).
-            _CLOSER.put((executor, self))
-
-    def _close_after(self, executor: ThreadPoolExecutor) -> None:
-        executor.shutdown(wait=True)
-        hook, self._hook = self._hook, None
-        if hook is not None:
-            hook.close()
+            _CLOSER.put((executor, hook))
 
     # ------------------------------------------------------------------ HTTP (in the poller's threads)
 
@@ -455,21 +457,30 @@ class SharedPoller:
                 hook = CekuraHook(cekura_conn_id=self.cekura_conn_id, pool_size=MAX_THREADS)
                 hook.base_url  # noqa: B018 - resolves the connection (its errors fail this page)
                 self._hook = hook
+                if self._stopped:  # stopped while this page waited for the connection: send nothing
+                    hook.cancel()
             hook = self._hook
         return check_evaluations(hook, page, packed=True)
 
 
-_CLOSER: queue.SimpleQueue[tuple[ThreadPoolExecutor, SharedPoller]] = queue.SimpleQueue()
+_CLOSER: queue.SimpleQueue[tuple[ThreadPoolExecutor, CekuraHook | None]] = queue.SimpleQueue()
 """Stopped pollers whose hook is closed once their last request returned (by :func:`_closer`)."""
 _CLOSER_STARTED = threading.Lock()
 _closer_thread: threading.Thread | None = None
 
 
+def _close_after(executor: ThreadPoolExecutor, hook: CekuraHook | None) -> None:
+    """Close ``hook`` once the requests still running on ``executor`` have returned."""
+    executor.shutdown(wait=True)
+    if hook is not None:
+        hook.close()
+
+
 def _closer() -> None:
     while True:
-        executor, poller = _CLOSER.get()
+        executor, hook = _CLOSER.get()
         with contextlib.suppress(Exception):
-            poller._close_after(executor)
+            _close_after(executor, hook)
 
 
 def _start_closer() -> None:
