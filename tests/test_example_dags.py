@@ -205,7 +205,7 @@ def test_export_to_object_storage_then_load_into_duckdb(
     assert [a.uri for a in export.outlets] == [f"file://{lake}/call_logs", f"file://{lake}/call_metrics"]
 
     logical_date = pendulum.datetime(2026, 11, 1, 5, tz="UTC")
-    for attempt in range(2):  # the same hour twice: files replaced, rows replaced, nothing doubled
+    for _attempt in range(2):  # the same hour twice: files replaced, rows replaced, nothing doubled
         run = dag.test(logical_date=logical_date)
         assert run.state == "success", _states(run)
         start, end = run.data_interval_start, run.data_interval_end

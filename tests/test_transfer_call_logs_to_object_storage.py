@@ -106,6 +106,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Mo
         root = tmp_path / "lake"
         root.mkdir()
         return Store("file", f"file://{root}", None, LocalFileSystem(), str(root), root)
+    for module in ("moto.server", "s3fs", "airflow.providers.amazon.aws.fs.s3"):
+        pytest.importorskip(module, reason="the S3 tests need the dev group's moto, s3fs and amazon provider")
     endpoint = request.getfixturevalue("moto_server")
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
         monkeypatch.setenv(name, value)
@@ -526,7 +528,7 @@ def test_window_from_the_data_interval_and_only_evaluated(emulator: Any, tmp_pat
         op.execute({"data_interval_start": START, "data_interval_end": START})  # type: ignore[arg-type]
 
 
-def test_outlets_and_openlineage(tmp_path: Path) -> None:
+def test_outlets_are_the_dataset_uris() -> None:
     from airflow_provider_cekura.version_compat import Asset
 
     op = CekuraCallLogsToObjectStorageOperator(
@@ -534,6 +536,13 @@ def test_outlets_and_openlineage(tmp_path: Path) -> None:
     )
     assert op.outlets == [Asset("s3://bucket/cekura/call_logs/"), Asset("s3://bucket/cekura/metrics/")]
     assert op.file_format == "parquet" and op.compression == "snappy"
+
+
+def test_openlineage_facets(tmp_path: Path) -> None:
+    pytest.importorskip("airflow.providers.openlineage", reason="OpenLineage is an optional provider")
+    op = CekuraCallLogsToObjectStorageOperator(
+        task_id="export", path="s3://bucket/cekura/call_logs/", metrics_path="s3://bucket/cekura/metrics/"
+    )
     lineage = op.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.outputs] == [
         ("s3://bucket", "cekura/call_logs"),
@@ -543,6 +552,13 @@ def test_outlets_and_openlineage(tmp_path: Path) -> None:
     local = CekuraCallLogsToObjectStorageOperator(task_id="local", path=f"file://{tmp_path}/x/")
     lineage = local.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in lineage.outputs] == [("file", f"{tmp_path}/x")]
+
+
+def test_registered_in_provider_info() -> None:
+    from airflow_provider_cekura import get_provider_info
+
+    modules = [t["python-module"] for t in get_provider_info()["transfers"]]
+    assert "airflow_provider_cekura.transfers.call_logs_to_object_storage" in modules
 
 
 def test_api_key_never_in_files_or_result(emulator: Any, tmp_path: Path) -> None:
