@@ -237,7 +237,7 @@ def run(*, smoke: bool = False) -> Section:
     except ImportError as error:
         section.unavailable("Parquet export", f">= {GOAL_VS_SQLITE}x SQLite", f"no object storage export: {error}")
         return section
-    if not pyarrow_available():
+    if not pyarrow_available(load=True):
         section.unavailable(
             "Parquet export", f">= {GOAL_VS_SQLITE}x SQLite", "pyarrow (the [parquet] extra) is missing"
         )

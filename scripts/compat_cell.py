@@ -131,6 +131,10 @@ def main() -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        # cekura_export_to_object_storage: its files and DuckDB database, set before `dags reserialize` (the
+        # lake's URL is the task's Asset outlet, which Airflow 3.0 must have registered before `dags test`).
+        "CEKURA_LAKE": f"file://{home}/lake",
+        "CEKURA_LAKEHOUSE_DB": str(home / "lakehouse.duckdb"),
     }
     result: dict[str, Any] = {"dag_runs": [], "problems": []}
 
@@ -160,10 +164,8 @@ def main() -> int:
             warehouse = home / f"warehouse-{spec['warehouse']}.db"
             env["AIRFLOW_CONN_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(warehouse)})
             lakehouse = bool(spec.get("lakehouse"))
-            if lakehouse:  # the object storage example: files under a file:// lake, loaded into DuckDB
-                env["CEKURA_LAKE"] = f"file://{home}/lake-{spec['warehouse']}"
-                warehouse = home / f"lakehouse-{spec['warehouse']}.duckdb"
-                env["CEKURA_LAKEHOUSE_DB"] = str(warehouse)
+            if lakehouse:  # the object storage example: files under the cell's file:// lake, loaded into DuckDB
+                warehouse = Path(env["CEKURA_LAKEHOUSE_DB"])
             args = ["dags", "test", spec["dag_id"], spec["logical_date"]]
             if spec.get("conf"):
                 args[2:2] = ["--conf", json.dumps(spec["conf"])]

@@ -54,8 +54,18 @@ PARQUET_EXTRA_HELP = (
 _PARTITION_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+:-]*$")
 
 
-def pyarrow_available() -> bool:
-    """Whether pyarrow can be imported (it is the ``[parquet]`` extra)."""
+def pyarrow_available(load: bool = False) -> bool:
+    """Whether pyarrow (the ``[parquet]`` extra) is installed.
+
+    :param load: import it (what a write needs) rather than only look it up (cheap enough for DAG parsing).
+    """
+    if not load:
+        import importlib.util
+
+        try:
+            return importlib.util.find_spec("pyarrow") is not None
+        except (ImportError, ValueError):
+            return False
     try:
         import pyarrow
         import pyarrow.parquet  # noqa: F401
@@ -64,18 +74,19 @@ def pyarrow_available() -> bool:
     return True
 
 
-def validate_format(file_format: Any, compression: Any) -> tuple[str, str]:
+def validate_format(file_format: Any, compression: Any, load: bool = False) -> tuple[str, str]:
     """``(file_format, compression)`` checked; ``None`` means the default (Parquet where pyarrow is installed).
 
     :param file_format: ``"parquet"``, ``"jsonl"``, ``"csv"`` or ``None``.
     :param compression: one of the format's compressions (see :data:`FORMATS`), ``None`` for its default.
+    :param load: for Parquet, import pyarrow now (at run time) instead of only looking it up (at parse time).
     """
     if file_format is None:
         file_format = "parquet" if pyarrow_available() else "jsonl"
     if not isinstance(file_format, str) or file_format.lower() not in FORMATS:
         raise CekuraValidationError("file_format", f"{str(file_format)[:40]!r} is not one of {', '.join(FORMATS)}")
     file_format = file_format.lower()
-    if file_format == "parquet" and not pyarrow_available():
+    if file_format == "parquet" and not pyarrow_available(load):
         raise CekuraConfigurationError(PARQUET_EXTRA_HELP)
     if compression is None:
         return file_format, FORMATS[file_format][0]

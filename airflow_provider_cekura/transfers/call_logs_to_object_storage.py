@@ -247,7 +247,7 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
         from airflow_provider_cekura.transfers._files import MANIFEST, validate_format
         from airflow_provider_cekura.transfers._schema import ALL_CALL_LOG_COLUMNS, METRIC_COLUMNS
 
-        validate_format(self.file_format, self.compression)  # pyarrow may be missing on this worker
+        validate_format(self.file_format, self.compression, load=True)  # pyarrow may be missing on this worker
         path = validate_path(self.path)
         metrics_path = validate_path(self.metrics_path, "metrics_path") if self.metrics_path else None
         if metrics_path is not None and metrics_path.rstrip("/") == path.rstrip("/"):
