@@ -421,6 +421,14 @@ def test_bad_input_fails_before_any_request(emulator: Any, kwargs: dict, message
     assert emulator.count_requests() == 0
 
 
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_missing_bucket_fails_before_any_request(emulator: Any, store: Store) -> None:
+    emulator.seed(5, start=START, end=START + timedelta(hours=1))
+    with pytest.raises(CekuraError, match="Bucket 'no-such-bucket' of s3://no-such-bucket/cekura/call_logs does not"):
+        export(store, path="s3://no-such-bucket/cekura/call_logs/", **window(0, 1))
+    assert emulator.count_requests() == 0
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [

@@ -276,6 +276,8 @@ class PartitionWriter:
     compression: str
     max_rows_per_file: int
     row_group_rows: int
+    bucket: str | None = None
+    """The bucket to check before anything is written (``None`` on a local file system)."""
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     files: list[FileEntry] = field(default_factory=list)
     _temps: list[str] = field(default_factory=list)
@@ -294,7 +296,19 @@ class PartitionWriter:
         return f"{self.directory}/.{name}.{self.token}.tmp"
 
     def start(self) -> None:
-        """Create the partition directory (where directories exist) and remove temporary files of crashed runs."""
+        """Check the bucket, create the partition directory (where directories exist) and remove temporary files
+        of crashed runs."""
+        if self.bucket is not None:
+            try:
+                found = self.fs.exists(self.bucket)
+            except Exception as err:
+                raise CekuraConfigurationError(
+                    f"Cannot reach {self.url}: {type(err).__name__}: {str(err)[:300]}"
+                ) from None
+            if not found:
+                raise CekuraConfigurationError(
+                    f"Bucket {self.bucket!r} of {self.url} does not exist or the connection cannot see it"
+                )
         with contextlib.suppress(Exception):
             self.fs.makedirs(self.directory, exist_ok=True)
         for path in self._listing():

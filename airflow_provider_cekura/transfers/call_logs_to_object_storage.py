@@ -231,8 +231,10 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
                 "Airflow provider and fsspec package (s3: apache-airflow-providers-amazon with s3fs; gs: "
                 "apache-airflow-providers-google with gcsfs)."
             ) from None
+        parts = urlsplit(url)
         return PartitionWriter(
             fs=fs,
+            bucket=None if parts.scheme.lower() in LOCAL_SCHEMES else parts.netloc.rsplit("@", 1)[-1],
             root=root,
             url=url.rstrip("/"),
             partition=partition,
