@@ -97,7 +97,12 @@ def get_provider_info() -> dict[str, Any]:
                 "source-integration-name": "Cekura",
                 "target-integration-name": "Common SQL",
                 "python-module": "airflow_provider_cekura.transfers.call_logs_to_sql",
-            }
+            },
+            {
+                "source-integration-name": "Cekura",
+                "target-integration-name": "Common IO",
+                "python-module": "airflow_provider_cekura.transfers.call_logs_to_object_storage",
+            },
         ],
         "connection-types": [
             {

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.run``            full sizes, writes ``benchmarks/results.md`` (``make bench``)
 ``python -m benchmarks.run --smoke``    tiny sizes, writes to a temporary file unless ``--output`` is given
-``--only export,waiting,ingest,imports,ratelimit`` runs a subset; so do names: ``python -m benchmarks.run B5``;
+``--only export,waiting,ingest,imports,ratelimit,object_storage`` runs a subset; so do names: ``python -m benchmarks.run B5``;
 a subset also writes to a temporary file unless ``--output`` is given.
 
 Performance claims are ratios measured side by side in one run; absolute
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.common import INFO, ROOT, Section, machine, quiet_logs, setup_airflow_env
 
-BENCHMARKS = ("export", "waiting", "ingest", "imports", "ratelimit")
+BENCHMARKS = ("export", "waiting", "ingest", "imports", "ratelimit", "object_storage")
 NUMBERS = {f"B{n}": name for n, name in enumerate(BENCHMARKS, start=1)}
 RESULTS = ROOT / "benchmarks" / "results.md"
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes; results to a temporary file")
     parser.add_argument("--output", type=Path, help="where to write the Markdown results")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {BENCHMARKS}")
-    parser.add_argument("numbers", nargs="*", metavar="B1..B5", help="run only these benchmarks (by number)")
+    parser.add_argument("numbers", nargs="*", metavar="B1..B6", help="run only these benchmarks (by number)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     if args.numbers:

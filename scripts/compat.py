@@ -140,7 +140,7 @@ def run_cell(cell: dict[str, Any], matrix: dict[str, Any], wheel: Path, work: Pa
     command = ["uv", "pip", "install", "--quiet", "--python", str(python), "--exclude-newer", cell["exclude_newer"]]
     for package in matrix["current_packages"]:
         command += ["--exclude-newer-package", f"{package}={matrix['current_as_of']}"]
-    command += [f"apache-airflow=={cell['airflow']}", f"{wheel}[sqlite]", *matrix["requirements"]]
+    command += [f"apache-airflow=={cell['airflow']}", f"{wheel}[sqlite,parquet]", *matrix["requirements"]]
     if _run(command, install, env=env):
         result["problems"].append(f"uv pip install failed: see {install.relative_to(ROOT)}")
         return result

@@ -85,13 +85,23 @@ def _latest_run(home: Path, dag_id: str) -> dict[str, Any]:
     }
 
 
-def _check(check: dict[str, Any], warehouse: Path, run: dict[str, Any]) -> str | None:
+def _first_row(database: Path, sql: str, lakehouse: bool) -> list[Any]:
+    """The first row of ``sql`` on the SQLite warehouse, or on the DuckDB lakehouse (``lakehouse = true``)."""
+    if lakehouse:
+        import duckdb  # installed in every cell (compat/cells.toml requirements)
+
+        with duckdb.connect(str(database), read_only=True) as db:
+            return list(db.execute(sql).fetchone() or [])
+    with sqlite3.connect(database) as db:
+        return list(db.execute(sql).fetchone() or [])
+
+
+def _check(check: dict[str, Any], warehouse: Path, run: dict[str, Any], lakehouse: bool = False) -> str | None:
     """None when the check holds, else what went wrong."""
     try:
-        with sqlite3.connect(warehouse) as db:
-            got = list(db.execute(check["sql"]).fetchone() or [])
-    except sqlite3.Error as err:
-        return f"{check['sql']}: {err}"
+        got = _first_row(warehouse, check["sql"], lakehouse)
+    except Exception as err:
+        return f"{check['sql']}: {type(err).__name__}: {err}"
     if "equals" in check:
         expected = list(check["equals"])
     elif "sample_calls_between" in check:
@@ -121,6 +131,10 @@ def main() -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        # cekura_export_to_object_storage: its files and DuckDB database, set before `dags reserialize` (the
+        # lake's URL is the task's Asset outlet, which Airflow 3.0 must have registered before `dags test`).
+        "CEKURA_LAKE": f"file://{home}/lake",
+        "CEKURA_LAKEHOUSE_DB": str(home / "lakehouse.duckdb"),
     }
     result: dict[str, Any] = {"dag_runs": [], "problems": []}
 
@@ -149,6 +163,9 @@ def main() -> int:
         for spec in cells["dag_run"]:
             warehouse = home / f"warehouse-{spec['warehouse']}.db"
             env["AIRFLOW_CONN_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(warehouse)})
+            lakehouse = bool(spec.get("lakehouse"))
+            if lakehouse:  # the object storage example: files under the cell's file:// lake, loaded into DuckDB
+                warehouse = Path(env["CEKURA_LAKEHOUSE_DB"])
             args = ["dags", "test", spec["dag_id"], spec["logical_date"]]
             if spec.get("conf"):
                 args[2:2] = ["--conf", json.dumps(spec["conf"])]
@@ -156,7 +173,7 @@ def main() -> int:
             run = _latest_run(home, spec["dag_id"])
             failures = [] if run["state"] == "success" else [f"DAG run {run['state']}: {run.get('tasks')}"]
             if run["state"] == "success":
-                failures += [p for p in (_check(c, warehouse, run) for c in spec.get("checks", [])) if p]
+                failures += [p for p in (_check(c, warehouse, run, lakehouse) for c in spec.get("checks", [])) if p]
             leaks = [line for line in output.splitlines() if API_KEY in line]
             airflow_debug = [line for line in leaks if AIRFLOW_MASK_DEBUG in line and "MaskSecret(" in line]
             if len(leaks) > len(airflow_debug):

@@ -39,6 +39,7 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
         "B3 — bulk ingest",
         "B4 — import cost",
         "B5 — rate limits",
+        "B6 — export to object storage",
     ):
         assert f"## {title}" in text
     assert "crashed" not in text

@@ -26,6 +26,7 @@ def test_example_dags_parse_without_errors() -> None:
     assert bag.import_errors == {}
     assert {"cekura_ingest_then_evaluate", "cekura_rerun_evaluations", "cekura_hourly_export"} <= set(bag.dag_ids)
     assert "cekura_nightly_quality_gate" in bag.dag_ids
+    assert "cekura_export_to_object_storage" in bag.dag_ids
     for dag in bag.dags.values():
         assert "cekura" in dag.tags
 
@@ -181,6 +182,46 @@ def test_hourly_export_exports_exactly_its_interval(emulator: Any, warehouse: An
     exported = sorted(r[0] for r in warehouse("SELECT call_id FROM cekura_call_logs"))
     assert exported == sorted(hour)
     assert _xcom(run, "export") == len(hour)
+
+
+def test_export_to_object_storage_then_load_into_duckdb(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example_dag: Any
+) -> None:
+    pytest.importorskip("pyarrow")
+    duckdb = pytest.importorskip("duckdb")
+    from airflow_provider_cekura.hooks.cekura import CekuraHook
+
+    lake, database = tmp_path / "lake", tmp_path / "lakehouse.duckdb"
+    monkeypatch.setenv("CEKURA_LAKE", f"file://{lake}")
+    monkeypatch.setenv("CEKURA_LAKEHOUSE_DB", str(database))
+    hook = CekuraHook()
+    for call in SAMPLE_CALLS:
+        hook.observe(call)
+    emulator.finish_evaluations()
+    dag = example_dag("cekura_export_to_object_storage")
+    for task in dag.tasks:
+        task.retries = 0
+    export = dag.get_task("export")
+    assert [a.uri for a in export.outlets] == [f"file://{lake}/call_logs", f"file://{lake}/call_metrics"]
+
+    logical_date = pendulum.datetime(2026, 11, 1, 5, tz="UTC")
+    for _attempt in range(2):  # the same hour twice: files replaced, rows replaced, nothing doubled
+        run = dag.test(logical_date=logical_date)
+        assert run.state == "success", _states(run)
+        start, end = run.data_interval_start, run.data_interval_end
+        assert end - start == pendulum.duration(hours=1)
+        in_hour = sorted(c["call_id"] for c in SAMPLE_CALLS if start <= pendulum.parse(c["timestamp"]) < end)
+        assert in_hour, "the sample data has calls in that hour"
+        partition = lake / "call_logs" / f"date={start:%Y-%m-%d}" / f"hour={start:%H}"
+        assert sorted(p.name for p in partition.iterdir()) == ["_manifest.json", "part-00000.parquet"]
+        with duckdb.connect(str(database)) as db:
+            exported = sorted(r[0] for r in db.execute("SELECT call_id FROM cekura_call_logs").fetchall())
+            metric_rows = db.execute("SELECT count(*) FROM cekura_call_metrics").fetchone()[0]
+        assert exported == in_hour
+        hour_ids = {c["id"] for c in emulator.call_logs() if c["call_id"] in in_hour}
+        assert metric_rows == sum(len(c["metrics"]) for c in emulator.call_logs() if c["id"] in hour_ids)
+        assert _xcom(run, "export")["rows"] == len(in_hour)
+        assert _xcom(run, "load") == {"call_logs": len(in_hour), "metrics": metric_rows}
 
 
 def test_nightly_quality_gate_holds_or_stops_the_export(

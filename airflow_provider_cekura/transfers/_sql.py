@@ -1,4 +1,4 @@
-"""SQL side of the call log transfer: columns, values, the target's SQL rules, DDL per database family, errors.
+"""SQL side of the call log transfer: the target's SQL rules, DDL per database family, errors.
 
 The SQL rules (identifier quoting, placeholder, reserved words) come from the target
 hook's common.sql dialect (``DbApiHook.dialect``), see :class:`SqlRules`; the page
@@ -9,73 +9,33 @@ driver or common-sql at import time. Errors never carry row contents (see
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from airflow_provider_cekura.exceptions import CekuraError, CekuraValidationError
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-"""A plain SQL identifier: letters, digits, underscores, not starting with a digit, at most 63 characters."""
-
-INT, TEXT, BOOL, FLOAT, JSON, TIMESTAMP = "int", "text", "bool", "float", "json", "timestamp"
-
-CALL_LOG_COLUMNS: dict[str, str] = {
-    "id": INT,
-    "call_id": TEXT,
-    "agent": INT,
-    "agent_name": TEXT,
-    "status": TEXT,
-    "success": BOOL,
-    "is_reviewed": BOOL,
-    "timestamp": TIMESTAMP,
-    "duration": TEXT,
-    "call_ended_reason": TEXT,
-    "customer_number": TEXT,
-    "error_message": TEXT,
-    "topic": TEXT,
-    "dropoff_point": TEXT,
-    "trace_id": TEXT,
-    "created_at": TIMESTAMP,
-    "updated_at": TIMESTAMP,
-    "metrics": JSON,
-    "metadata": JSON,
-    "exported_at": TIMESTAMP,
-}
-"""The default columns of the call log table, in table order."""
-
-TRANSCRIPT_COLUMNS: dict[str, str] = {"transcript": TEXT, "transcript_object": JSON}
-"""Added by ``include_transcript=True``."""
-
-OPTIONAL_COLUMNS: dict[str, str] = {
-    "assistant_id": TEXT,
-    "project": INT,
-    "transcript_type": TEXT,
-    "voice_recording_url": TEXT,
-    "critical_categories": JSON,
-    "dynamic_variables": JSON,
-    "feedback": TEXT,
-}
-"""Known call log fields that are exported only when named in ``columns``."""
-
-ALL_CALL_LOG_COLUMNS: dict[str, str] = {**CALL_LOG_COLUMNS, **TRANSCRIPT_COLUMNS, **OPTIONAL_COLUMNS}
-
-METRIC_COLUMNS: dict[str, str] = {
-    "call_log_id": INT,
-    "metric_id": INT,
-    "name": TEXT,
-    "type": TEXT,
-    "score": FLOAT,
-    "value": TEXT,
-    "explanation": JSON,
-    "exported_at": TIMESTAMP,
-}
-"""The metrics table: one row per (call log, metric)."""
-
-METRIC_KEY = ("call_log_id", "metric_id")
+# The export schema (columns, kinds, call log -> row) lives in _schema, shared with the object storage export;
+# re-exported here for the SQL side's users.
+from airflow_provider_cekura.transfers._schema import (
+    ALL_CALL_LOG_COLUMNS,
+    BOOL,
+    CALL_LOG_COLUMNS,
+    FLOAT,
+    IDENTIFIER,
+    INT,
+    JSON,
+    METRIC_COLUMNS,
+    METRIC_KEY,
+    OPTIONAL_COLUMNS,
+    TEXT,
+    TIMESTAMP,
+    TRANSCRIPT_COLUMNS,
+    call_log_row,
+    metric_rows,
+    to_json,
+    validate_columns,
+)
 
 
 class CekuraExportError(CekuraError):
@@ -101,32 +61,6 @@ def validate_table_name(name: Any, field: str = "table") -> str:
             "(not starting with a digit), optionally schema-qualified as schema.table",
         )
     return name
-
-
-def validate_columns(columns: Iterable[Any] | None, include_transcript: bool) -> list[str]:
-    """The call log columns to write, in table order, ``id`` always first.
-
-    ``columns=None`` means the default set. Unknown names (and anything that is
-    not a plain identifier) are refused with the list of known columns.
-    """
-    if columns is None:
-        wanted = set(CALL_LOG_COLUMNS)
-    else:
-        if isinstance(columns, str):
-            columns = [c.strip() for c in columns.split(",") if c.strip()]
-        wanted = set()
-        for column in columns:
-            if not isinstance(column, str) or not IDENTIFIER.match(column):
-                raise CekuraValidationError("columns", f"{str(column)[:80]!r} is not a plain column name")
-            if column not in ALL_CALL_LOG_COLUMNS:
-                raise CekuraValidationError(
-                    "columns", f"{column!r} is not a call log column (known: {', '.join(ALL_CALL_LOG_COLUMNS)})"
-                )
-            wanted.add(column)
-        wanted.add("id")
-    if include_transcript:
-        wanted |= set(TRANSCRIPT_COLUMNS)
-    return [c for c in ALL_CALL_LOG_COLUMNS if c in wanted]
 
 
 FAMILIES_BY_DIALECT: dict[str, str] = {
@@ -195,116 +129,6 @@ class SqlRules:
 
     def placeholders(self, count: int) -> str:
         return ", ".join([self.placeholder] * count)
-
-
-# ---------------------------------------------------------------------------- values
-
-
-def to_json(value: Any) -> str | None:
-    """JSON text for a JSON column; JSON text received from the API is kept as it is."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            json.loads(value)
-        except ValueError:
-            return json.dumps(value, ensure_ascii=False)
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _to_int(value: Any) -> int | None:
-    if isinstance(value, Mapping):
-        value = value.get("id")
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    text = str(value).strip()
-    return int(text) if text.lstrip("-").isdigit() else None
-
-
-def _to_bool(value: Any) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "t", "yes", "1"):
-        return True
-    if text in ("false", "f", "no", "0"):
-        return False
-    return None
-
-
-def _to_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None if value is None else float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _to_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (dict, list, tuple, bool)):
-        return json.dumps(value, ensure_ascii=False, default=str)
-    return str(value)
-
-
-def _to_timestamp(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    INT: _to_int,
-    TEXT: _to_text,
-    BOOL: _to_bool,
-    FLOAT: _to_float,
-    JSON: to_json,
-    TIMESTAMP: _to_timestamp,
-}
-
-
-def call_log_row(call_log: Mapping[str, Any], columns: Sequence[str], exported_at: str) -> tuple[Any, ...]:
-    """One call log as a tuple in ``columns`` order (Python values: int, str, bool, float, None)."""
-    values = []
-    for column in columns:
-        if column == "exported_at":
-            values.append(exported_at)
-        else:
-            values.append(CONVERTERS[ALL_CALL_LOG_COLUMNS[column]](call_log.get(column)))
-    return tuple(values)
-
-
-def metric_rows(call_log_id: int, metrics: Iterable[Mapping[str, Any]], exported_at: str) -> list[tuple[Any, ...]]:
-    """One row per metric (``METRIC_COLUMNS`` order); metrics without an integer id are skipped, the last of a
-    repeated id wins."""
-    by_id: dict[int, tuple[Any, ...]] = {}
-    for metric in metrics:
-        metric_id = _to_int(metric.get("id"))
-        if metric_id is None:
-            continue
-        value = metric.get("value")
-        by_id[metric_id] = (
-            call_log_id,
-            metric_id,
-            _to_text(metric.get("name")),
-            _to_text(metric.get("type")),
-            _to_float(metric.get("score")),
-            value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str),
-            to_json(metric.get("explanation")),
-            exported_at,
-        )
-    return list(by_id.values())
 
 
 # ---------------------------------------------------------------------------- tables
@@ -475,9 +299,17 @@ def safe_db_error(err: BaseException, known: Iterable[str] = (), statements: Seq
 
 __all__ = [
     "ALL_CALL_LOG_COLUMNS",
+    "BOOL",
     "CALL_LOG_COLUMNS",
+    "FLOAT",
+    "IDENTIFIER",
+    "INT",
+    "JSON",
     "METRIC_COLUMNS",
+    "METRIC_KEY",
     "OPTIONAL_COLUMNS",
+    "TEXT",
+    "TIMESTAMP",
     "TRANSCRIPT_COLUMNS",
     "CekuraExportError",
     "SqlRules",
@@ -487,6 +319,7 @@ __all__ = [
     "metric_rows",
     "redact",
     "safe_db_error",
+    "to_json",
     "validate_columns",
     "validate_table_name",
 ]

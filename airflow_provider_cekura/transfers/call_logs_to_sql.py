@@ -3,94 +3,29 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
-from airflow_provider_cekura.payloads import parse_timestamp
-from airflow_provider_cekura.version_compat import BaseHook, BaseOperator
+from airflow_provider_cekura.transfers._selection import (
+    SELECTION_TEMPLATE_FIELDS,
+    CallLogExportOperator,
+    Selection,
+    resolve_window,
+    templated,
+)
+from airflow_provider_cekura.version_compat import BaseHook
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
-    from airflow_provider_cekura.hooks.cekura import CekuraHook
     from airflow_provider_cekura.transfers._writers import PageWriter
     from airflow_provider_cekura.version_compat import Context
 
-IDS_PER_REQUEST = 100
-"""Call log ids per list request when exporting given ``call_log_ids`` (keeps URLs short)."""
 
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
-
-
-def _unwrap(value: Any) -> Any:
-    """The object behind Airflow's lazy context proxies (``prev_data_interval_end_success``)."""
-    if value is None:
-        return None
-    wrapped = getattr(value, "__wrapped__", value)
-    return None if wrapped is None else wrapped
-
-
-EMPTY_INTERVAL_HELP = (
-    "this run has an empty data interval (a manual run, `airflow dags test`, or a schedule given as a cron "
-    "string or a timedelta, which Airflow 3 runs as CronTriggerTimetable / DeltaTriggerTimetable) and there is "
-    "no earlier successful run to continue from. Give timestamp_from and timestamp_to explicitly "
-    "(e.g. timestamp_from='2026-01-01T00:00:00Z'), or schedule the DAG with an interval timetable "
-    "(schedule=DeltaDataIntervalTimetable(timedelta(hours=1)) or CronDataIntervalTimetable('0 * * * *', "
-    "timezone='UTC'), both from airflow.sdk) so each run exports its own [data_interval_start, data_interval_end)."
-)
-
-
-def resolve_window(
-    timestamp_from: Any, timestamp_to: Any, context: Mapping[str, Any]
-) -> tuple[datetime, datetime, str]:
-    """The half-open export window ``[start, end)`` and how it was chosen.
-
-    ``None`` for either bound means "from the run's data interval". When both are
-    ``None`` and the interval is empty (``start == end``, or the run has none),
-    the window continues from the previous successful run's interval end
-    (``prev_data_interval_end_success``) up to this run's interval end; with no
-    earlier success this raises. An empty window is never widened. ``start ==
-    end`` in the result means there is nothing to export.
-    """
-    interval_start = parse_timestamp(context.get("data_interval_start"), "data_interval_start")
-    interval_end = parse_timestamp(context.get("data_interval_end"), "data_interval_end")
-    if timestamp_from is None and timestamp_to is None:
-        if interval_start is not None and interval_end is not None and interval_start < interval_end:
-            return interval_start, interval_end, "the run's data interval"
-        end = interval_end or parse_timestamp(getattr(context.get("dag_run"), "run_after", None), "run_after")
-        if end is None:
-            end = datetime.now(UTC)
-        previous = parse_timestamp(_unwrap(context.get("prev_data_interval_end_success")), "prev_success")
-        if previous is None:
-            raise CekuraConfigurationError(f"Cannot choose the export window: {EMPTY_INTERVAL_HELP}")
-        if previous >= end:
-            return end, end, "nothing new since the previous successful run"
-        return previous, end, "since the previous successful run's data interval end (empty data interval)"
-    start = parse_timestamp(timestamp_from, "timestamp_from")
-    end = parse_timestamp(timestamp_to, "timestamp_to")
-    if timestamp_from is None:
-        start = interval_start
-    elif start is None:
-        raise CekuraValidationError("timestamp_from", "rendered empty; give an ISO 8601 timestamp")
-    if timestamp_to is None:
-        end = interval_end if interval_end is not None else datetime.now(UTC)
-    elif end is None:
-        raise CekuraValidationError("timestamp_to", "rendered empty; give an ISO 8601 timestamp")
-    if start is None:
-        raise CekuraValidationError(
-            "timestamp_from", f"is required: this run has no data interval ({EMPTY_INTERVAL_HELP})"
-        )
-    if end < start:
-        raise CekuraValidationError("timestamp_to", f"{end.isoformat()} is before timestamp_from {start.isoformat()}")
-    return start, end, "the given timestamps"
-
-
-class CekuraCallLogsToSqlOperator(BaseOperator):
+class CekuraCallLogsToSqlOperator(CallLogExportOperator):
     """Export Cekura call logs into a SQL table (any database with an Airflow ``DbApiHook``), upserting on ``id``.
 
     **Incremental by default**: each run exports the call logs whose ``timestamp``
@@ -161,19 +96,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         ``page_size`` extra (100).
     """
 
-    template_fields: Sequence[str] = (
-        "cekura_conn_id",
-        "sql_conn_id",
-        "table",
-        "metrics_table",
-        "timestamp_from",
-        "timestamp_to",
-        "agent_id",
-        "assistant_id",
-        "project_id",
-        "call_log_ids",
-        "filters_v2",
-    )
+    template_fields: Sequence[str] = (*SELECTION_TEMPLATE_FIELDS, "sql_conn_id", "table", "metrics_table")
     template_fields_renderers = {"filters_v2": "json"}
     ui_color = "#e8f5e9"
 
@@ -198,46 +121,38 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         page_size: int | None = None,
         **kwargs: Any,
     ) -> None:
-        from airflow_provider_cekura.transfers._sql import validate_columns, validate_table_name
+        from airflow_provider_cekura.transfers._sql import validate_table_name
 
-        if "outlets" not in kwargs and not any(_templated(v) for v in (sql_conn_id, table, metrics_table)):
+        if "outlets" not in kwargs and not any(templated(v) for v in (sql_conn_id, table, metrics_table)):
             from airflow_provider_cekura.version_compat import Asset
 
             validate_table_name(table)
             names = [table] + ([validate_table_name(metrics_table, "metrics_table")] if metrics_table else [])
             kwargs["outlets"] = [Asset(f"cekura://{sql_conn_id}/{name}") for name in names]
-        super().__init__(**kwargs)
+        super().__init__(
+            cekura_conn_id=cekura_conn_id,
+            timestamp_from=timestamp_from,
+            timestamp_to=timestamp_to,
+            agent_id=agent_id,
+            assistant_id=assistant_id,
+            project_id=project_id,
+            call_log_ids=call_log_ids,
+            filters_v2=filters_v2,
+            columns=columns,
+            include_transcript=include_transcript,
+            only_evaluated=only_evaluated,
+            page_size=page_size,
+            **kwargs,
+        )
         for name, value in (("table", table), ("metrics_table", metrics_table)):
-            if value is not None and not _templated(value):
+            if value is not None and not templated(value):
                 validate_table_name(value, name)
-        self.columns = validate_columns(columns, include_transcript)
-        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
-            raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
         self.sql_conn_id = sql_conn_id
         self.table = table
-        self.cekura_conn_id = cekura_conn_id
-        self.timestamp_from = timestamp_from
-        self.timestamp_to = timestamp_to
-        self.agent_id = agent_id
-        self.assistant_id = assistant_id
-        self.project_id = project_id
-        self.call_log_ids = call_log_ids
-        self.filters_v2 = filters_v2
-        self.include_transcript = include_transcript
         self.metrics_table = metrics_table
         self.create_table = create_table
-        self.only_evaluated = only_evaluated
-        self.page_size = page_size
-        self._select_ids = call_log_ids is not None
 
     # ------------------------------------------------------------------ hooks
-
-    @cached_property
-    def hook(self) -> CekuraHook:
-        """The Cekura hook (one HTTP session for the whole export)."""
-        from airflow_provider_cekura.hooks.cekura import CekuraHook
-
-        return CekuraHook(cekura_conn_id=self.cekura_conn_id)
 
     @cached_property
     def sql_hook(self) -> DbApiHook:
@@ -272,49 +187,22 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
             metrics = TableSpec(name, dict(METRIC_COLUMNS), METRIC_KEY)
         return table, metrics
 
-    def _filters(self) -> dict[str, Any]:
-        filters: dict[str, Any] = {}
-        for key in ("agent_id", "assistant_id", "project_id", "filters_v2"):
-            value = getattr(self, key)
-            if value is not None and not (isinstance(value, str) and not value.strip()):
-                filters[key] = value
-        if self.page_size is not None:
-            filters["page_size"] = int(self.page_size)
-        return filters
-
     def execute(self, context: Context) -> int:
-        from airflow_provider_cekura.payloads import parse_call_log_ids
-
         table, metrics = self._specs()
-        filters = self._filters()
-        ids: list[int] | None = None
-        if self._select_ids:
-            ids = parse_call_log_ids(self.call_log_ids) if self.call_log_ids not in (None, "") else []
-        window: tuple[datetime, datetime] | None = None
-        if ids is None or self.timestamp_from is not None or self.timestamp_to is not None:
-            start, end, how = resolve_window(self.timestamp_from, self.timestamp_to, context)
-            window = (start, end)
-            self.log.info("Export window [%s, %s) (%s)", start.isoformat(), end.isoformat(), how)
-        if ids is not None:
-            self.log.info("Exporting %d given call log id(s)", len(ids))
-
+        selection = self.select(context)
         writer = self._writer(table, metrics)
         try:
             created = writer.prepare(self.create_table)
             for name in created:
                 self.log.info("Created table %s", name)
-            if window is not None and window[0] >= window[1]:
-                self.log.info("Empty window: nothing to export into %s", table.name)
+            reason = selection.nothing_to_export
+            if reason:
+                self.log.info("%s: nothing to export into %s", reason, table.name)
                 return 0
-            if ids is not None and not ids:
-                self.log.info("No call log ids given: nothing to export into %s", table.name)
-                return 0
-            return self._export(writer, self._pages(ids, window, filters), ids)
+            return self._export(writer, selection)
         finally:
             writer.close()
-            close = getattr(self.hook, "close", None)
-            if close is not None:
-                close()
+            self.close_hook()
 
     def _writer(self, table: Any, metrics: Any) -> PageWriter:
         from airflow_provider_cekura.transfers._sql import CekuraExportError, safe_db_error
@@ -341,57 +229,29 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         )
         return writer
 
-    def _pages(
-        self, ids: list[int] | None, window: tuple[datetime, datetime] | None, filters: dict[str, Any]
-    ) -> Iterator[list[dict[str, Any]]]:
-        bounds: dict[str, Any] = {}
-        if window is not None:
-            bounds = {"timestamp_from": window[0], "timestamp_to": window[1]}
-        if ids is None:
-            yield from self.hook.iter_call_log_pages(prefetch=True, **bounds, **filters)
-            return
-        for start in range(0, len(ids), IDS_PER_REQUEST):
-            chunk = ids[start : start + IDS_PER_REQUEST]
-            yield from self.hook.iter_call_log_pages(prefetch=True, call_ids=chunk, **bounds, **filters)
-
-    def _export(self, writer: PageWriter, pages: Iterator[list[dict[str, Any]]], ids: list[int] | None) -> int:
-        from airflow_provider_cekura.evaluation import EvaluationState, evaluation_state, parse_metrics
-        from airflow_provider_cekura.transfers._sql import call_log_row, metric_rows
-
+    def _export(self, writer: PageWriter, selection: Selection) -> int:
         started = time.monotonic()
         last_log = started
         written = skipped = metric_count = page_count = 0
-        seen: set[int] | None = set() if ids is not None else None
-        for page in pages:
+        seen: set[int] = set()
+        for page in self.pages(selection):
             page_count += 1
             exported_at = datetime.now(UTC).isoformat()
-            rows: dict[int, tuple[Any, ...]] = {}
-            metrics: dict[int, list[tuple[Any, ...]]] = {}
-            for call_log in page:
-                if self.only_evaluated and evaluation_state(call_log) is EvaluationState.PENDING:
-                    skipped += 1
-                    continue
-                row = call_log_row(call_log, self.columns, exported_at)
-                call_log_id = row[0]
-                if call_log_id is None:
-                    continue
-                rows[call_log_id] = row  # a repeated id within a page: the last one wins
-                if writer.metrics is not None:
-                    metrics[call_log_id] = metric_rows(call_log_id, parse_metrics(call_log), exported_at)
-            if rows:
-                page_metrics = [m for group in metrics.values() for m in group]
-                writer.write_page(list(rows.values()), page_metrics)
-                written += len(rows)
-                metric_count += len(page_metrics)
-                if seen is not None:
-                    seen.update(rows)
+            rows = self.page_rows(page, exported_at, writer.metrics is not None)
+            skipped += rows.skipped
+            if rows.rows:
+                writer.write_page(rows.rows, rows.metrics)
+                written += len(rows.rows)
+                metric_count += len(rows.metrics)
+                if selection.ids is not None:
+                    seen.update(row[0] for row in rows.rows)
             now = time.monotonic()
             if page_count <= 3 or now - last_log >= 10:
                 last_log = now
                 self.log.info(
                     "Page %d committed: %d call log(s); %d written so far (%d metric rows), %.0f rows/s",
                     page_count,
-                    len(rows),
+                    len(rows.rows),
                     written,
                     metric_count,
                     written / max(now - started, 1e-9),
@@ -407,11 +267,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
             f", {metric_count} metric row(s) into {self.metrics_table}" if self.metrics_table else "",
             f"; {skipped} call log(s) skipped as still evaluating" if skipped else "",
         )
-        if ids is not None and seen is not None:
-            missing = [i for i in ids if i not in seen]
-            if missing and not self.only_evaluated:
-                shown = ", ".join(str(i) for i in missing[:20])
-                self.log.warning("%d of the given call log id(s) were not returned by Cekura: %s", len(missing), shown)
+        self.warn_missing(selection, seen)
         return written
 
     # ------------------------------------------------------------------ lineage
@@ -423,15 +279,11 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
             from airflow.providers.openlineage.extractors import OperatorLineage
         except ImportError:
             return None
-        try:
-            namespace = self.hook.base_url
-        except Exception:
-            namespace = "https://api.cekura.ai"
         outputs = [Dataset(namespace=f"cekura://{self.sql_conn_id}", name=self.table)]
         if self.metrics_table:
             outputs.append(Dataset(namespace=f"cekura://{self.sql_conn_id}", name=self.metrics_table))
         return OperatorLineage(
-            inputs=[Dataset(namespace=namespace, name="observability/v1/call-logs")],
+            inputs=[self.lineage_input()],
             outputs=outputs,
         )
 
