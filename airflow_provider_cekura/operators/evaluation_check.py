@@ -143,6 +143,7 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     # ------------------------------------------------------------------ running
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._start_try()
         ids, baseline, checks = self._inputs()
         every = _union(ids, baseline)
         self._push_ids(context, every)
