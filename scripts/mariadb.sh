@@ -46,7 +46,8 @@ GRANT ALL PRIVILEGES ON *.* TO 'cekura'@'127.0.0.1';
 CREATE USER 'cekura_ro'@'127.0.0.1' IDENTIFIED BY 'cekura-ro-pw';
 GRANT SELECT ON *.* TO 'cekura_ro'@'127.0.0.1';
 SQL
-    uri="mysql://cekura:cekura-test-pw@127.0.0.1:$port/cekura_test"
+    # The MySQL provider's mysql-connector-python client: a wheel, no compiler (mysqlclient is not installed).
+    uri="mysql://cekura:cekura-test-pw@127.0.0.1:$port/cekura_test?client=mysql-connector-python"
     echo "$uri" > "$record/mariadb.uri"
     echo "$uri"
     ;;
