@@ -29,7 +29,12 @@ def readme_forms(kind: str) -> list[str]:
     """The ``AIRFLOW_CONN_WAREHOUSE`` values the README's warehouse connection examples give for ``kind``."""
     section = README.split("<!-- warehouse-connections:start -->")[1].split("<!-- warehouse-connections:end -->")[0]
     values = re.findall(r"^export AIRFLOW_CONN_WAREHOUSE='(.+)'$", section, re.M)
-    schemes = {"sqlite": ("sqlite",), "duckdb": ("duckdb",), "postgres": ("postgres", "postgresql"), "mysql": ("mysql",)}
+    schemes = {
+        "sqlite": ("sqlite",),
+        "duckdb": ("duckdb",),
+        "postgres": ("postgres", "postgresql"),
+        "mysql": ("mysql",),
+    }
     out = []
     for value in values:
         scheme = json.loads(value)["conn_type"] if value.startswith("{") else urlsplit(value).scheme
