@@ -61,8 +61,9 @@ def on_server(form: str, uri: str, database: str | None = None) -> str:
     return urlunsplit(parts._replace(netloc=server.netloc, path=f"/{db}"))
 
 
-def export(emulator: Any, table: str, **kwargs: Any) -> int:
-    emulator.seed(3, start=START, end=START + timedelta(hours=1))
+def export(emulator: Any, table: str, *, seed: bool = True, **kwargs: Any) -> int:
+    if seed:
+        emulator.seed(3, start=START, end=START + timedelta(hours=1))
     op = CekuraCallLogsToSqlOperator(task_id="export", sql_conn_id="warehouse", table=table, **window(0, 1), **kwargs)
     return op.execute({})  # type: ignore[arg-type]
 
@@ -102,7 +103,7 @@ def test_readme_postgres_forms(emulator: Any, postgres_uri: str, monkeypatch: py
     try:
         with admin.cursor() as cursor:
             cursor.execute(f"CREATE SCHEMA {schema}")
-        assert export(emulator, f"{schema}.cekura_call_logs") == 3
+        assert export(emulator, f"{schema}.cekura_call_logs", seed=False) == 3
         with admin.cursor() as cursor:
             cursor.execute(f"SELECT COUNT(*) FROM {schema}.cekura_call_logs")
             assert cursor.fetchone() == (3,)

@@ -141,7 +141,10 @@ def refuse_in_memory_target(conn_id: str, hook: Any) -> None:
         help_text = SQLITE_FILE_HELP
     if not _is_memory(database):
         return
-    what = "an in-memory database" if database.strip() else "no database file (an in-memory or temporary database)"
+    named = host or (
+        conn_type == "duckdb" and (connection.extra_dejson.get("database") or getattr(hook, "database", None))
+    )
+    what = "an in-memory database" if named else "no database file (an in-memory or temporary database)"
     hint = f" (the path {schema!r} is in the schema field, which is not read)" if schema and not host else ""
     raise CekuraConfigurationError(
         f"Connection {conn_id!r} is {what}{hint}: the export would succeed and nothing would be kept. "
