@@ -11,7 +11,7 @@ _project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))[
 project = "airflow-provider-cekura"
 author = "airflow-provider-cekura developers"
 release = version = _project["version"]
-copyright = "the airflow-provider-cekura developers"  # noqa: A001
+copyright = "the airflow-provider-cekura developers"
 
 extensions = ["myst_parser", "autoapi.extension"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
