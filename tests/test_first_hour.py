@@ -119,3 +119,24 @@ def test_make_demo_as_a_normal_user(clone: tuple[Path, dict[str, str]]) -> None:
     # a second run sends nothing twice
     again = as_user("make demo", checkout, env, timeout=900)
     assert again.returncode == 0 and "already in Cekura" in again.stdout, (again.stdout + again.stderr)[-4000:]
+
+
+def test_make_test_servers_run_as_a_normal_user(clone: tuple[Path, dict[str, str]]) -> None:
+    """``make test`` as a normal user: with the servers' packages installed, Postgres and MariaDB start as that
+    user (and stop); a missing package is named with the exact command to install it, before anything runs."""
+    checkout, env = clone
+    started = as_user(
+        'bash scripts/with_test_servers.sh bash -c \'echo "PG=$CEKURA_TEST_POSTGRES_URI"; echo "DB=$CEKURA_TEST_MARIADB_URI"\'',
+        checkout,
+        env,
+        timeout=300,
+    )
+    assert started.returncode == 0, (started.stdout + started.stderr)[-4000:]
+    assert "PG=postgresql://postgres@127.0.0.1:" in started.stdout, started.stdout
+    assert "DB=mysql://cekura:" in started.stdout and "client=mysql-connector-python" in started.stdout
+    assert not (checkout / ".testservers" / "postgres.datadir").exists()  # stopped and removed
+    assert not (checkout / ".testservers" / "mariadb.datadir").exists()
+
+    told = as_user("source scripts/_server_dirs.sh; apt_install postgresql mariadb-server", checkout, env, timeout=60)
+    assert told.returncode == 1
+    assert "sudo apt-get install -y --no-install-recommends postgresql mariadb-server" in told.stderr, told.stderr
