@@ -7,7 +7,11 @@
 set -euo pipefail
 source "$(dirname "$0")/_server_dirs.sh"
 
-admin() { mariadb --no-defaults --protocol=socket --socket="$1/mysqld.sock" -uroot "${@:2}"; }
+# mariadb-install-db gives socket (unix_socket) access to root and to the user that ran it: as a normal
+# user, that user is the server's administrator.
+admin_user="root"
+if [ "$(id -u)" != 0 ]; then admin_user="$(id -un)"; fi
+admin() { mariadb --no-defaults --protocol=socket --socket="$1/mysqld.sock" -u"$admin_user" "${@:2}"; }
 
 case "${1:-}" in
   start)
