@@ -38,11 +38,19 @@ case "${1:-}" in
       --skip-name-resolve --skip-log-bin --innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 \
       --innodb-buffer-pool-size=64M --max-connections=200 --character-set-server=utf8mb4 \
       --collation-server=utf8mb4_unicode_ci >/dev/null 2>&1 &
+    server_pid=$!
     for _ in $(seq 1 300); do
       if [ -S "$data/mysqld.sock" ] && admin "$data" -e "SELECT 1" >/dev/null 2>&1; then break; fi
       sleep 0.1
     done
-    admin "$data" -e "SELECT 1" >/dev/null 2>&1 || { echo "MariaDB did not start:" >&2; tail -20 "$data/server.log" >&2; exit 1; }
+    if ! admin "$data" -e "SELECT 1" >/dev/null 2>&1; then
+      # Not left running: with_test_servers.sh only stops what started.
+      echo "MariaDB did not start (or refused its administrator):" >&2; tail -20 "$data/server.log" >&2
+      kill "$server_pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+      forget_datadir mariadb
+      exit 1
+    fi
     admin "$data" <<'SQL'
 CREATE DATABASE cekura_test CHARACTER SET utf8mb4;
 CREATE USER 'cekura'@'127.0.0.1' IDENTIFIED BY 'cekura-test-pw';
