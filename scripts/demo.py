@@ -152,7 +152,7 @@ def report(returncode: int, leaked: bool, elapsed: float, log_path: Path) -> boo
             ok = False
         print(f"  SQLite warehouse: {WAREHOUSE}")
         print(
-            "  try: uv run python -c \"import sqlite3; print(sqlite3.connect('.demo/warehouse.db').execute("
+            "  try: .venv/bin/python -c \"import sqlite3; print(sqlite3.connect('.demo/warehouse.db').execute("
             "'SELECT call_id, status, success FROM cekura_call_logs LIMIT 5').fetchall())\""
         )
     print(f"  full log: {log_path}")
