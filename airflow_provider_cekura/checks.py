@@ -3,8 +3,9 @@
 The comparison keys and their meaning are those of common.sql's ``SQLColumnCheckOperator``:
 ``equal_to`` (alone), ``greater_than`` or ``geq_to``, ``less_than`` or ``leq_to``, and an optional
 ``tolerance``: a fraction by which each bound is widened outward (``expected +/- |expected| * tolerance``;
-with ``equal_to`` it turns equality into that range). :class:`~airflow_provider_cekura.operators.
-evaluation_check.CekuraEvaluationCheckOperator` uses this module; the pending / evaluated / failed
+with ``equal_to`` it turns equality into that range).
+:class:`~airflow_provider_cekura.operators.evaluation_check.CekuraEvaluationCheckOperator` uses this module; the
+pending / evaluated / failed
 decision and the metric parsing come from :mod:`airflow_provider_cekura.evaluation`.
 
 Checks dict::

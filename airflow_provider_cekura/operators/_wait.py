@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraWaitTimeoutError
-from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY, CekuraCallLogLink
+from airflow_provider_cekura.links import CALL_LOG_URL_ATTRIBUTE, CALL_LOG_URL_XCOM_KEY, CekuraCallLogLink
 from airflow_provider_cekura.version_compat import BaseOperator
 
 if TYPE_CHECKING:
@@ -92,7 +92,13 @@ class CekuraEvaluationWaitOperator(BaseOperator):
         ti.xcom_push(key=CALL_LOG_IDS_XCOM_KEY, value=list(call_log_ids))
         first = next((i for i in call_log_ids if i is not None), None)
         if first is not None:
-            ti.xcom_push(key=CALL_LOG_URL_XCOM_KEY, value=self.hook.call_log_url(first))
+            url = self.hook.call_log_url(first)
+            ti.xcom_push(key=CALL_LOG_URL_XCOM_KEY, value=url)
+            setattr(self, CALL_LOG_URL_ATTRIBUTE, url)
+
+    def _start_try(self) -> None:
+        """Called first in ``execute``: no dashboard URL pushed yet in this try (read by the extra link)."""
+        setattr(self, CALL_LOG_URL_ATTRIBUTE, None)
 
     # ------------------------------------------------------------------ waiting
 

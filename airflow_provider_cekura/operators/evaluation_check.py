@@ -65,8 +65,9 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     also the return value. The checks dict, the ids and the baseline ids are validated before any request.
 
     :param call_log_ids: the call logs to check: a list, a comma string, JSON text, an upstream
-        task's output, or the result dict of :class:`~airflow_provider_cekura.sensors.call_log.
-        CekuraCallLogSensor` (templated). An empty list is an error.
+        task's output, or the result dict of
+        :class:`~airflow_provider_cekura.sensors.call_log.CekuraCallLogSensor` (templated). An empty list is an
+        error.
     :param checks: the checks dict (templated: thresholds may be templates, e.g. ``"{{ params.min_rate }}"``;
         JSON text is accepted).
     :param baseline_call_log_ids: call logs to compare against (e.g. the previous evaluation run);
@@ -143,6 +144,7 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     # ------------------------------------------------------------------ running
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._start_try()
         ids, baseline, checks = self._inputs()
         every = _union(ids, baseline)
         self._push_ids(context, every)

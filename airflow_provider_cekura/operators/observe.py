@@ -295,6 +295,7 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
         return ids, failures
 
     def execute(self, context: Context) -> Any:
+        self._start_try()
         from airflow_provider_cekura.exceptions import CekuraObserveBatchError
 
         batch = self.prepare()

@@ -97,6 +97,7 @@ class CekuraRerunEvaluationOperator(CekuraEvaluationWaitOperator):
         return {"assistant_id": assistant_id.strip()}
 
     def execute(self, context: Context) -> list[int]:
+        self._start_try()
         from airflow_provider_cekura.payloads import parse_call_log_ids
 
         ids = parse_call_log_ids(self.call_log_ids)

@@ -272,12 +272,12 @@ def _code_and_message(err: BaseException) -> tuple[Any, str]:
     the SQLSTATE in ``sqlstate``/``pgcode`` and details (with values) on the lines after
     the first: only the first line is kept there.
     """
+    errno, msg = getattr(err, "errno", None), getattr(err, "msg", None)
+    if isinstance(errno, int) and isinstance(msg, str):  # mysql-connector-python (its args repeat the errno)
+        return errno, msg
     args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
     if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
         return args[0], args[1]
-    errno, msg = getattr(err, "errno", None), getattr(err, "msg", None)
-    if isinstance(errno, int) and isinstance(msg, str):  # mysql-connector-python
-        return errno, msg
     code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
     return code, (str(err).strip().splitlines() or [""])[0]
 
