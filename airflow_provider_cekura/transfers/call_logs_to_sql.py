@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cekura._coerce import IDS_PER_REQUEST, is_template, parse_id, parse_ids, parse_timestamp
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
-from airflow_provider_cekura.payloads import parse_timestamp
 from airflow_provider_cekura.version_compat import BaseHook, BaseOperator
 
 if TYPE_CHECKING:
@@ -18,13 +18,6 @@ if TYPE_CHECKING:
     from airflow_provider_cekura.hooks.cekura import CekuraHook
     from airflow_provider_cekura.transfers._writers import PageWriter
     from airflow_provider_cekura.version_compat import Context
-
-IDS_PER_REQUEST = 100
-"""Call log ids per list request when exporting given ``call_log_ids`` (keeps URLs short)."""
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 def _unwrap(value: Any) -> Any:
@@ -200,7 +193,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
     ) -> None:
         from airflow_provider_cekura.transfers._sql import validate_columns, validate_table_name
 
-        if "outlets" not in kwargs and not any(_templated(v) for v in (sql_conn_id, table, metrics_table)):
+        if "outlets" not in kwargs and not any(is_template(v) for v in (sql_conn_id, table, metrics_table)):
             from airflow_provider_cekura.version_compat import Asset
 
             validate_table_name(table)
@@ -208,7 +201,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
             kwargs["outlets"] = [Asset(f"cekura://{sql_conn_id}/{name}") for name in names]
         super().__init__(**kwargs)
         for name, value in (("table", table), ("metrics_table", metrics_table)):
-            if value is not None and not _templated(value):
+            if value is not None and not is_template(value):
                 validate_table_name(value, name)
         self.columns = validate_columns(columns, include_transcript)
         if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
@@ -278,18 +271,19 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and not value.strip()):
                 filters[key] = value
+        for key, what in (("agent_id", "agent id"), ("project_id", "project id")):
+            if key in filters:  # checked here, before the table is touched (the hook checks them the same way)
+                filters[key] = parse_id(filters[key], key, what=what)
         if self.page_size is not None:
             filters["page_size"] = int(self.page_size)
         return filters
 
     def execute(self, context: Context) -> int:
-        from airflow_provider_cekura.payloads import parse_call_log_ids
-
         table, metrics = self._specs()
         filters = self._filters()
         ids: list[int] | None = None
         if self._select_ids:
-            ids = parse_call_log_ids(self.call_log_ids) if self.call_log_ids not in (None, "") else []
+            ids = parse_ids(self.call_log_ids)
         window: tuple[datetime, datetime] | None = None
         if ids is None or self.timestamp_from is not None or self.timestamp_to is not None:
             start, end, how = resolve_window(self.timestamp_from, self.timestamp_to, context)
@@ -317,7 +311,8 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
                 close()
 
     def _writer(self, table: Any, metrics: Any) -> PageWriter:
-        from airflow_provider_cekura.transfers._sql import CekuraExportError, safe_db_error
+        from airflow_provider_cekura.exceptions import CekuraExportError
+        from airflow_provider_cekura.transfers._redact import safe_db_error
         from airflow_provider_cekura.transfers._writers import writer_for
 
         hook = self.sql_hook
