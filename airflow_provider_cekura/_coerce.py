@@ -123,8 +123,8 @@ def parse_ids(value: Any, field: str = "call_log_ids", *, what: str = "call log 
 
     :raises CekuraValidationError: naming ``field`` and the first item that is not an id.
     """
-    if isinstance(value, (bytes, bytearray)):
-        value = value.decode("utf-8", "replace")
+    if isinstance(value, (bytes, bytearray, memoryview)):  # iterable, but of byte values: never ids
+        raise CekuraValidationError(field, f"must be {what}s, got {type(value).__name__}")
     if isinstance(value, str):
         text = value.strip()
         if not text or text == "None":

@@ -102,9 +102,9 @@ def _check_upload(emulator: Any, call_log: dict[str, Any], expected: dict[str, A
 
 def test_observe_multipart_from_local_path(hook: CekuraHook, emulator: Any, tmp_path: Path) -> None:
     path, expected = _recording(tmp_path)
-    call_log = hook.observe(payload("rec-path", metadata={"n": 1}), recording=str(path))
+    call_log = hook.observe(payload("rec-path", metadata={"n": 1}), recording=str(path), recording_roots=tmp_path)
     _check_upload(emulator, call_log, expected)
-    call_log = hook.observe(payload("rec-pathlike", metadata={"n": 1}), recording=path)
+    call_log = hook.observe(payload("rec-pathlike", metadata={"n": 1}), recording=path, recording_roots=tmp_path)
     _check_upload(emulator, call_log, expected)
 
 
@@ -119,7 +119,9 @@ def test_observe_multipart_from_object_storage_path(hook: CekuraHook, emulator: 
     from airflow_provider_cekura.version_compat import ObjectStoragePath
 
     path, expected = _recording(tmp_path)
-    call_log = hook.observe(payload("rec-osp", metadata={"n": 1}), recording=ObjectStoragePath(f"file://{path}"))
+    call_log = hook.observe(
+        payload("rec-osp", metadata={"n": 1}), recording=ObjectStoragePath(f"file://{path}"), recording_roots=tmp_path
+    )
     _check_upload(emulator, call_log, expected)
 
 
@@ -137,7 +139,7 @@ def test_observe_multipart_retry_resends_the_whole_file(hook: CekuraHook, emulat
 
 def test_observe_missing_recording_fails_before_any_request(hook: CekuraHook, emulator: Any, tmp_path: Path) -> None:
     with pytest.raises(CekuraValidationError) as info:
-        hook.observe(payload("rec-missing"), recording=str(tmp_path / "nope.wav"))
+        hook.observe(payload("rec-missing"), recording=str(tmp_path / "nope.wav"), recording_roots=tmp_path)
     assert info.value.field == "voice_recording" and info.value.call_id == "rec-missing"
     with pytest.raises(CekuraValidationError, match="call_id"):
         hook.observe({"agent": 1})
@@ -145,8 +147,12 @@ def test_observe_missing_recording_fails_before_any_request(hook: CekuraHook, em
 
 
 def test_observe_400_surfaces_field_messages(hook: CekuraHook, emulator: Any) -> None:
+    bad = {"call_id": "bad-1", "agent": 1, "transcript_type": "zoom"}
+    with pytest.raises(CekuraValidationError, match="transcript_type"):
+        hook.observe(bad)  # observe validates the call first (payloads.validate_call): no request
+    assert emulator.count_requests() == 0
     with pytest.raises(CekuraBadRequestError) as info:
-        hook.observe({"call_id": "bad-1", "agent": 1, "transcript_type": "zoom"})  # not validated client side
+        hook._request("POST", OBSERVE_PATH, json_body=bad)  # the same call sent unvalidated: the server's 400
     assert info.value.status == 400 and "transcript_type" in info.value.errors
     assert "transcript_type" in str(info.value)
     assert emulator.count_requests() == 1
@@ -452,9 +458,9 @@ def test_key_never_in_repr_errors_or_logs(
     hook.observe(payload("sec-1"))
     _no_key(str(hook), repr(hook), repr(hook.get_conn().auth), repr(hook.get_conn().headers))
     errors: list[BaseException] = []
-    # 400
+    # 400 (sent unvalidated: hook.observe would refuse it before any request)
     try:
-        hook.observe({"call_id": "sec-2", "agent": 1, "transcript_type": "zoom"})
+        hook._request("POST", OBSERVE_PATH, json_body={"call_id": "sec-2", "agent": 1, "transcript_type": "zoom"})
     except CekuraAPIError as err:
         errors.append(err)
     # 5xx after every attempt

@@ -74,7 +74,7 @@ def test_upload_memory_stays_far_below_the_file_size(tmp_path: Path, monkeypatch
         hook.find_call_log("warm-up")  # connection set up outside the measurement
         tracemalloc.start()
         try:
-            call_log = hook.observe({"call_id": "big-1", "agent": 1}, recording=recording)
+            call_log = hook.observe({"call_id": "big-1", "agent": 1}, recording=recording, recording_roots=tmp_path)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -91,7 +91,7 @@ def test_upload_retried_after_a_dropped_connection_resends_the_same_bytes(emulat
     recording = tmp_path / "r.wav"
     recording.write_bytes(b"RIFF" + bytes(range(256)) * 300)
     emulator.add_fault("drop_before", times=1, method="POST", path="/observe/")
-    call_log = CekuraHook().observe({"call_id": "retry-1", "agent": 1}, recording=recording)
+    call_log = CekuraHook().observe({"call_id": "retry-1", "agent": 1}, recording=recording, recording_roots=tmp_path)
     assert emulator.recordings[call_log["id"]]["sha256"] == hashlib.sha256(recording.read_bytes()).hexdigest()
     assert emulator.count_requests("POST", "/observe/") == 2
     assert emulator.duplicates() == {}

@@ -158,6 +158,7 @@ with DAG(
     CekuraObserveOperator(
         task_id="recording_osp",
         calls=[{{"call_id": "rec-osp", "agent": 1, "voice_recording": ObjectStoragePath({rec_url!r})}}],
+        recording_roots=[{rec_root!r}],
     )
 
     CekuraObserveOperator(
@@ -200,15 +201,16 @@ def test_observe_operator_in_a_dag_run(run_dag: Any, emulator: Any, tmp_path: Pa
     (templates / "transcript.json").write_text(
         json.dumps([dict(TRANSCRIPT[0], content="Hello, this is the run of {{ ds }}."), TRANSCRIPT[1]])
     )
-    rec_path = tmp_path / "call.wav"
+    rec_path = templates / "call.wav"  # under the DAG's template_searchpath: an allowed recording root by default
     rec_path.write_bytes(os.urandom(300_000))
-    osp_path = tmp_path / "other.wav"
+    osp_path = tmp_path / "other.wav"  # allowed by the operator's recording_roots
     osp_path.write_bytes(os.urandom(4_321))
     source = DAG_SOURCE.format(
         transcript=TRANSCRIPT,
         templates=str(templates),
         rec_path=str(rec_path),
         rec_url=f"file://{osp_path}",
+        rec_root=str(tmp_path),
     )
 
     dr = run_dag(source, "observe_operator_features")

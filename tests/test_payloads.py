@@ -25,6 +25,7 @@ from airflow_provider_cekura.payloads import (
     normalize_timestamp,
     open_recording,
     parse_call_log_ids,
+    recording_roots,
 )
 
 TURNS = [
@@ -258,12 +259,13 @@ def test_multipart_fields_flatten() -> None:
 def test_recording_sources(tmp_path: Path) -> None:
     path = tmp_path / "call.wav"
     path.write_bytes(b"RIFF" + os.urandom(64))
-    with open_recording(str(path)) as (name, stream):
+    roots = recording_roots(tmp_path)  # local recordings only from allowed roots (test_coerce.py has the rule)
+    with open_recording(str(path), roots=roots) as (name, stream):
         assert name == "call.wav" and stream.read(4) == b"RIFF"
-    with open_recording(f"file://{path}") as (name, stream):
+    with open_recording(f"file://{path}", roots=roots) as (name, stream):
         assert name == "call.wav" and len(stream.read()) == 68
     with pytest.raises(CekuraValidationError) as info:
-        check_recording(str(tmp_path / "missing.wav"), "c-9")
+        check_recording(str(tmp_path / "missing.wav"), "c-9", roots)
     assert info.value.field == "voice_recording" and info.value.call_id == "c-9"
     with open(path, "rb") as handle:
         pass

@@ -634,11 +634,8 @@ class CekuraHook(BaseHook):
                 params[key] = parse_id(filters[key], key, what=what)
         if filters.get("project_id") is None and self.project_id is not None:
             params["project_id"] = self.project_id
-        assistant_id = filters.get("assistant_id")
-        if assistant_id is not None:
-            if not isinstance(assistant_id, str) or not assistant_id.strip():
-                raise CekuraValidationError("assistant_id", f"must be a non-empty string, got {assistant_id!r}")
-            params["assistant_id"] = assistant_id.strip()
+        if filters.get("assistant_id"):
+            params["assistant_id"] = str(filters["assistant_id"])
         if filters.get("call_ids") is not None:
             ids = parse_ids(filters["call_ids"], "call_ids")
             if not ids:

@@ -207,7 +207,7 @@ def to_json(value: Any) -> str | None:
     if isinstance(value, str):
         try:
             json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested too deep to check): stored as a JSON string
             return json.dumps(value, ensure_ascii=False)
         return value
     return json.dumps(value, ensure_ascii=False, default=str)

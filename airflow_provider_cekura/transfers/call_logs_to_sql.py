@@ -267,13 +267,14 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
 
     def _filters(self) -> dict[str, Any]:
         filters: dict[str, Any] = {}
-        for key in ("agent_id", "assistant_id", "project_id", "filters_v2"):
+        for key in ("assistant_id", "filters_v2"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and not value.strip()):
                 filters[key] = value
         for key, what in (("agent_id", "agent id"), ("project_id", "project id")):
-            if key in filters:  # checked here, before the table is touched (the hook checks them the same way)
-                filters[key] = parse_id(filters[key], key, what=what)
+            # ids by the one rule (a blank string is not an id), checked here before the table is touched
+            if getattr(self, key) is not None:
+                filters[key] = parse_id(getattr(self, key), key, what=what)
         if self.page_size is not None:
             filters["page_size"] = int(self.page_size)
         return filters
