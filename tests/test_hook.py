@@ -158,6 +158,86 @@ def test_observe_400_surfaces_field_messages(hook: CekuraHook, emulator: Any) ->
     assert emulator.count_requests() == 1
 
 
+def test_observe_recording_only_from_allowed_roots(
+    monkeypatch: pytest.MonkeyPatch, emulator: Any, tmp_path: Path
+) -> None:
+    """#29 case 8 at the hook: the connection's ``recording_roots`` extra allows a tree, nothing else leaves."""
+    allowed = tmp_path / "recordings"
+    allowed.mkdir()
+    path, expected = _recording(allowed)
+    (allowed / "escape.wav").symlink_to("/etc/passwd")
+    use_connection(monkeypatch, emulator.base_url, recording_roots=[str(allowed)])
+    hook = CekuraHook()
+    for source in (
+        "/etc/passwd",
+        "file:///etc/passwd",
+        f"{allowed}/../../../../etc/passwd",
+        allowed / "escape.wav",
+        "/proc/self/environ",
+    ):
+        with pytest.raises(CekuraValidationError, match="voice_recording") as info:
+            hook.observe(payload("rec-bad", metadata={"n": 1}), recording=source)
+        assert info.value.call_id == "rec-bad"
+        with pytest.raises(CekuraValidationError, match="voice_recording"):
+            hook.observe({**payload("rec-bad-2"), "voice_recording": source})  # inside the call: same rule
+        with pytest.raises(CekuraValidationError, match="voice_recording"):
+            hook.observe_many([payload("rec-ok"), {**payload("rec-bad-3"), "voice_recording": source}])
+    assert emulator.count_requests() == 0
+    _check_upload(emulator, hook.observe(payload("rec-ok", metadata={"n": 1}), recording=path), expected)
+    assert str(allowed) in hook.recording_roots() and str(tmp_path) not in hook.recording_roots()
+    hook.close()
+
+
+def test_observe_validates_the_call_whichever_door(hook: CekuraHook, emulator: Any) -> None:
+    """hook.observe and observe_many run the payloads module's validation: a bad call never reaches the API."""
+    for bad in (
+        {"call_id": "v-1", "agent": 5.7},
+        {"call_id": "v-2", "agent": 1, "assistant_id": "a"},
+        {"call_id": "v-3", "agent": "\u0663"},
+        {"call_id": "", "agent": 1},
+        {"call_id": "v-4", "agent": 1, "redact_fields": ["shoe_size"]},
+    ):
+        with pytest.raises(CekuraValidationError):
+            hook.observe(bad)
+        with pytest.raises(CekuraValidationError):
+            hook.observe_many([payload("fine"), bad])
+    assert emulator.count_requests() == 0
+    # an already built payload passes again unchanged
+    built = build_observe_payload(payload("v-ok", metric_ids=[3, "4"], timestamp="2026-01-02T03:04:05+02:00"))
+    call_log = hook.observe(built)
+    assert call_log["call_id"] == "v-ok"
+
+
+def test_observe_many_from_a_task(hook: CekuraHook, emulator: Any) -> None:
+    calls = [payload(f"many-{n}") for n in range(7)]
+    ids = hook.observe_many(json.dumps(calls), max_concurrency=3)
+    assert len(ids) == 7 and all(isinstance(i, int) for i in ids)
+    assert emulator.count_requests("POST", OBSERVE_PATH) == 7
+    # a re-run sends nothing again: the call_ids are looked up (one request per 50) and their ids returned
+    emulator.reset_log()
+    assert hook.observe_many(calls) == ids
+    assert emulator.count_requests("POST") == 0 and emulator.count_requests("GET") == 1
+    assert emulator.duplicates() == {}
+    assert hook.observe_many([]) == []
+    with pytest.raises(CekuraValidationError, match="max_concurrency"):
+        hook.observe_many(calls, max_concurrency=0)
+
+
+def test_observe_many_partial_failure(hook: CekuraHook, emulator: Any) -> None:
+    from airflow_provider_cekura.exceptions import CekuraObserveBatchError
+
+    calls = [payload("pf-1"), payload("pf-2")]
+    emulator.add_fault("drop_before", method="POST")  # every observe: both calls fail after their retries
+    with pytest.raises(CekuraObserveBatchError) as info:
+        hook.observe_many(calls, max_concurrency=1)
+    assert info.value.call_log_ids == [None, None]
+    assert set(info.value.errors) == {"pf-1", "pf-2"}
+    assert all(isinstance(e, CekuraTransportError) for e in info.value.errors.values())
+    emulator.clear_faults()
+    ids = hook.observe_many(calls, raise_on_failure=False)
+    assert all(isinstance(i, int) for i in ids)
+
+
 # ---------------------------------------------------------------- reads
 
 

@@ -95,3 +95,27 @@ def test_upload_retried_after_a_dropped_connection_resends_the_same_bytes(emulat
     assert emulator.recordings[call_log["id"]]["sha256"] == hashlib.sha256(recording.read_bytes()).hexdigest()
     assert emulator.count_requests("POST", "/observe/") == 2
     assert emulator.duplicates() == {}
+
+
+def test_the_length_sent_is_the_length_declared(tmp_path: Path) -> None:
+    """#29 case 8: Content-Length is what the body holds, even when the file changes or lies about its size."""
+    from airflow_provider_cekura.hooks._multipart import RecordingChangedError
+
+    path = tmp_path / "r.wav"
+    path.write_bytes(b"x" * 1000)
+    with path.open("rb") as stream:
+        body = MultipartBody({"call_id": "c"}, "voice_recording", "r.wav", stream)
+        with path.open("ab") as grow:
+            grow.write(b"y" * 5000)  # the file grows after the length was declared
+        sent = b"".join(body)
+        assert len(sent) == body.len and b"yy" not in sent and b"x" * 1000 in sent
+    with path.open("rb") as stream:
+        body = MultipartBody({}, "voice_recording", "r.wav", stream)
+        path.write_bytes(b"z" * 10)  # it shrinks: the body cannot match its length, so the request fails
+        with pytest.raises(RecordingChangedError, match="shorter") as info:
+            b"".join(body)
+        assert info.value.field == "voice_recording"
+    # a file whose size on disk is not its content (/proc reports 0): the body still matches its length
+    with open("/proc/self/status", "rb") as stream:
+        body = MultipartBody({}, "voice_recording", "status", stream)
+        assert len(b"".join(body)) == body.len

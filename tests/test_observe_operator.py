@@ -89,6 +89,48 @@ def test_bad_batch_fails_before_any_request(emulator: Any, tmp_path: Path) -> No
     assert emulator.count_requests() == 0
 
 
+def test_recordings_only_from_the_dags_roots(emulator: Any, tmp_path: Path) -> None:
+    """#29 case 8: a templated ``voice_recording`` (say from ``dag_run.conf``) cannot name any local file."""
+    import pendulum
+    from airflow.providers.common.compat.sdk import DAG
+
+    templates, extra = tmp_path / "templates", tmp_path / "extra"
+    templates.mkdir()
+    extra.mkdir()
+    (templates / "a.wav").write_bytes(b"RIFF")
+    (extra / "b.wav").write_bytes(b"RIFF")
+    (templates / "out.wav").symlink_to("/etc/passwd")
+    start = pendulum.datetime(2026, 1, 1, tz="UTC")
+    with DAG("recording_roots", schedule=None, start_date=start, template_searchpath=[str(templates)]):
+        ok = CekuraObserveOperator(task_id="ok", call_id="r-1", agent=1, voice_recording=str(templates / "a.wav"))
+        extra_ok = CekuraObserveOperator(
+            task_id="extra_ok", calls=[call("r-2", voice_recording=str(extra / "b.wav"))], recording_roots=[extra]
+        )
+        refused = [
+            CekuraObserveOperator(task_id=f"bad_{n}", call_id=f"r-bad-{n}", agent=1, voice_recording=source)
+            for n, source in enumerate(
+                [
+                    "/etc/passwd",
+                    "file:///etc/passwd",
+                    f"{templates}/../extra/b.wav",  # allowed for another task only
+                    str(templates / "out.wav"),
+                    "/proc/self/environ",
+                ]
+            )
+        ]
+        refused.append(
+            CekuraObserveOperator(
+                task_id="bad_item", calls=[call("r-ok"), call("r-bad-item", voice_recording="/proc/self/environ")]
+            )
+        )
+    assert ok.prepare()[0][1] == str(templates / "a.wav")
+    assert extra_ok.prepare()[0][1] == str(extra / "b.wav")
+    for op in refused:
+        with pytest.raises(CekuraValidationError, match="voice_recording"):
+            op.execute({})  # type: ignore[arg-type]
+    assert emulator.count_requests() == 0
+
+
 # ---------------------------------------------------------------------------------------------------- DAG run
 
 DAG_SOURCE = """
