@@ -80,7 +80,8 @@ class CekuraHook(BaseHook):
     ``retry_after_max``, ``window_days`` (widest timestamp window per list
     request, default 30), ``page_size`` (default 100), ``dashboard_url``,
     ``max_requests_per_second`` (a plan's known limit, never exceeded) and
-    ``rate_limit_max_wait`` (seconds one request may stay throttled, default 300).
+    ``rate_limit_max_wait`` (seconds one request may stay throttled, default 300),
+    ``recording_roots`` (directories local recordings may be uploaded from, see :meth:`recording_roots`).
 
     Every hook of one connection (same conn id and host) in a process shares
     one :class:`~airflow_provider_cekura.hooks._rate_limit.RateLimiter`: a 429

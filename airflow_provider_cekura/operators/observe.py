@@ -44,13 +44,16 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
 
     What happens, in order:
 
-    1. Every call is validated (:mod:`airflow_provider_cekura.payloads`) and every
-       recording checked readable. One bad call fails the task before any request;
-       the error names the field and the ``call_id``.
+    1. Every call is validated (:func:`airflow_provider_cekura.payloads.validate_calls`, which the
+       hook's ``observe`` runs too) and every recording checked readable and allowed (a local file only
+       under the DAG's folder, its ``template_searchpath``, ``recording_roots`` or the connection's
+       ``recording_roots`` extra; never ``/proc``, ``/sys``, ``/dev``). One bad call fails the task before
+       any request; the error names the field and the ``call_id``.
     2. The call_ids Cekura already holds are looked up (one request per 50) and
        not sent again: a task retry or a DAG re-run never creates a second call
        log for a ``call_id``. Their ids are returned like the others.
-    3. The rest are sent, ``max_concurrency`` at a time, through one hook whose
+    3. The rest are sent, ``max_concurrency`` at a time (:meth:`CekuraHook.observe_many
+       <airflow_provider_cekura.hooks.cekura.CekuraHook.observe_many>`), through one hook whose
        retries are themselves idempotent (after a timeout, 5xx or dropped
        connection the call is looked up before it is sent again).
     4. The ids are pushed to XCom (key ``call_log_ids``) and the dashboard URL of
