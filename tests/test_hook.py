@@ -538,9 +538,9 @@ def test_key_never_in_repr_errors_or_logs(
     hook.observe(payload("sec-1"))
     _no_key(str(hook), repr(hook), repr(hook.get_conn().auth), repr(hook.get_conn().headers))
     errors: list[BaseException] = []
-    # 400 (sent unvalidated: hook.observe would refuse it before any request)
+    # 400 (an unknown call log: hook.observe would refuse a bad call before any request)
     try:
-        hook._request("POST", OBSERVE_PATH, json_body={"call_id": "sec-2", "agent": 1, "transcript_type": "zoom"})
+        hook.rerun_evaluation([999_999], agent_id=1)
     except CekuraAPIError as err:
         errors.append(err)
     # 5xx after every attempt

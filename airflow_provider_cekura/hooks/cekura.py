@@ -204,7 +204,8 @@ class CekuraHook(BaseHook):
 
     def call_log_url(self, call_log_id: int) -> str:
         """Dashboard URL of a call log (the ``dashboard_url`` extra, default https://dashboard.cekura.ai)."""
-        return f"{self._settings['dashboard_url']}/observability/call-logs/{int(call_log_id)}"
+        cid = parse_id(call_log_id, "call_log_id", what="call log id")
+        return f"{self._settings['dashboard_url']}/observability/call-logs/{cid}"
 
     def get_conn(self) -> requests.Session:
         """The hook's one ``requests.Session`` (keep-alive; auth header attached)."""

@@ -225,47 +225,46 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
             roots.extend([searchpath] if isinstance(searchpath, str) else searchpath)
         return roots
 
-    def prepare(self) -> list[tuple[dict[str, Any], RecordingSource | None]]:
-        """Validate the whole batch without any request: ``[(payload, recording or None)]`` in input order.
-
-        Runs :func:`~airflow_provider_cekura.payloads.validate_calls`, the validation the hook's ``observe``
-        and ``observe_many`` run too.
-
-        :raises CekuraValidationError: naming the field and the call_id of the first bad call.
-        """
-        from airflow_provider_cekura.payloads import load_calls, validate_calls
+    def _calls(self) -> list[Mapping[str, Any]]:
+        """The calls to send, the operator's own fields merged in as defaults (not validated yet)."""
+        from airflow_provider_cekura.payloads import load_calls
 
         if self.call_id is not None and self.calls is not None:
             raise CekuraValidationError("calls", "give either call_id (one call) or calls (many calls), not both")
         if self._single:
-            inputs: list[Mapping[str, Any]] = [{**self._operator_fields(), "voice_recording": self.voice_recording}]
-        else:
-            defaults = self._operator_fields()
-            inputs = []
-            for call in load_calls(self.calls):
-                merged = {k: v for k, v in defaults.items() if k not in _AGENT_FIELDS}
-                if all(call.get(k) is None for k in _AGENT_FIELDS):
-                    merged.update({k: v for k, v in defaults.items() if k in _AGENT_FIELDS})
-                merged.update(call)
-                inputs.append(merged)
+            return [{**self._operator_fields(), "voice_recording": self.voice_recording}]
+        defaults = self._operator_fields()
+        inputs: list[Mapping[str, Any]] = []
+        for call in load_calls(self.calls):
+            merged = {k: v for k, v in defaults.items() if k not in _AGENT_FIELDS}
+            if all(call.get(k) is None for k in _AGENT_FIELDS):
+                merged.update({k: v for k, v in defaults.items() if k in _AGENT_FIELDS})
+            merged.update(call)
+            inputs.append(merged)
+        return inputs
+
+    def prepare(self) -> list[tuple[dict[str, Any], RecordingSource | None]]:
+        """Validate the whole batch without any request: ``[(payload, recording or None)]`` in input order.
+
+        Runs :func:`~airflow_provider_cekura.payloads.validate_calls`, the validation the hook's ``observe``
+        and ``observe_many`` run too (``execute`` leaves it to ``observe_many``: each call is validated once).
+
+        :raises CekuraValidationError: naming the field and the call_id of the first bad call.
+        """
+        from airflow_provider_cekura.payloads import validate_calls
+
+        inputs = self._calls()
         has_recording = any(call.get("voice_recording") is not None for call in inputs)
         roots = self.hook.recording_roots(self._recording_roots()) if has_recording else ()
         return validate_calls(inputs, roots)
 
     # ------------------------------------------------------------------ sending
 
-    def ingest(
-        self, batch: list[tuple[dict[str, Any], RecordingSource | None]]
-    ) -> tuple[list[int | None], dict[str, Exception]]:
-        """Send the calls through :meth:`CekuraHook.observe_many
-        <airflow_provider_cekura.hooks.cekura.CekuraHook.observe_many>`: ``(ids in input order, {call_id: error})``.
-
-        A call that fails does not stop the others, except an authentication or
-        configuration error, after which nothing more is sent.
-        """
+    def _observe_many(self, calls: list[Mapping[str, Any]]) -> tuple[list[int | None], dict[str, Exception]]:
+        """:meth:`CekuraHook.observe_many <airflow_provider_cekura.hooks.cekura.CekuraHook.observe_many>`:
+        ``(ids in input order, {call_id: error})``."""
         from airflow_provider_cekura.exceptions import CekuraObserveBatchError
 
-        calls = [{**payload, "voice_recording": recording} for payload, recording in batch]
         try:
             ids = self.hook.observe_many(
                 calls, max_concurrency=self.max_concurrency, recording_roots=self._recording_roots()
@@ -274,21 +273,28 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
             return list(err.call_log_ids), dict(err.errors)
         return ids, {}
 
+    def ingest(
+        self, batch: list[tuple[dict[str, Any], RecordingSource | None]]
+    ) -> tuple[list[int | None], dict[str, Exception]]:
+        """Send a batch from :meth:`prepare` through ``CekuraHook.observe_many``: ``(ids in input order,
+        {call_id: error})``.
+
+        A call that fails does not stop the others, except an authentication or
+        configuration error, after which nothing more is sent.
+        """
+        return self._observe_many([{**payload, "voice_recording": recording} for payload, recording in batch])
+
     def execute(self, context: Context) -> Any:
         from airflow_provider_cekura.exceptions import CekuraObserveBatchError
 
-        batch = self.prepare()
-        self.log.info("Validated %d call(s)", len(batch))
-        ids, failures = self.ingest(batch)
+        calls = self._calls()
+        ids, failures = self._observe_many(calls)  # validates every call before any request
         self._push_ids(context, ids)
         if failures:
             if self._single:
                 raise next(iter(failures.values()))
-            messages = {
-                payload["call_id"]: _describe(failures[payload["call_id"]])
-                for payload, _ in batch
-                if payload["call_id"] in failures
-            }
+            call_ids = [str(call.get("call_id")) for call in calls]
+            messages = {cid: _describe(failures[cid]) for cid in call_ids if cid in failures}
             raise CekuraObserveBatchError(messages, ids, errors=failures)
         done = [int(i) for i in ids if i is not None]
         self.log.info("Call log id(s): %s", done[:20] if len(done) > 20 else done)
