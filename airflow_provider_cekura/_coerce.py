@@ -87,6 +87,8 @@ def parse_id(value: Any, field: str = "id", *, what: str = "id", call_id: str | 
     :param call_id: the call the value belongs to, named in the error.
     :raises CekuraValidationError: when ``value`` is not an id.
     """
+    if type(value) is int and 1 <= value <= MAX_ID:  # the common case, first
+        return value
     if isinstance(value, str):
         text = value.strip()
         if not text:
