@@ -636,8 +636,11 @@ class CekuraHook(BaseHook):
                 params[key] = parse_id(filters[key], key, what=what)
         if filters.get("project_id") is None and self.project_id is not None:
             params["project_id"] = self.project_id
-        if filters.get("assistant_id"):
-            params["assistant_id"] = str(filters["assistant_id"])
+        assistant_id = filters.get("assistant_id")
+        if assistant_id is not None and not (isinstance(assistant_id, str) and not assistant_id.strip()):
+            if not isinstance(assistant_id, str):  # the assistant rule of _coerce.agent_or_assistant
+                raise CekuraValidationError("assistant_id", f"must be a string, got {type(assistant_id).__name__}")
+            params["assistant_id"] = assistant_id.strip()
         if filters.get("call_ids") is not None:
             ids = parse_ids(filters["call_ids"], "call_ids")
             if not ids:
