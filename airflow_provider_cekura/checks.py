@@ -183,9 +183,11 @@ def parse_checks(checks: Any, *, baseline: bool) -> list[Check]:
         comparison, a non-numeric threshold, bounds that contradict each other, no check at all.
     """
     if isinstance(checks, str):
+        from airflow_provider_cekura._coerce import loads
+
         try:
-            checks = json.loads(checks)
-        except ValueError:
+            checks = loads(checks, "checks")
+        except CekuraValidationError:
             raise CekuraValidationError("checks", f"is not a dict or JSON object: {checks[:80]!r}") from None
     if not isinstance(checks, Mapping) or not checks:
         raise CekuraValidationError("checks", f"must be a non-empty dict of checks, got {checks!r}")
