@@ -26,6 +26,10 @@ def test_example_dags_parse_without_errors() -> None:
     assert bag.import_errors == {}
     assert {"cekura_ingest_then_evaluate", "cekura_rerun_evaluations", "cekura_hourly_export"} <= set(bag.dag_ids)
     assert "cekura_nightly_quality_gate" in bag.dag_ids
+    from airflow_provider_cekura.version_compat import EVENT_DRIVEN_SCHEDULING
+
+    # Airflow 3: scheduled on the asset the evaluation trigger watches; Airflow 2.11: the file defines no DAG
+    assert ("cekura_on_evaluation" in bag.dag_ids) is EVENT_DRIVEN_SCHEDULING
     for dag in bag.dags.values():
         assert "cekura" in dag.tags
 
