@@ -312,24 +312,32 @@ def test_without_a_state_store_a_restart_announces_the_window_again(emulator: An
     assert sorted(announced(first)) == sorted(announced(second)) == sorted(ids)
 
 
-def test_the_cursor_is_written_only_once_its_events_settled(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
+def test_the_cursor_is_written_once_its_events_settled(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     monkeypatch.setattr(evaluated_call_logs, "COMMIT_DELAY", 0.5)
     seed(emulator, 2, delay=0.0, prefix="settle")
     store = DictStateStore()
-    trigger = CekuraCallLogsEvaluatedTrigger(poll_interval=0.1)
+    trigger = CekuraCallLogsEvaluatedTrigger(poll_interval=60)  # the next poll is a minute away
     trigger.asset_state_store = store
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[int, int, int]:
         generator = trigger.run()
         await asyncio.wait_for(generator.__anext__(), 10)
         writes_at_event = store.writes
         await asyncio.sleep(1.0)  # the generator is suspended: nothing is written while the event is unconsumed
         suspended_writes = store.writes
+        following = asyncio.ensure_future(generator.__anext__())  # the triggerer took the event: it goes on
+        await asyncio.sleep(1.0)
+        settled_writes = store.writes
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
         await generator.aclose()
-        return writes_at_event, suspended_writes
+        return writes_at_event, suspended_writes, settled_writes
 
-    writes_at_event, suspended_writes = asyncio.run(scenario())
+    writes_at_event, suspended_writes, settled_writes = asyncio.run(scenario())
     assert writes_at_event == 0 and suspended_writes == 0
+    assert settled_writes == 1  # COMMIT_DELAY after the event, long before the next poll
+    cursor = Cursor.from_json(json.loads(store.values[evaluated_call_logs.CURSOR_KEY]))
+    assert cursor is not None and len(cursor.seen) == 2
 
 
 def test_cursor_watermark_bounds_what_it_keeps() -> None:

@@ -26,16 +26,19 @@ What survives a restart (delivery is at least once):
   than the watermark counts as announced.
 - Airflow 3.3+: the cursor is written to the watched asset's state store (AIP-103) under
   :data:`CURSOR_KEY`, once the events it covers are at least :data:`COMMIT_DELAY` seconds old (the
-  triggerer has handed them to the database by then), at the start of the next poll. A restarted trigger
-  reads it back: it can repeat what the last poll (or two) announced, never lose a call log that finished
-  inside the look-back window.
+  triggerer has handed them to the database by then). A restarted trigger reads it back: it can repeat
+  what it announced in the last :data:`COMMIT_DELAY` seconds before it stopped, never lose a call log that
+  finished inside the look-back window.
 - Airflow 3.0-3.2, a trigger that watches several assets, or outside a triggerer: the cursor lives in
   memory; a restarted trigger announces again every finished call log of the look-back window.
 
 Errors: a transient failure (5xx, 429 beyond the hook's own wait, timeouts, a malformed page) is logged
 and the next poll waits longer (doubling up to :data:`MAX_BACKOFF`); the first good poll resets it.
 A refused key (401/403), a rejected filter (400) or an unusable connection ends the trigger with an
-error naming the connection, never the key. While healthy ``run()`` never returns.
+error naming the connection, never the key, after one more ``poll_interval`` (at most :data:`FATAL_PAUSE`):
+Airflow's triggerer starts a watcher that ended again, so a wrong key is retried at the pace of the polls
+and its error repeats in the triggerer's log until the connection is fixed. While healthy ``run()`` never
+returns.
 """
 
 from __future__ import annotations
@@ -89,6 +92,9 @@ COMMIT_DELAY = 10.0
 
 MAX_BACKOFF = 600.0
 """Longest wait between two polls after failures, seconds (never shorter than ``poll_interval``)."""
+
+FATAL_PAUSE = 60.0
+"""Most seconds the trigger waits before it ends on an error another poll cannot cure."""
 
 CURSOR_KEY = "cekura_evaluated_call_logs_cursor"
 """Key of the cursor in the asset state store (Airflow 3.3+)."""
@@ -291,11 +297,14 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
             await self._restore_cursor()
             failures = 0
             while True:
-                started = loop.time()
-                await self._commit_settled()
+                started = time.monotonic()
                 try:
                     finished, requests = await loop.run_in_executor(executor, self._poll, holder)
                 except FATAL_ERRORS as err:
+                    # Airflow's triggerer starts a watcher that ended again at its next look: pause one poll
+                    # interval first (at most a minute), so that a wrong key costs what a healthy poll costs.
+                    self.log.error("Connection %r: %s (the trigger ends)", self.cekura_conn_id, err)
+                    await asyncio.sleep(min(self.poll_interval, FATAL_PAUSE))
                     raise CekuraError(
                         f"{type(self).__name__} on connection {self.cekura_conn_id!r} stopped: {err}"
                     ) from err
@@ -310,7 +319,7 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
                         type(err).__name__,
                         err,
                     )
-                    await asyncio.sleep(delay)
+                    await self._wait_until(time.monotonic() + delay)
                     continue
                 if failures:
                     self.log.info("Connection %r answers again after %d failed poll(s)", self.cekura_conn_id, failures)
@@ -326,7 +335,7 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
                         yield TriggerEvent(_payload(new[start : start + self.max_ids_per_event]))
                     self.cursor.record(new)
                     self._pending_commits.append((time.monotonic() + COMMIT_DELAY, self.cursor.to_json()))
-                await asyncio.sleep(max(0.0, self.poll_interval - (loop.time() - started)))
+                await self._wait_until(started + self.poll_interval)
         finally:
             hook = holder.get("hook")
             if hook is not None:
@@ -397,6 +406,18 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
             return
         self.cursor = cursor
         self.log.info("Cursor restored: watermark %s, %d recent call log(s)", cursor.watermark, len(cursor.seen))
+
+    async def _wait_until(self, until: float) -> None:
+        """Sleep until ``until`` (``time.monotonic()``), writing the cursor as soon as its events settled."""
+        while True:
+            now = time.monotonic()
+            if self._pending_commits and self._pending_commits[0][0] <= now:
+                await self._commit_settled()
+                continue
+            wake = min(until, self._pending_commits[0][0]) if self._pending_commits else until
+            if wake <= now:
+                return
+            await asyncio.sleep(wake - now)
 
     async def _commit_settled(self) -> None:
         """Write the newest cursor whose events are :data:`COMMIT_DELAY` old to the state store (3.3+)."""
