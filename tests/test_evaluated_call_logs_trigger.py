@@ -421,3 +421,61 @@ def test_call_log_ids_from_events_reads_every_event() -> None:
     assert call_log_ids_from_events(events) == [3, 5, 9]
     assert call_log_ids_from_events([{"extra": {"payload": {"call_log_ids": [1]}}}]) == [1]
     assert call_log_ids_from_events(None) == []
+
+
+def test_shared_stream_key_groups_watchers_of_one_poll() -> None:
+    base = CekuraCallLogsEvaluatedTrigger(cekura_conn_id="c", poll_interval=30, filters_v2={"field": "a", "op": "eq"})
+    sibling = CekuraCallLogsEvaluatedTrigger(
+        cekura_conn_id="c", poll_interval=30, filters_v2='{"op": "eq", "field": "a"}', max_ids_per_event=5
+    )
+    assert base.shared_stream_key() == sibling.shared_stream_key()  # per-watcher settings do not split the poll
+    hash(base.shared_stream_key())
+    for other in (
+        CekuraCallLogsEvaluatedTrigger(cekura_conn_id="d", poll_interval=30, filters_v2={"field": "a", "op": "eq"}),
+        CekuraCallLogsEvaluatedTrigger(cekura_conn_id="c", poll_interval=30, agent_id=3),
+        CekuraCallLogsEvaluatedTrigger(cekura_conn_id="c", poll_interval=60, filters_v2={"field": "a", "op": "eq"}),
+    ):
+        assert other.shared_stream_key() != base.shared_stream_key()
+
+
+@pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="shared streams are Airflow 3.3+")
+def test_sibling_watchers_share_one_poll_through_the_triggerers_shared_stream(emulator: Any) -> None:
+    from airflow.triggers.shared_stream import SharedStreamManager
+
+    ids = seed(emulator, 12, delay=0.3, prefix="shared")
+    watchers = [
+        CekuraCallLogsEvaluatedTrigger(poll_interval=0.2),
+        CekuraCallLogsEvaluatedTrigger(poll_interval=0.2, max_ids_per_event=5),
+    ]
+    emulator.reset_log()
+
+    async def scenario() -> list[Events]:
+        manager = SharedStreamManager()  # what the triggerer runs sibling watchers with
+        key = watchers[0].shared_stream_key()
+        received: list[Events] = [[], []]
+
+        async def follow(n: int) -> None:
+            stream = manager.subscribe(trigger_id=n, trigger=watchers[n], key=key)
+            async for event in watchers[n].filter_shared_stream(stream):
+                received[n].append(event.payload)
+
+        tasks = [asyncio.ensure_future(follow(n)) for n in range(2)]
+        try:
+            while not all(set(announced(r)) >= set(ids) for r in received):
+                await asyncio.sleep(0.05)
+            polls = min(w.polls for w in watchers)
+            while min(w.polls for w in watchers) < polls + 3:
+                await asyncio.sleep(0.05)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for n in range(2):
+                await manager.unsubscribe(n, key)
+        return received
+
+    received = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [sorted(announced(r)) for r in received] == [sorted(ids), sorted(ids)]  # each once, in each watcher
+    assert max(len(p["call_log_ids"]) for p in received[1]) <= 5
+    # one poll for both: the list requests are those of one watcher, not of two
+    assert emulator.count_requests("GET", LIST_PATH) <= max(w.polls for w in watchers) + 1

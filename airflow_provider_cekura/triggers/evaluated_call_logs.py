@@ -32,6 +32,11 @@ What survives a restart (delivery is at least once):
 - Airflow 3.0-3.2, a trigger that watches several assets, or outside a triggerer: the cursor lives in
   memory; a restarted trigger announces again every finished call log of the look-back window.
 
+Sibling watchers (Airflow 3.3+): triggers with the same connection, filters, ``lookback`` and
+``poll_interval`` return the same :meth:`~CekuraCallLogsEvaluatedTrigger.shared_stream_key`; the triggerer
+then runs one poll for all of them (:meth:`~CekuraCallLogsEvaluatedTrigger.open_shared_stream`) and each
+keeps its own cursor, state store and events (:meth:`~CekuraCallLogsEvaluatedTrigger.filter_shared_stream`).
+
 Errors: a transient failure (5xx, 429 beyond the hook's own wait, timeouts, a malformed page) is logged
 and the next poll waits longer (doubling up to :data:`MAX_BACKOFF`); the first good poll resets it.
 A refused key (401/403), a rejected filter (400) or an unusable connection ends the trigger with an
@@ -46,7 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -290,16 +295,72 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        async for event in self._announce(self._raw_polls()):
+            yield event
+
+    def shared_stream_key(self) -> Hashable | None:
+        """Watchers of one connection with the same filters, window and interval share one poll (Airflow 3.3+).
+
+        The triggerer then runs one :meth:`open_shared_stream` for them and hands every poll's finished call
+        logs to each one's :meth:`filter_shared_stream`, which keeps its own cursor, state store and events.
+        """
+        filters = None if self.filters_v2 is None else json.dumps(self.filters_v2, sort_keys=True)
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            self.cekura_conn_id,
+            self.agent_id,
+            self.assistant_id,
+            self.project_id,
+            filters,
+            self.lookback,
+            self.poll_interval,
+        )
+
+    @classmethod
+    async def open_shared_stream(cls, kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        """The shared poll (Airflow 3.3+): each successful poll's ``(finished call logs, requests)``, forever."""
+        async for polled in cls(**kwargs)._raw_polls():
+            yield polled
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        """This watcher's events from the shared poll (see :meth:`shared_stream_key`)."""
+        async for event in self._announce(shared_stream):
+            yield event
+
+    async def _announce(self, polls: AsyncIterator[tuple[list[Finished], int]]) -> AsyncIterator[TriggerEvent]:
+        """Events for the call logs of each poll that finished since they were last announced."""
+        await self._restore_cursor()
+        due = asyncio.Event()  # set when a cursor waits to be written
+        committer = asyncio.ensure_future(self._commit_when_settled(due))
+        try:
+            async for finished, requests in polls:
+                self.polls += 1
+                self.requests_per_poll.append(requests)
+                new = [f for f in finished if self.cursor.is_new(f[0], f[3])]
+                if not new:
+                    continue
+                self.log.info(
+                    "%d call log(s) finished evaluation (poll %d, %d request(s))", len(new), self.polls, requests
+                )
+                for start in range(0, len(new), self.max_ids_per_event):
+                    yield TriggerEvent(_payload(new[start : start + self.max_ids_per_event]))
+                self.cursor.record(new)
+                self._pending_commits.append((time.monotonic() + COMMIT_DELAY, self.cursor.to_json()))
+                due.set()
+        finally:
+            committer.cancel()
+
+    async def _raw_polls(self) -> AsyncIterator[tuple[list[Finished], int]]:
+        """Poll every ``poll_interval``: each good poll's finished call logs and request count; back off on errors."""
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cekura-evaluated")
         holder: dict[str, CekuraHook] = {}
         try:
-            await self._restore_cursor()
             failures = 0
             while True:
                 started = time.monotonic()
                 try:
-                    finished, requests = await loop.run_in_executor(executor, self._poll, holder)
+                    polled = await loop.run_in_executor(executor, self._poll, holder)
                 except FATAL_ERRORS as err:
                     # Airflow's triggerer starts a watcher that ended again at its next look: pause one poll
                     # interval first (at most a minute), so that a wrong key costs what a healthy poll costs.
@@ -319,23 +380,13 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
                         type(err).__name__,
                         err,
                     )
-                    await self._wait_until(time.monotonic() + delay)
+                    await asyncio.sleep(delay)
                     continue
                 if failures:
                     self.log.info("Connection %r answers again after %d failed poll(s)", self.cekura_conn_id, failures)
                 failures = 0
-                self.polls += 1
-                self.requests_per_poll.append(requests)
-                new = [f for f in finished if self.cursor.is_new(f[0], f[3])]
-                if new:
-                    self.log.info(
-                        "%d call log(s) finished evaluation (poll %d, %d request(s))", len(new), self.polls, requests
-                    )
-                    for start in range(0, len(new), self.max_ids_per_event):
-                        yield TriggerEvent(_payload(new[start : start + self.max_ids_per_event]))
-                    self.cursor.record(new)
-                    self._pending_commits.append((time.monotonic() + COMMIT_DELAY, self.cursor.to_json()))
-                await self._wait_until(started + self.poll_interval)
+                yield polled
+                await asyncio.sleep(max(0.0, started + self.poll_interval - time.monotonic()))
         finally:
             hook = holder.get("hook")
             if hook is not None:
@@ -407,17 +458,17 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
         self.cursor = cursor
         self.log.info("Cursor restored: watermark %s, %d recent call log(s)", cursor.watermark, len(cursor.seen))
 
-    async def _wait_until(self, until: float) -> None:
-        """Sleep until ``until`` (``time.monotonic()``), writing the cursor as soon as its events settled."""
+    async def _commit_when_settled(self, due: asyncio.Event) -> None:
+        """Write each cursor to the state store as soon as its events are :data:`COMMIT_DELAY` old (a task)."""
         while True:
-            now = time.monotonic()
-            if self._pending_commits and self._pending_commits[0][0] <= now:
-                await self._commit_settled()
+            if not self._pending_commits:
+                due.clear()
+                await due.wait()
                 continue
-            wake = min(until, self._pending_commits[0][0]) if self._pending_commits else until
-            if wake <= now:
-                return
-            await asyncio.sleep(wake - now)
+            wait = self._pending_commits[0][0] - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            await self._commit_settled()
 
     async def _commit_settled(self) -> None:
         """Write the newest cursor whose events are :data:`COMMIT_DELAY` old to the state store (3.3+)."""
