@@ -357,6 +357,17 @@ def test_cursor_watermark_bounds_what_it_keeps() -> None:
     assert Cursor.from_json({"v": 99}) is None and Cursor.from_json("junk") is None
 
 
+def test_cursor_stays_small_when_many_finish_at_once() -> None:
+    base = datetime(2026, 12, 1, tzinfo=UTC)
+    stamps = [(base + timedelta(milliseconds=n)).isoformat().replace("+00:00", "Z") for n in range(1500)]
+    cursor = Cursor()
+    cursor.record([(10_000 + n, "evaluated", True, stamp) for n, stamp in enumerate(stamps)])
+    assert len(cursor.seen) == evaluated_call_logs.MAX_SEEN
+    assert cursor.watermark == stamps[-evaluated_call_logs.MAX_SEEN]  # the oldest pair it still keeps
+    assert not cursor.is_new(10_000, stamps[0]) and not cursor.is_new(11_499, stamps[-1])
+    assert len(json.dumps(cursor.to_json())) < 65_535  # Airflow's default limit of a state store value
+
+
 def test_backs_off_under_5xx_and_429_then_recovers(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     use_connection(monkeypatch, emulator, max_attempts=1, rate_limit_max_wait=0)
     ids = seed(emulator, 3, delay=0.0, prefix="flaky")

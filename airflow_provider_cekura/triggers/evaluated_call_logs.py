@@ -89,8 +89,9 @@ MAX_IDS_PER_EVENT = 100
 SETTLE = timedelta(minutes=10)
 """The watermark trails the newest announced ``updated_at`` by this much (late commits on the server)."""
 
-MAX_SEEN = 5000
-"""Most ``(id, updated_at)`` pairs the cursor keeps (the watermark moves up to keep it there)."""
+MAX_SEEN = 1000
+"""Most ``(id, updated_at)`` pairs the cursor keeps (the watermark moves up to keep it there): about 40 KB of
+JSON, below the asset state store's default value limit (``[state_store] max_value_storage_bytes``, 64 KB)."""
 
 COMMIT_DELAY = 10.0
 """Seconds an event must be old before the cursor that covers it is written to the state store."""
