@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -274,8 +275,8 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
         self.cursor = Cursor()
         """What this instance announced (restored from the state store at the start of :meth:`run`)."""
         self.polls = 0
-        self.requests_per_poll: list[int] = []
-        """List requests of each successful poll (for tests, benchmarks and the logs)."""
+        self.requests_per_poll: deque[int] = deque(maxlen=100)
+        """List requests of the last 100 successful polls (for tests, benchmarks and the logs)."""
         self._pending_commits: list[tuple[float, dict[str, Any]]] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
