@@ -404,7 +404,6 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
             from airflow_provider_cekura.hooks.cekura import CekuraHook
 
             hook = holder["hook"] = CekuraHook(cekura_conn_id=self.cekura_conn_id)
-        before = hook.request_count
         end = datetime.now(UTC) + FUTURE_SLACK
         filters = {
             key: value
@@ -420,7 +419,9 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
         pages = hook.iter_call_log_pages(
             timestamp_from=end - timedelta(seconds=self.lookback), timestamp_to=end, prefetch=False, **filters
         )
+        requests = 0
         for page in pages:
+            requests += 1  # one list request per page (the hook's retries aside)
             for call_log in page:
                 state = evaluation_state(call_log)
                 if state is EvaluationState.PENDING:
@@ -435,7 +436,7 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
                     updated_at if isinstance(updated_at, str) else "",
                 )
         ordered = sorted(finished.values(), key=lambda f: (_parse_time(f[3]) or datetime.min.replace(tzinfo=UTC), f[0]))
-        return ordered, hook.request_count - before
+        return ordered, requests
 
     # ------------------------------------------------------------------ the cursor in the state store
 
