@@ -97,7 +97,15 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "sensors": [{"integration-name": "Cekura", "python-modules": ["airflow_provider_cekura.sensors.call_log"]}],
-        "triggers": [{"integration-name": "Cekura", "python-modules": ["airflow_provider_cekura.triggers.call_log"]}],
+        "triggers": [
+            {
+                "integration-name": "Cekura",
+                "python-modules": [
+                    "airflow_provider_cekura.triggers.call_log",
+                    "airflow_provider_cekura.triggers.evaluated_call_logs",
+                ],
+            }
+        ],
         "transfers": [
             {
                 "source-integration-name": "Cekura",

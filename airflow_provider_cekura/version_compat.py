@@ -58,6 +58,30 @@ def is_deferral_timeout(error: BaseException) -> bool:
     return AIRFLOW_V_3_0_PLUS or "timeout" in str(error).lower()
 
 
+EVENT_DRIVEN_SCHEDULING: bool = AIRFLOW_V_3_0_PLUS
+"""Whether DAGs can be scheduled on external events (``Asset`` + ``AssetWatcher`` + ``BaseEventTrigger``)."""
+
+
+def require_event_driven_scheduling(what: str) -> None:
+    """Raise a clear error naming ``what`` when this Airflow cannot schedule DAGs on external events."""
+    if not EVENT_DRIVEN_SCHEDULING:
+        from airflow_provider_cekura.exceptions import CekuraConfigurationError
+
+        raise CekuraConfigurationError(
+            f"{what} needs event-driven scheduling (an Asset with an AssetWatcher), which needs Airflow 3.0 "
+            f"or later; this is Airflow {AIRFLOW_VERSION}. Schedule an export instead "
+            "(example_dags/cekura_hourly_export.py)."
+        )
+
+
+def asset_state_store_of(trigger: Any) -> Any | None:
+    """The per-asset state store the triggerer gave an event trigger (AIP-103, Airflow 3.3+), else ``None``.
+
+    ``None`` outside a triggerer (a bare asyncio loop, tests) and on Airflow 3.0 to 3.2, which have none.
+    """
+    return getattr(trigger, "asset_state_store", None) if AIRFLOW_V_3_3_PLUS else None
+
+
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import (
         Asset,
@@ -68,8 +92,9 @@ if TYPE_CHECKING:
         mask_secret,
         redact,
     )
+    from airflow.sdk import AssetWatcher
     from airflow.timetables.interval import DeltaDataIntervalTimetable
-    from airflow.triggers.base import BaseTrigger, TriggerEvent
+    from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
 
 _LAZY = frozenset({"Asset", "Context", "ObjectStoragePath", "TaskInstanceKey", "XCom", "mask_secret", "redact"})
 
@@ -96,6 +121,16 @@ def __getattr__(name: str) -> Any:
         from airflow.triggers import base
 
         value = getattr(base, name)
+    elif name == "BaseEventTrigger":
+        # Airflow 3.0+: the base of triggers an AssetWatcher accepts. Airflow 2.11 has no event-driven
+        # scheduling: BaseTrigger there, so that event trigger modules still import (they refuse to be built).
+        from airflow.triggers import base
+
+        value = getattr(base, "BaseEventTrigger", None) or base.BaseTrigger
+    elif name == "AssetWatcher":
+        if not EVENT_DRIVEN_SCHEDULING:
+            require_event_driven_scheduling("AssetWatcher")
+        from airflow.sdk import AssetWatcher as value
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
@@ -109,9 +144,12 @@ __all__ = [
     "AIRFLOW_V_3_1_PLUS",
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
+    "EVENT_DRIVEN_SCHEDULING",
     "AirflowException",
     "AirflowSensorTimeout",
     "Asset",
+    "AssetWatcher",
+    "BaseEventTrigger",
     "BaseHook",
     "BaseOperator",
     "BaseOperatorLink",
@@ -125,8 +163,10 @@ __all__ = [
     "TaskInstanceKey",
     "TriggerEvent",
     "XCom",
+    "asset_state_store_of",
     "conf",
     "is_deferral_timeout",
     "mask_secret",
     "redact",
+    "require_event_driven_scheduling",
 ]

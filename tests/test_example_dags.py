@@ -27,6 +27,10 @@ def test_example_dags_parse_without_errors() -> None:
     assert {"cekura_ingest_then_evaluate", "cekura_rerun_evaluations", "cekura_hourly_export"} <= set(bag.dag_ids)
     assert "cekura_nightly_quality_gate" in bag.dag_ids
     assert "cekura_export_to_object_storage" in bag.dag_ids
+    from airflow_provider_cekura.version_compat import EVENT_DRIVEN_SCHEDULING
+
+    # Airflow 3: scheduled on the asset the evaluation trigger watches; Airflow 2.11: the file defines no DAG
+    assert ("cekura_on_evaluation" in bag.dag_ids) is EVENT_DRIVEN_SCHEDULING
     for dag in bag.dags.values():
         assert "cekura" in dag.tags
 
@@ -265,3 +269,24 @@ def test_nightly_quality_gate_holds_or_stops_the_export(
         or sqlite3.connect(path).execute("SELECT name FROM sqlite_master WHERE name = 'cekura_call_logs'").fetchall()
         == []
     )
+
+
+def test_on_evaluation_is_scheduled_on_the_asset_the_trigger_watches() -> None:
+    from airflow_provider_cekura.version_compat import EVENT_DRIVEN_SCHEDULING
+
+    if not EVENT_DRIVEN_SCHEDULING:
+        pytest.skip("event-driven scheduling needs Airflow 3 (the file defines no DAG on 2.11)")
+    from airflow_provider_cekura.triggers.evaluated_call_logs import CekuraCallLogsEvaluatedTrigger
+
+    dag = load_dag(EXAMPLES / "cekura_on_evaluation.py", "cekura_on_evaluation")
+    (asset,) = dag.timetable.asset_condition.objects  # schedule=[asset]: an AssetAll of one
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, CekuraCallLogsEvaluatedTrigger)
+    assert watcher.trigger.serialize()[1]["poll_interval"] == 30.0
+    assert {t.task_id for t in dag.tasks} == {"finished_call_logs", "quality_gate", "export"}
+    export, gate = dag.get_task("export"), dag.get_task("quality_gate")
+    # both read exactly the ids the asset events named (the first task's XCom)
+    assert (
+        {t.task_id for t in export.upstream_list} == {t.task_id for t in gate.upstream_list} == {"finished_call_logs"}
+    )
+    assert export.cekura_conn_id == "cekura_default" and export.sql_conn_id == "warehouse"

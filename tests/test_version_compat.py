@@ -76,3 +76,19 @@ def test_deferral_timeout_is_told_apart_from_a_crashed_trigger() -> None:
     assert version_compat.is_deferral_timeout(timeout)
     if not version_compat.AIRFLOW_V_3_0_PLUS:  # Airflow 2: one class for both, the message tells
         assert not version_compat.is_deferral_timeout(version_compat.TaskDeferralTimeout("Trigger failure"))
+
+
+def test_the_event_trigger_imports_on_every_line_and_needs_airflow_3_to_be_built() -> None:
+    """Airflow 2.11 has no event-driven scheduling: the module imports, building the trigger says why not."""
+    from airflow_provider_cekura.exceptions import CekuraConfigurationError
+    from airflow_provider_cekura.triggers.evaluated_call_logs import CekuraCallLogsEvaluatedTrigger
+
+    assert version_compat.EVENT_DRIVEN_SCHEDULING is version_compat.AIRFLOW_V_3_0_PLUS
+    if version_compat.EVENT_DRIVEN_SCHEDULING:
+        assert CekuraCallLogsEvaluatedTrigger(poll_interval=5).poll_interval == 5.0
+        assert version_compat.AssetWatcher.__name__ == "AssetWatcher"
+    else:
+        with pytest.raises(CekuraConfigurationError, match=r"needs Airflow 3\.0 or later; this is Airflow 2\."):
+            CekuraCallLogsEvaluatedTrigger()
+        with pytest.raises(CekuraConfigurationError, match="AssetWatcher needs"):
+            version_compat.AssetWatcher  # noqa: B018

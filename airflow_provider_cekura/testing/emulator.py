@@ -482,9 +482,13 @@ class CekuraEmulator:
     def _evaluate_if_due(self, record: dict[str, Any]) -> None:
         if record["_due"] is None or time.monotonic() < record["_due"]:
             return
-        record["_due"] = None
+        due, record["_due"] = record["_due"], None
         seed = _digest(record["call_id"], record["_round"])
-        record["updated_at"] = _iso(_now())
+        # When the evaluation finished (its due time, not when someone first looked), and always after the
+        # previous change: a client that watches updated_at sees each evaluation end exactly once.
+        previous = _parse_time(record["updated_at"]) or _now()
+        finished = _now() - timedelta(seconds=max(0.0, time.monotonic() - due))
+        record["updated_at"] = _iso(max(finished, previous + timedelta(microseconds=1)))
         failure_roll = _digest(record["call_id"], "failure") % 10_000 / 10_000
         if failure_roll < self.evaluation_failure_rate:
             record.update(
