@@ -159,7 +159,7 @@ def test_agent_or_assistant_one_rule_one_error_type() -> None:
 
 def test_one_constant_for_ids_per_request() -> None:
     import airflow_provider_cekura.hooks.cekura as hook_module
-    import airflow_provider_cekura.transfers.call_logs_to_sql as transfer_module
+    import airflow_provider_cekura.transfers._selection as transfer_module
     import airflow_provider_cekura.triggers._poller as poller_module
 
     assert IDS_PER_REQUEST == 100
@@ -192,7 +192,7 @@ def test_timestamps_parse_and_format() -> None:
 def test_the_hook_and_payloads_use_the_same_timestamp_rules() -> None:
     import airflow_provider_cekura.hooks.cekura as hook_module
     import airflow_provider_cekura.payloads as payloads
-    import airflow_provider_cekura.transfers.call_logs_to_sql as transfer_module
+    import airflow_provider_cekura.transfers._selection as transfer_module
     from airflow_provider_cekura import _coerce
 
     assert payloads.parse_timestamp is _coerce.parse_timestamp
