@@ -61,6 +61,12 @@ _CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
         "description": "Base URL of the Cekura dashboard used by task links (default https://dashboard.cekura.ai).",
         "schema": {"type": ["string", "null"], "format": "url"},
     },
+    "recording_roots": {
+        "label": "Recording roots",
+        "description": "Comma-separated directories local recordings may be uploaded from, besides the DAG "
+        "folder and template_searchpath (never /proc, /sys or /dev).",
+        "schema": {"type": ["string", "null"]},
+    },
 }
 
 

@@ -3,8 +3,9 @@
 The comparison keys and their meaning are those of common.sql's ``SQLColumnCheckOperator``:
 ``equal_to`` (alone), ``greater_than`` or ``geq_to``, ``less_than`` or ``leq_to``, and an optional
 ``tolerance``: a fraction by which each bound is widened outward (``expected +/- |expected| * tolerance``;
-with ``equal_to`` it turns equality into that range). :class:`~airflow_provider_cekura.operators.
-evaluation_check.CekuraEvaluationCheckOperator` uses this module; the pending / evaluated / failed
+with ``equal_to`` it turns equality into that range).
+:class:`~airflow_provider_cekura.operators.evaluation_check.CekuraEvaluationCheckOperator` uses this module; the
+pending / evaluated / failed
 decision and the metric parsing come from :mod:`airflow_provider_cekura.evaluation`.
 
 Checks dict::
@@ -182,9 +183,11 @@ def parse_checks(checks: Any, *, baseline: bool) -> list[Check]:
         comparison, a non-numeric threshold, bounds that contradict each other, no check at all.
     """
     if isinstance(checks, str):
+        from airflow_provider_cekura._coerce import loads
+
         try:
-            checks = json.loads(checks)
-        except ValueError:
+            checks = loads(checks, "checks")
+        except CekuraValidationError:
             raise CekuraValidationError("checks", f"is not a dict or JSON object: {checks[:80]!r}") from None
     if not isinstance(checks, Mapping) or not checks:
         raise CekuraValidationError("checks", f"must be a non-empty dict of checks, got {checks!r}")

@@ -53,7 +53,7 @@ def parse_json_field(value: Any) -> Any:
             return None
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse; kept as text
             return value
     return value
 

@@ -7,6 +7,7 @@ request headers or payload bodies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_cekura.version_compat import AirflowException
@@ -33,6 +34,18 @@ class CekuraValidationError(CekuraError, ValueError):
         self.reason = message
         where = f"call_id={call_id!r}: " if call_id is not None else ""
         super().__init__(f"{where}{field}: {message}")
+
+
+class CekuraAgentError(CekuraValidationError, CekuraConfigurationError):
+    """The agent/assistant rule was broken: give exactly one of an agent id or an assistant id, and a valid one.
+
+    A :class:`CekuraValidationError`; also a :class:`CekuraConfigurationError`, which the rerun operator's
+    ``__init__`` raised for this rule in 0.1.0 (see :func:`airflow_provider_cekura._coerce.agent_or_assistant`).
+    """
+
+
+class CekuraExportError(CekuraError):
+    """Writing to the SQL table failed; the message names the table, the page and the row count, never row data."""
 
 
 class CekuraAPIError(CekuraError):
@@ -119,11 +132,19 @@ class CekuraObserveBatchError(CekuraError):
 
     :param failures: ``{call_id: error message}`` of the calls that failed.
     :param call_log_ids: ids of the calls that succeeded, in input order (``None`` where failed).
+    :param errors: ``{call_id: exception}`` of the calls that failed (the errors themselves).
     """
 
-    def __init__(self, failures: dict[str, str], call_log_ids: list[int | None]) -> None:
+    def __init__(
+        self,
+        failures: dict[str, str],
+        call_log_ids: list[int | None],
+        *,
+        errors: Mapping[str, Exception] | None = None,
+    ) -> None:
         self.failures = failures
         self.call_log_ids = call_log_ids
+        self.errors: dict[str, Exception] = dict(errors or {})
         lines = "; ".join(f"{cid}: {msg}" for cid, msg in list(failures.items())[:20])
         more = f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""
         super().__init__(f"{len(failures)} of {len(call_log_ids)} calls failed to ingest: {lines}{more}")

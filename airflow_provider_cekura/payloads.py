@@ -12,18 +12,28 @@ import json
 import math
 import os
 import re
+import stat
 import unicodedata
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
 from typing import IO, Any
 
+from airflow_provider_cekura._coerce import MAX_ID as MAX_ID  # re-exported: agent and metric ids are 64-bit
+from airflow_provider_cekura._coerce import (
+    agent_or_assistant,
+    format_timestamp,
+    json_or_value,
+    parse_id,
+    parse_ids,
+    parse_timestamp,
+    show,
+)
 from airflow_provider_cekura.exceptions import CekuraValidationError
 
 CALL_ID_MAX_LENGTH = 100
 TRACE_ID_MAX_LENGTH = 32
 TEXT_MAX_LENGTH = 100  # call_ended_reason, customer_number
-MAX_ID = 2**63 - 1  # agent and metric ids are 64-bit integers
 
 TRANSCRIPT_TYPES = frozenset(
     {"cekura", "vocera", "vapi", "retell", "deepgram", "pipecat", "livekit", "elevenlabs", "none-mono"}
@@ -62,8 +72,12 @@ OBSERVE_FIELDS = (
 _TRACE_ID = re.compile(r"^[0-9a-fA-F]{1,32}$")
 
 
+def _call_id(call_id: Any) -> str | None:
+    return call_id if isinstance(call_id, str) else None
+
+
 def _fail(field: str, message: str, call_id: Any) -> CekuraValidationError:
-    return CekuraValidationError(field, message, call_id=call_id if isinstance(call_id, str) else None)
+    return CekuraValidationError(field, message, call_id=_call_id(call_id))
 
 
 def _is_number(value: Any) -> bool:
@@ -75,13 +89,7 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def _show(value: Any, limit: int = 80) -> str:
-    """``repr()`` for error messages: short, and safe for any value (a 5000-digit int cannot be repr'd)."""
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+_show = show
 
 
 def _optional_text(payload: dict[str, Any], name: str, call_id: str, max_length: int | None = None) -> None:
@@ -98,11 +106,7 @@ def _json_object(payload: dict[str, Any], name: str, call_id: str) -> None:
     value = payload.get(name)
     if value is None:
         return
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError) as err:  # ValueError: also a number too long for int()
-            raise _fail(name, f"is not valid JSON ({getattr(err, 'msg', type(err).__name__)})", call_id) from None
+    value = json_or_value(value, name, _call_id(call_id))
     if not isinstance(value, Mapping):
         raise _fail(name, f"must be an object (dict), got {type(value).__name__}", call_id)
     try:
@@ -143,53 +147,16 @@ def normalize_metric_ids(value: Any, call_id: str | None = None) -> str | None:
         items = [value]
     else:
         raise _fail("metric_ids", f"must be a list of integers or a comma string, got {_show(value)}", call_id)
-    ids: list[str] = []
-    for item in items:
-        if isinstance(item, bool):
-            raise _fail("metric_ids", f"{_show(item)} is not an integer metric id", call_id)
-        if isinstance(item, int) and 0 < item <= MAX_ID:
-            ids.append(str(item))
-        elif (
-            isinstance(item, str)
-            and item.isascii()
-            and item.isdigit()
-            and len(item.lstrip("0")) <= 19
-            and 0 < int(item.lstrip("0") or "0") <= MAX_ID
-        ):
-            ids.append(str(int(item.lstrip("0"))))
-        else:
-            raise _fail("metric_ids", f"{_show(item)} is not a positive integer metric id", call_id)
-    return ",".join(ids)
-
-
-def parse_timestamp(value: Any, field: str = "timestamp", call_id: str | None = None) -> datetime | None:
-    """The one timestamp parser: a datetime or date (naive means UTC) or ISO 8601 text → an aware datetime.
-
-    ``None``, blank text and the text ``"None"`` (what a template renders for a missing value) give ``None``.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if not text or text == "None":
-            return None
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            raise _fail(field, f"is not an ISO 8601 date-time: {_show(value)}", call_id) from None
-    elif isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, date):
-        parsed = datetime(value.year, value.month, value.day)
-    else:
-        raise _fail(field, f"must be a datetime or ISO 8601 string, got {type(value).__name__}", call_id)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return ",".join(str(parse_id(item, "metric_ids", what="metric id", call_id=_call_id(call_id))) for item in items)
 
 
 def normalize_timestamp(value: Any, call_id: str | None = None, field: str = "timestamp") -> str | None:
-    """A datetime (naive = UTC) or ISO 8601 string → ISO 8601 text with an offset (``Z`` for UTC)."""
+    """A datetime (naive = UTC) or ISO 8601 string → ISO 8601 text with its offset (``Z`` for UTC).
+
+    Parsing and formatting are :mod:`airflow_provider_cekura._coerce`'s (one rule for every door).
+    """
     parsed = parse_timestamp(value, field, call_id)
-    return None if parsed is None else parsed.isoformat().replace("+00:00", "Z")
+    return None if parsed is None else format_timestamp(parsed, utc=False)
 
 
 def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,16 +185,11 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
         raise _fail("call_id", "must not contain control characters", call_id)
 
     agent, assistant_id = payload.get("agent"), payload.get("assistant_id")
-    if (agent is None) == (assistant_id is None):
-        raise _fail("agent", "give exactly one of agent (Cekura agent id) or assistant_id", call_id)
-    if agent is not None:
-        if isinstance(agent, str) and agent.isascii() and agent.isdigit() and len(agent) <= 20:
-            agent = int(agent)
-        if isinstance(agent, bool) or not isinstance(agent, int) or not 0 < agent <= MAX_ID:
-            raise _fail("agent", f"must be a positive integer agent id, got {_show(agent)}", call_id)
-        payload["agent"] = agent
-    if assistant_id is not None and (not isinstance(assistant_id, str) or not assistant_id.strip()):
+    if agent is None and isinstance(assistant_id, str) and not assistant_id.strip():
         raise _fail("assistant_id", "must be a non-empty string", call_id)
+    owner = agent_or_assistant(agent, assistant_id, agent_field="agent", call_id=_call_id(call_id))
+    if "agent" in owner:
+        payload["agent"] = owner["agent"]
 
     transcript_type = payload.get("transcript_type", "cekura")
     if not isinstance(transcript_type, str) or transcript_type not in TRANSCRIPT_TYPES:
@@ -237,13 +199,7 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
             call_id,
         )
     if "transcript_json" in payload:
-        transcript = payload["transcript_json"]
-        if isinstance(transcript, str):
-            try:
-                transcript = json.loads(transcript)
-            except (ValueError, RecursionError) as err:  # ValueError: also a number too long for int()
-                msg = getattr(err, "msg", type(err).__name__)
-                raise _fail("transcript_json", f"is not valid JSON ({msg})", call_id) from None
+        transcript = json_or_value(payload["transcript_json"], "transcript_json", _call_id(call_id))
         if transcript_type == "cekura":
             _validate_cekura_transcript(transcript, call_id)
         elif not isinstance(transcript, (list, Mapping)):
@@ -304,12 +260,7 @@ def load_calls(calls: Any) -> list[Mapping[str, Any]]:
     Only the shape is checked here; :func:`build_observe_payload` validates each call.
     """
     if isinstance(calls, str):
-        try:
-            calls = json.loads(calls)
-        except (ValueError, RecursionError) as err:
-            raise CekuraValidationError(
-                "calls", f"is not valid JSON ({getattr(err, 'msg', type(err).__name__)})"
-            ) from None
+        calls = json_or_value(calls, "calls")
     if isinstance(calls, Mapping):
         calls = [calls]
     if not isinstance(calls, (list, tuple)):
@@ -361,82 +312,145 @@ def multipart_fields(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def parse_call_log_ids(call_log_ids: Any, name: str = "call_log_ids") -> list[int]:
-    """Cekura call log ids from an int, a list, a comma string or JSON text (a rendered XCom).
+    """Deprecated: use :func:`airflow_provider_cekura._coerce.parse_ids` (the same rule, one place).
 
-    The sensor's result, ``{"<id>": {...}}`` (as a dict or as JSON text), gives its keys.
-    Duplicates are dropped, order kept; anything that is not a positive integer is an error.
+    Cekura call log ids from an int, a list, a comma string or JSON text (a rendered XCom); the
+    sensor's result ``{"<id>": {...}}`` gives its keys. Duplicates dropped, order kept.
     """
-    if isinstance(call_log_ids, str):
-        text = call_log_ids.strip()
-        if text.startswith(("[", "{")):
-            try:
-                call_log_ids = json.loads(text)
-            except ValueError:
-                raise CekuraValidationError(name, f"is not a JSON list or object: {text[:80]!r}") from None
-        else:
-            call_log_ids = [part for part in text.split(",") if part.strip()]
-    if isinstance(call_log_ids, Mapping):
-        call_log_ids = list(call_log_ids)
-    if isinstance(call_log_ids, (int, str)):
-        call_log_ids = [call_log_ids]
-    if not isinstance(call_log_ids, Iterable):
-        raise CekuraValidationError(name, f"must be ids, got {type(call_log_ids).__name__}")
-    ids: list[int] = []
-    for item in call_log_ids:
-        if isinstance(item, bool):
-            raise CekuraValidationError(name, f"{item!r} is not a call log id")
-        try:
-            value = int(str(item).strip()) if isinstance(item, str) else int(item)
-        except (TypeError, ValueError):
-            raise CekuraValidationError(name, f"{item!r} is not an integer call log id") from None
-        if value <= 0:
-            raise CekuraValidationError(name, f"{item!r} is not a positive call log id")
-        ids.append(value)
-    return list(dict.fromkeys(ids))
+    warnings.warn(
+        "airflow_provider_cekura.payloads.parse_call_log_ids is deprecated; use "
+        "airflow_provider_cekura._coerce.parse_ids",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return parse_ids(call_log_ids, name)
 
 
 RecordingSource = Any
 """A local path (str or ``os.PathLike``), an ``ObjectStoragePath`` (s3://, gs://, file://) or a binary file object."""
 
+NEVER_RECORDING_ROOTS = ("/proc", "/sys", "/dev")
+"""Local trees a recording is never read from, whatever the allowed roots say (``/proc/self/environ`` holds the
+worker's ``AIRFLOW_CONN_*`` secrets)."""
 
-def _is_local_path(source: Any) -> bool:
-    """A str or ``os.PathLike`` naming a local file. An ``ObjectStoragePath`` is ``os.PathLike`` too on
-    Airflow 2.11-3.1 (its ``fspath`` is the URL, ``file:///...``): it has a ``protocol`` and opens itself."""
-    return isinstance(source, str) or (isinstance(source, os.PathLike) and not hasattr(source, "protocol"))
+_LOCAL_PROTOCOLS = frozenset({"file", "local"})
+
+
+def recording_roots(*groups: Any) -> tuple[str, ...]:
+    """The allowed recording roots from any number of groups (``None``, a path, a list of paths, or a comma
+    string), each resolved (symlinks, ``..``) and given once, in order."""
+    roots: list[str] = []
+    for group in groups:
+        if group is None:
+            continue
+        if isinstance(group, str):
+            items: Iterable[Any] = [part.strip() for part in group.split(",") if part.strip()]
+        elif isinstance(group, os.PathLike):
+            items = [group]
+        elif isinstance(group, Iterable):
+            items = group
+        else:
+            raise CekuraValidationError("recording_roots", f"must be paths, got {type(group).__name__}")
+        for item in items:
+            if not isinstance(item, (str, os.PathLike)) or not os.fspath(item):
+                raise CekuraValidationError("recording_roots", f"{show(item)} is not a directory path")
+            root = os.path.realpath(os.fspath(item))
+            if root not in roots:
+                roots.append(root)
+    return tuple(roots)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _local_path(source: Any) -> str | None:
+    """The local file a source names (a path, ``file://`` text, a local ``ObjectStoragePath``), else ``None``."""
+    if isinstance(source, str):
+        if source.startswith("file://"):
+            from urllib.parse import unquote, urlsplit
+
+            parts = urlsplit(source)
+            if parts.netloc not in ("", "localhost"):
+                return None
+            return unquote(parts.path)
+        return None if "://" in source else source
+    protocol = getattr(source, "protocol", None)
+    if isinstance(protocol, (tuple, list)):
+        protocol = protocol[0] if protocol else None
+    if protocol is not None:  # an ObjectStoragePath (os.PathLike too on Airflow 2.11-3.1)
+        return str(getattr(source, "path", "")) if protocol in _LOCAL_PROTOCOLS else None
+    if isinstance(source, os.PathLike):
+        return os.fspath(source)
+    return None
+
+
+def allowed_local_recording(path: str, roots: Sequence[str], call_id: str | None = None) -> str:
+    """The resolved ``path`` of a local recording, if it may leave the machine; else a validation error.
+
+    The rule: the path is resolved (symlinks and ``..``), must lie under one of ``roots`` (already resolved,
+    see :func:`recording_roots`), never under ``/proc``, ``/sys`` or ``/dev``, and name a readable regular file.
+    """
+    if not path:
+        raise _fail("voice_recording", "is an empty path", call_id)
+    real = os.path.realpath(path)
+    if any(_under(real, never) for never in NEVER_RECORDING_ROOTS):
+        raise _fail("voice_recording", f"{show(path)} is under /proc, /sys or /dev: never uploaded", call_id)
+    if not any(_under(real, root) for root in roots):
+        allowed = ", ".join(roots) if roots else "none"
+        raise _fail(
+            "voice_recording",
+            f"{show(path)} is not under an allowed recording root ({allowed}); local recordings are read only "
+            "from the DAG folder, the DAG's template_searchpath and the roots given by recording_roots= "
+            "or the connection's recording_roots extra",
+            call_id,
+        )
+    try:
+        info = os.stat(real)
+    except OSError:
+        raise _fail("voice_recording", f"{show(path)} is not a readable file", call_id) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise _fail("voice_recording", f"{show(path)} is not a regular file", call_id)
+    if not os.access(real, os.R_OK):
+        raise _fail("voice_recording", f"{show(path)} is not a readable file", call_id)
+    return real
 
 
 def _recording_name(source: Any) -> str:
     name = getattr(source, "name", None)
     if isinstance(name, str) and name:
         return os.path.basename(name) or "recording"
-    return os.path.basename(os.fspath(source)) if _is_local_path(source) else "recording"
+    local = _local_path(source)
+    return (os.path.basename(local) or "recording") if local is not None else "recording"
 
 
-def _resolve_recording(source: RecordingSource) -> RecordingSource:
-    """A ``file://`` URL becomes a local path, another URL (s3://, gs://, ...) an ``ObjectStoragePath``."""
-    if isinstance(source, str) and source.startswith("file://"):
-        return source[len("file://") :]
-    if isinstance(source, str) and "://" in source:
+def _remote(source: Any) -> Any:
+    """A remote URL (s3://, gs://, ...) as an ``ObjectStoragePath``; anything else unchanged."""
+    if isinstance(source, str) and "://" in source and _local_path(source) is None:
         from airflow_provider_cekura.version_compat import ObjectStoragePath
 
         return ObjectStoragePath(source)
     return source
 
 
-def check_recording(source: RecordingSource, call_id: str | None = None) -> None:
-    """Fail before any request if ``source`` is not a readable recording."""
+def check_recording(source: RecordingSource, call_id: str | None = None, roots: Sequence[str] = ()) -> None:
+    """Fail before any request if ``source`` is not a readable recording the DAG author allowed.
+
+    A local path (a ``str``/``os.PathLike``, ``file://`` text or a ``file://`` ``ObjectStoragePath``) follows
+    :func:`allowed_local_recording` with ``roots``; a remote ``ObjectStoragePath`` (s3://, gs://, ...) must be a
+    file; an open binary file object is the DAG code's own choice and is only checked to be open.
+    """
     if source is None:
         return
     if hasattr(source, "read"):
         if getattr(source, "closed", False):
             raise _fail("voice_recording", "file object is closed", call_id)
         return
-    source = _resolve_recording(source)
-    if _is_local_path(source):
-        path = os.fspath(source)
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
-            raise _fail("voice_recording", f"{path!r} is not a readable file", call_id)
+    local = _local_path(source)
+    if local is not None:
+        allowed_local_recording(local, roots, call_id)
         return
+    source = _remote(source)
     if hasattr(source, "open") and hasattr(source, "is_file"):
         try:
             ok = source.is_file()
@@ -452,17 +466,66 @@ def check_recording(source: RecordingSource, call_id: str | None = None) -> None
     )
 
 
+def _open_local(real: str, call_id: str | None) -> IO[bytes]:
+    """Open a checked local recording without following a symlink swapped in since, and re-check it is regular."""
+    fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _fail("voice_recording", f"{show(real)} is not a regular file", call_id)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 @contextmanager
-def open_recording(source: RecordingSource, call_id: str | None = None) -> Iterator[tuple[str, IO[bytes]]]:
-    """Open a recording for streaming upload: yields ``(filename, binary stream)``; never reads it whole."""
-    check_recording(source, call_id)
+def open_recording(
+    source: RecordingSource, call_id: str | None = None, roots: Sequence[str] = ()
+) -> Iterator[tuple[str, IO[bytes]]]:
+    """Open a recording for streaming upload: yields ``(filename, binary stream)``; never reads it whole.
+
+    The same rule as :func:`check_recording` applies (checked again here, at the moment of opening).
+    """
+    check_recording(source, call_id, roots)
     if hasattr(source, "read"):
         yield _recording_name(source), source
         return
-    source = _resolve_recording(source)
-    if _is_local_path(source):
-        with open(os.fspath(source), "rb") as stream:
+    local = _local_path(source)
+    if local is not None:
+        with _open_local(allowed_local_recording(local, roots, call_id), call_id) as stream:
             yield _recording_name(source), stream
         return
-    with source.open("rb") as stream:
+    with _remote(source).open("rb") as stream:
         yield _recording_name(source), stream
+
+
+def validate_call(call: Any, roots: Sequence[str] = ()) -> tuple[dict[str, Any], RecordingSource | None]:
+    """One call (observe fields plus an optional ``voice_recording``) → ``(payload, recording or None)``.
+
+    The one validation every door runs (:meth:`CekuraHook.observe`, :meth:`CekuraHook.observe_many`, the
+    observe operator): :func:`build_observe_payload`, then :func:`check_recording` with ``roots``.
+
+    :raises CekuraValidationError: naming the field and the call_id.
+    """
+    if not isinstance(call, Mapping):
+        raise CekuraValidationError("call", f"must be a mapping of observe fields, got {type(call).__name__}")
+    payload = build_observe_payload({k: v for k, v in call.items() if k != "voice_recording"})
+    recording = call.get("voice_recording")
+    check_recording(recording, payload["call_id"], roots)
+    return payload, recording
+
+
+def validate_calls(calls: Any, roots: Sequence[str] = ()) -> list[tuple[dict[str, Any], RecordingSource | None]]:
+    """A batch (see :func:`load_calls`) through :func:`validate_call`; duplicate call_ids are an error too.
+
+    The first bad call raises before anything is sent.
+    """
+    batch = [validate_call(call, roots) for call in load_calls(calls)]
+    seen: set[str] = set()
+    for payload, _ in batch:
+        if payload["call_id"] in seen:
+            raise _fail("call_id", "appears more than once in the batch", payload["call_id"])
+        seen.add(payload["call_id"])
+    return batch

@@ -48,10 +48,10 @@ def check_evaluations(hook: CekuraHook, call_log_ids: Iterable[int], *, packed: 
 
 
 def seconds(value: float | timedelta | None) -> float | None:
-    """A timeout given as seconds or timedelta, as float seconds."""
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+    """A timeout given as seconds or timedelta, as float seconds (:func:`~airflow_provider_cekura._coerce.to_seconds`)."""
+    from airflow_provider_cekura._coerce import to_seconds
+
+    return None if value is None else to_seconds(value, "timeout", allow_zero=True)
 
 
 def poll_until_evaluated(

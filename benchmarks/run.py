@@ -117,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def readme_summary(results: str) -> str:
     """The README's copy of a full run: its date line and the summary of goals, linking to the rest."""
+    from scripts.readme_sections import docs_link, repo_link
+
     lines = results.splitlines()
     run_line = next((line for line in lines if line.startswith("Run on ")), "")
     start = lines.index("## Summary of goals") + 2
     end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
     return "\n".join(
         [run_line, "", *lines[start:end], "", "Every figure, with the method and the machine: "
-         "[benchmarks/results.md](benchmarks/results.md); what they mean: [docs/benchmarks.md](docs/benchmarks.md)."]
+         f"[benchmarks/results.md]({repo_link('benchmarks/results.md')}); what they mean: "
+         f"[docs/benchmarks.md]({docs_link('benchmarks')})."]
     )  # fmt: skip
 
 

@@ -40,8 +40,22 @@ forget_datadir() {
   rm -f "$record/$1.datadir" "$record/$1.uri"
 }
 
+# missing_server_packages: the Debian packages of the test servers that are not installed (none: empty).
+missing_server_packages() {
+  local missing=()
+  ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
+  { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || missing+=(mariadb-server)
+  echo "${missing[@]}"
+}
+
+# apt_install PACKAGE...: as root, installs them; as a normal user, says exactly what to install and stops.
 apt_install() {
-  if [ "$(id -u)" != 0 ]; then echo "need root (or sudo) to apt-get install $*" >&2; exit 1; fi
+  if [ "$(id -u)" != 0 ]; then
+    echo "Missing Debian package(s): $*. The servers run as this user once installed; install them once as root:" >&2
+    echo "    sudo apt-get install -y --no-install-recommends $*" >&2
+    echo "then run the command again." >&2
+    exit 1
+  fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends "$@" >/dev/null

@@ -4,7 +4,8 @@ For each cell: ``uv venv`` with that Python, ``uv pip install`` of ``apache-airf
 provider's wheel (built once from this checkout) resolved as of the cell's date, the test subset with
 pytest, then scripts/compat_cell.py (real ``airflow dags test`` runs of the example DAGs against the
 emulator, ``airflow providers list/hooks``, B4). Cells run ``--jobs`` at a time (default 2). Writes
-compat/last-run.json and the README's Compatibility table; exits 1 if any cell failed.
+compat/last-run.json and the README's Compatibility table; exits 1 if any cell failed, except a cell marked
+``prerelease = true`` (the next Airflow, tried early): its problems are reported, never fatal.
 
 Nothing is read from stdin; logs go to ``.compat/<cell>/`` (kept for CI artifacts).
 """
@@ -214,10 +215,14 @@ def _cell_row(result: dict[str, Any]) -> str:
     providers = "yes" if result.get("providers_list") and result.get("providers_hooks") else "no"
     b4 = result.get("b4", {})
     b4_text = f"{b4['added_ms']:.0f} ms" if "added_ms" in b4 else "n/a"
-    status = "**pass**" if not result["problems"] else "**FAIL**"
+    if result.get("prerelease"):
+        status = "pass (pre-release)" if not result["problems"] else "fails (pre-release, not counted)"
+    else:
+        status = "**pass**" if not result["problems"] else "**FAIL**"
     sdk = versions.get("apache-airflow-task-sdk", "—")
+    airflow = f"{result['airflow']} (pre-release)" if result.get("prerelease") else result["airflow"]
     return (
-        f"| {result['airflow']} | {result['python']} | {result['exclude_newer']} | {sdk} | "
+        f"| {airflow} | {result['python']} | {result['exclude_newer']} | {sdk} | "
         f"{versions.get('apache-airflow-providers-common-compat', '?')} | {tests} | {ok_runs}/{len(runs)} | "
         f"{providers} | {b4_text} | {status} |"
     )
@@ -278,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         def one(cell: dict[str, Any]) -> dict[str, Any]:
             result = run_cell(cell, matrix, wheel, work, scratch)
             verdict = "pass" if not result["problems"] else "FAIL"
+            if result.get("prerelease"):
+                verdict += " (pre-release, not counted)"
             print(f"compat: {result['name']}: {verdict} in {result.get('seconds', 0):.0f} s", flush=True)
             for problem in result["problems"]:
                 print(f"    {problem}", flush=True)
@@ -296,12 +303,16 @@ def main(argv: list[str] | None = None) -> int:
         "dag_runs": "; ".join(r["name"] for r in matrix["dag_run"]),
         "cells": results,
     }
-    failed = [r["name"] for r in results if r["problems"]]
+    failed = [r["name"] for r in results if r["problems"] and not r.get("prerelease")]
+    early = [r["name"] for r in results if r["problems"] and r.get("prerelease")]
     if not args.only:
         LAST_RUN.write_text(json.dumps(run, indent=2) + "\n")
         if not args.no_readme:
             replace_section("compatibility", readme_table(run))
-    print(f"compat: {len(results) - len(failed)}/{len(results)} cells passed in {minutes:.1f} min", flush=True)
+    passed = sum(1 for r in results if not r["problems"])
+    print(f"compat: {passed}/{len(results)} cells passed in {minutes:.1f} min", flush=True)
+    if early:
+        print(f"compat: pre-release cell(s) failing, not counted: {', '.join(early)}", flush=True)
     if failed:
         print(f"compat: FAILED: {', '.join(failed)}", flush=True)
     return 1 if failed else 0

@@ -74,8 +74,11 @@ def _latest_run(home: Path, dag_id: str) -> dict[str, Any]:
         ).fetchone()
         if row is None:
             return {"state": "no run"}
+        # Airflow 3.4.0b2's metadata DB has no task_instance.map_index (its task instances carry a region_index).
+        columns = {c[1] for c in db.execute("PRAGMA table_info(task_instance)")}
+        index = next((c for c in ("map_index", "region_index") if c in columns), "-1")
         tasks = db.execute(
-            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, row[0])
+            f"SELECT task_id, {index}, state FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, row[0])
         ).fetchall()
     return {
         "run_id": row[0],

@@ -32,6 +32,13 @@ DAG_ID = "cekura_ingest_then_evaluate"
 LOGICAL_DATE = "2026-11-02"  # ingests the day before: 2026-11-01, the day of the sample data
 
 
+STATUS_HELP = (
+    "    (status is Cekura's verdict on each call: 'success' and 'failure' (or 'reviewed_...') are evaluated calls, judged\n"
+    "     successful or not by the agent's metrics; a failure is a call that went badly, not an error. A failed\n"
+    "     evaluation is different: Cekura could not evaluate the call at all, see 'failed evaluations' above.)"
+)
+
+
 def step(message: str) -> None:
     print(f"==> {message}", flush=True)
 
@@ -121,7 +128,7 @@ def report(returncode: int, leaked: bool, elapsed: float, log_path: Path) -> boo
         if isinstance(quality, dict):
             print(
                 f"  evaluation: {quality.get('calls')} calls, success rate {quality.get('success_rate')}, "
-                f"failed evaluations {quality.get('evaluation_failed')}"
+                f"failed evaluations {quality.get('evaluation_failed')} (calls Cekura could not evaluate)"
             )
             for name, average in (quality.get("metric_averages") or {}).items():
                 print(f"    average {name}: {average}")
@@ -138,13 +145,14 @@ def report(returncode: int, leaked: bool, elapsed: float, log_path: Path) -> boo
             ).fetchall()
             print(f"  warehouse: {rows} call log rows ({distinct} distinct call_ids), {metrics} metric rows")
             print("    by status: " + ", ".join(f"{s}={n}" for s, n in by_status))
+            print(STATUS_HELP)
             ok = ok and rows == distinct
         except sqlite3.Error as err:
             print(f"  warehouse: not readable ({err})")
             ok = False
         print(f"  SQLite warehouse: {WAREHOUSE}")
         print(
-            "  try: uv run python -c \"import sqlite3; print(sqlite3.connect('.demo/warehouse.db').execute("
+            "  try: .venv/bin/python -c \"import sqlite3; print(sqlite3.connect('.demo/warehouse.db').execute("
             "'SELECT call_id, status, success FROM cekura_call_logs LIMIT 5').fetchall())\""
         )
     print(f"  full log: {log_path}")

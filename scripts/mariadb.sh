@@ -7,7 +7,11 @@
 set -euo pipefail
 source "$(dirname "$0")/_server_dirs.sh"
 
-admin() { mariadb --no-defaults --protocol=socket --socket="$1/mysqld.sock" -uroot "${@:2}"; }
+# mariadb-install-db gives socket (unix_socket) access to root and to the user that ran it: as a normal
+# user, that user is the server's administrator.
+admin_user="root"
+if [ "$(id -u)" != 0 ]; then admin_user="$(id -un)"; fi
+admin() { mariadb --no-defaults --protocol=socket --socket="$1/mysqld.sock" -u"$admin_user" "${@:2}"; }
 
 case "${1:-}" in
   start)
@@ -34,11 +38,19 @@ case "${1:-}" in
       --skip-name-resolve --skip-log-bin --innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 \
       --innodb-buffer-pool-size=64M --max-connections=200 --character-set-server=utf8mb4 \
       --collation-server=utf8mb4_unicode_ci >/dev/null 2>&1 &
+    server_pid=$!
     for _ in $(seq 1 300); do
       if [ -S "$data/mysqld.sock" ] && admin "$data" -e "SELECT 1" >/dev/null 2>&1; then break; fi
       sleep 0.1
     done
-    admin "$data" -e "SELECT 1" >/dev/null 2>&1 || { echo "MariaDB did not start:" >&2; tail -20 "$data/server.log" >&2; exit 1; }
+    if ! admin "$data" -e "SELECT 1" >/dev/null 2>&1; then
+      # Not left running: with_test_servers.sh only stops what started.
+      echo "MariaDB did not start (or refused its administrator):" >&2; tail -20 "$data/server.log" >&2
+      kill "$server_pid" 2>/dev/null || true
+      for _ in $(seq 1 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+      forget_datadir mariadb
+      exit 1
+    fi
     admin "$data" <<'SQL'
 CREATE DATABASE cekura_test CHARACTER SET utf8mb4;
 CREATE USER 'cekura'@'127.0.0.1' IDENTIFIED BY 'cekura-test-pw';
@@ -46,7 +58,8 @@ GRANT ALL PRIVILEGES ON *.* TO 'cekura'@'127.0.0.1';
 CREATE USER 'cekura_ro'@'127.0.0.1' IDENTIFIED BY 'cekura-ro-pw';
 GRANT SELECT ON *.* TO 'cekura_ro'@'127.0.0.1';
 SQL
-    uri="mysql://cekura:cekura-test-pw@127.0.0.1:$port/cekura_test"
+    # The MySQL provider's mysql-connector-python client: a wheel, no compiler (mysqlclient is not installed).
+    uri="mysql://cekura:cekura-test-pw@127.0.0.1:$port/cekura_test?client=mysql-connector-python"
     echo "$uri" > "$record/mariadb.uri"
     echo "$uri"
     ;;

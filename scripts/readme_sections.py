@@ -7,9 +7,26 @@ always come from a run, never from a hand edit.
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+_URLS = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
+DOCS_URL = _URLS["Documentation"].rstrip("/")
+"""The docs site (``[project.urls]``): a page ``docs/x.md`` is ``{DOCS_URL}/x.html``."""
+REPO_URL = _URLS["Source"].rstrip("/")
+"""The repository: a file is ``{REPO_URL}/blob/main/<path>``, a directory ``{REPO_URL}/tree/main/<path>``."""
+
+
+def docs_link(page: str, anchor: str = "") -> str:
+    """Absolute URL of ``docs/<page>.md`` on the docs site (the README is the package index page)."""
+    return f"{DOCS_URL}/{page}.html" + (f"#{anchor}" if anchor else "")
+
+
+def repo_link(path: str) -> str:
+    """Absolute URL of a file or directory of the repository."""
+    kind = "tree" if (README.parent / path).is_dir() else "blob"
+    return f"{REPO_URL}/{kind}/main/{path}"
 
 
 def replace_section(name: str, body: str, readme: Path = README) -> bool:

@@ -25,7 +25,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(ROOT))
 
-from scripts.readme_sections import replace_section  # noqa: E402
+from scripts.readme_sections import docs_link, replace_section  # noqa: E402
 from tests.reliability_scenarios import (  # noqa: E402  (Airflow reads its environment at import)
     EXTRAS,
     N_CALLS,
@@ -40,7 +40,7 @@ API_KEY = "reliability-report-key"
 def _readme_body(report: str) -> str:
     """The README's copy: the report without its own heading, linking to the full text."""
     body = report.split("\n", 1)[1] if report.startswith("## ") else report
-    return body.strip() + "\n\nFull report: [docs/reliability.md](docs/reliability.md)."
+    return body.strip() + f"\n\nFull report: [docs/reliability.md]({docs_link('reliability')})."
 
 
 def _faults(outcome: Outcome) -> str:

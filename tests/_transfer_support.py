@@ -143,12 +143,12 @@ def mariadb_query(uri: str) -> Callable[..., list[tuple[Any, ...]]]:
     """``query(sql, params)`` on a new connection to the MariaDB at ``uri`` (autocommit)."""
     from urllib.parse import unquote, urlsplit
 
-    import MySQLdb
+    import mysql.connector
 
     parts = urlsplit(uri)
 
     def query(sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = MySQLdb.connect(
+        conn = mysql.connector.connect(
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 3306,
             user=unquote(parts.username or ""),

@@ -221,3 +221,28 @@ def test_connection_uri_and_stop(emu: CekuraEmulator) -> None:
     emu.stop()  # idempotent
     with pytest.raises(requests.ConnectionError):
         requests.get(url + LIST, timeout=2)
+
+
+@pytest.mark.parametrize(
+    ("turn", "problem"),
+    [
+        ({"role": "agent", "content": "Hi", "start_time": 0, "end_time": 1}, "Roles must be"),
+        ({"role": "Main Agent", "start_time": 0, "end_time": 1}, "content is required"),
+        ({"role": "Main Agent", "content": "Hi", "end_time": 1}, "start_time is required"),
+        ({"role": "Testing Agent", "content": "Hi", "start_time": 0}, "end_time is required"),
+        ({"role": "Testing Agent", "content": "Hi", "start_time": 0, "end_time": True}, "end_time is required"),
+        ({"role": "Testing Agent", "content": "Hi", "start_time": 2, "end_time": 1}, "end_time is before"),
+    ],
+)
+def test_cekura_transcript_rules_are_the_operators(http: Any, turn: dict[str, Any], problem: str) -> None:
+    """The emulator refuses what the documents (and the operator's validation) refuse: roles, content,
+    start_time and end_time (numbers, end not before start) on every turn of the ``cekura`` format."""
+    from airflow_provider_cekura.exceptions import CekuraValidationError
+    from airflow_provider_cekura.payloads import build_observe_payloads
+
+    response = http("POST", OBSERVE, json={"call_id": "t", "agent": 1, "transcript_json": [TURNS[0], turn]})
+    assert response.status_code == 400 and problem in response.json()["transcript_json"][0], response.json()
+    with pytest.raises(CekuraValidationError, match=r"transcript_json\[1\]"):
+        build_observe_payloads([{"call_id": "t", "agent": 1, "transcript_json": [TURNS[0], turn]}])
+    ok = http("POST", OBSERVE, json={"call_id": "t", "agent": 1, "transcript_json": TURNS})
+    assert ok.status_code == 201

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,10 @@ def test_faults_request_log_and_finishing_evaluations(tmp_path: Path) -> None:
 
             assert status() == "evaluating"  # an hour to go...
             emulator.finish_evaluations()  # ...until SIGUSR1
-            for _ in range(100):
+            for _ in range(200):  # the child handles SIGUSR1 when it gets the CPU: poll for up to 10 s
                 if status() != "evaluating":
                     break
+                time.sleep(0.05)
             assert status() == "success"
         finally:
             emulator.stop()
@@ -86,3 +88,56 @@ def test_a_bad_fault_spec_is_refused_before_serving(spec: str, message: str) -> 
     )
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "listening" not in result.stdout
+
+
+def test_stop_removes_the_temporary_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `make demo` used to leave a cekura-emulator-* directory behind."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    emulator = EmulatorProcess(TEST_API_KEY)
+    emulator.start()
+    assert [p.name[:16] for p in tmp_path.iterdir()] == ["cekura-emulator-"]
+    emulator.stop()
+    assert list(tmp_path.iterdir()) == []
+    emulator.stop()  # idempotent
+
+
+def test_cli_prints_the_connection_line_to_export(tmp_path: Path) -> None:
+    """The offline recipe's line: what `python -m airflow_provider_cekura.testing` prints, ready to paste."""
+    import json
+    import os
+    import shlex
+    import signal
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0", "--api-key", "k-1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        listening = process.stdout.readline()
+        line = process.stdout.readline().rstrip("\n")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    url = listening.rsplit(" ", 1)[1].strip()
+    assert line.startswith("export AIRFLOW_CONN_CEKURA_DEFAULT='"), line
+    value = shlex.split(line.removeprefix("export "))[0].split("=", 1)[1]
+    assert json.loads(value) == {"conn_type": "cekura", "host": url, "password": "k-1"}
+    # pasted into a shell, Airflow reads it as the cekura_default connection
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{line}\n{shlex.quote(sys.executable)} -c 'from airflow_provider_cekura.hooks.cekura import CekuraHook; "
+            'c = CekuraHook.get_connection("cekura_default"); print(c.conn_type, c.host)\'',
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "AIRFLOW_CONN_CEKURA_DEFAULT"},
+        check=True,
+    )
+    assert done.stdout.split()[-2:] == ["cekura", url], done.stdout

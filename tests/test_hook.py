@@ -102,9 +102,9 @@ def _check_upload(emulator: Any, call_log: dict[str, Any], expected: dict[str, A
 
 def test_observe_multipart_from_local_path(hook: CekuraHook, emulator: Any, tmp_path: Path) -> None:
     path, expected = _recording(tmp_path)
-    call_log = hook.observe(payload("rec-path", metadata={"n": 1}), recording=str(path))
+    call_log = hook.observe(payload("rec-path", metadata={"n": 1}), recording=str(path), recording_roots=tmp_path)
     _check_upload(emulator, call_log, expected)
-    call_log = hook.observe(payload("rec-pathlike", metadata={"n": 1}), recording=path)
+    call_log = hook.observe(payload("rec-pathlike", metadata={"n": 1}), recording=path, recording_roots=tmp_path)
     _check_upload(emulator, call_log, expected)
 
 
@@ -119,7 +119,9 @@ def test_observe_multipart_from_object_storage_path(hook: CekuraHook, emulator: 
     from airflow_provider_cekura.version_compat import ObjectStoragePath
 
     path, expected = _recording(tmp_path)
-    call_log = hook.observe(payload("rec-osp", metadata={"n": 1}), recording=ObjectStoragePath(f"file://{path}"))
+    call_log = hook.observe(
+        payload("rec-osp", metadata={"n": 1}), recording=ObjectStoragePath(f"file://{path}"), recording_roots=tmp_path
+    )
     _check_upload(emulator, call_log, expected)
 
 
@@ -137,7 +139,7 @@ def test_observe_multipart_retry_resends_the_whole_file(hook: CekuraHook, emulat
 
 def test_observe_missing_recording_fails_before_any_request(hook: CekuraHook, emulator: Any, tmp_path: Path) -> None:
     with pytest.raises(CekuraValidationError) as info:
-        hook.observe(payload("rec-missing"), recording=str(tmp_path / "nope.wav"))
+        hook.observe(payload("rec-missing"), recording=str(tmp_path / "nope.wav"), recording_roots=tmp_path)
     assert info.value.field == "voice_recording" and info.value.call_id == "rec-missing"
     with pytest.raises(CekuraValidationError, match="call_id"):
         hook.observe({"agent": 1})
@@ -145,11 +147,95 @@ def test_observe_missing_recording_fails_before_any_request(hook: CekuraHook, em
 
 
 def test_observe_400_surfaces_field_messages(hook: CekuraHook, emulator: Any) -> None:
+    bad = {"call_id": "bad-1", "agent": 1, "transcript_type": "zoom"}
+    with pytest.raises(CekuraValidationError, match="transcript_type"):
+        hook.observe(bad)  # observe validates the call first (payloads.validate_call): no request
+    assert emulator.count_requests() == 0
     with pytest.raises(CekuraBadRequestError) as info:
-        hook.observe({"call_id": "bad-1", "agent": 1, "transcript_type": "zoom"})  # not validated client side
+        hook._request("POST", OBSERVE_PATH, json_body=bad)  # the same call sent unvalidated: the server's 400
     assert info.value.status == 400 and "transcript_type" in info.value.errors
     assert "transcript_type" in str(info.value)
     assert emulator.count_requests() == 1
+
+
+def test_observe_recording_only_from_allowed_roots(
+    monkeypatch: pytest.MonkeyPatch, emulator: Any, tmp_path: Path
+) -> None:
+    """#29 case 8 at the hook: the connection's ``recording_roots`` extra allows a tree, nothing else leaves."""
+    allowed = tmp_path / "recordings"
+    allowed.mkdir()
+    path, expected = _recording(allowed)
+    (allowed / "escape.wav").symlink_to("/etc/passwd")
+    use_connection(monkeypatch, emulator.base_url, recording_roots=[str(allowed)])
+    hook = CekuraHook()
+    for source in (
+        "/etc/passwd",
+        "file:///etc/passwd",
+        f"{allowed}/../../../../etc/passwd",
+        allowed / "escape.wav",
+        "/proc/self/environ",
+    ):
+        with pytest.raises(CekuraValidationError, match="voice_recording") as info:
+            hook.observe(payload("rec-bad", metadata={"n": 1}), recording=source)
+        assert info.value.call_id == "rec-bad"
+        with pytest.raises(CekuraValidationError, match="voice_recording"):
+            hook.observe({**payload("rec-bad-2"), "voice_recording": source})  # inside the call: same rule
+        with pytest.raises(CekuraValidationError, match="voice_recording"):
+            hook.observe_many([payload("rec-ok"), {**payload("rec-bad-3"), "voice_recording": source}])
+    assert emulator.count_requests() == 0
+    _check_upload(emulator, hook.observe(payload("rec-ok", metadata={"n": 1}), recording=path), expected)
+    assert str(allowed) in hook.recording_roots() and str(tmp_path) not in hook.recording_roots()
+    hook.close()
+
+
+def test_observe_validates_the_call_whichever_door(hook: CekuraHook, emulator: Any) -> None:
+    """hook.observe and observe_many run the payloads module's validation: a bad call never reaches the API."""
+    for bad in (
+        {"call_id": "v-1", "agent": 5.7},
+        {"call_id": "v-2", "agent": 1, "assistant_id": "a"},
+        {"call_id": "v-3", "agent": "\u0663"},
+        {"call_id": "", "agent": 1},
+        {"call_id": "v-4", "agent": 1, "redact_fields": ["shoe_size"]},
+    ):
+        with pytest.raises(CekuraValidationError):
+            hook.observe(bad)
+        with pytest.raises(CekuraValidationError):
+            hook.observe_many([payload("fine"), bad])
+    assert emulator.count_requests() == 0
+    # an already built payload passes again unchanged
+    built = build_observe_payload(payload("v-ok", metric_ids=[3, "4"], timestamp="2026-01-02T03:04:05+02:00"))
+    call_log = hook.observe(built)
+    assert call_log["call_id"] == "v-ok"
+
+
+def test_observe_many_from_a_task(hook: CekuraHook, emulator: Any) -> None:
+    calls = [payload(f"many-{n}") for n in range(7)]
+    ids = hook.observe_many(json.dumps(calls), max_concurrency=3)
+    assert len(ids) == 7 and all(isinstance(i, int) for i in ids)
+    assert emulator.count_requests("POST", OBSERVE_PATH) == 7
+    # a re-run sends nothing again: the call_ids are looked up (one request per 50) and their ids returned
+    emulator.reset_log()
+    assert hook.observe_many(calls) == ids
+    assert emulator.count_requests("POST") == 0 and emulator.count_requests("GET") == 1
+    assert emulator.duplicates() == {}
+    assert hook.observe_many([]) == []
+    with pytest.raises(CekuraValidationError, match="max_concurrency"):
+        hook.observe_many(calls, max_concurrency=0)
+
+
+def test_observe_many_partial_failure(hook: CekuraHook, emulator: Any) -> None:
+    from airflow_provider_cekura.exceptions import CekuraObserveBatchError
+
+    calls = [payload("pf-1"), payload("pf-2")]
+    emulator.add_fault("drop_before", method="POST")  # every observe: both calls fail after their retries
+    with pytest.raises(CekuraObserveBatchError) as info:
+        hook.observe_many(calls, max_concurrency=1)
+    assert info.value.call_log_ids == [None, None]
+    assert set(info.value.errors) == {"pf-1", "pf-2"}
+    assert all(isinstance(e, CekuraTransportError) for e in info.value.errors.values())
+    emulator.clear_faults()
+    ids = hook.observe_many(calls, raise_on_failure=False)
+    assert all(isinstance(i, int) for i in ids)
 
 
 # ---------------------------------------------------------------- reads
@@ -453,9 +539,9 @@ def test_key_never_in_repr_errors_or_logs(
     hook.observe(payload("sec-1"))
     _no_key(str(hook), repr(hook), repr(hook.get_conn().auth), repr(hook.get_conn().headers))
     errors: list[BaseException] = []
-    # 400
+    # 400 (an unknown call log: hook.observe would refuse a bad call before any request)
     try:
-        hook.observe({"call_id": "sec-2", "agent": 1, "transcript_type": "zoom"})
+        hook.rerun_evaluation([999_999], agent_id=1)
     except CekuraAPIError as err:
         errors.append(err)
     # 5xx after every attempt

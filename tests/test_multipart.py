@@ -74,7 +74,7 @@ def test_upload_memory_stays_far_below_the_file_size(tmp_path: Path, monkeypatch
         hook.find_call_log("warm-up")  # connection set up outside the measurement
         tracemalloc.start()
         try:
-            call_log = hook.observe({"call_id": "big-1", "agent": 1}, recording=recording)
+            call_log = hook.observe({"call_id": "big-1", "agent": 1}, recording=recording, recording_roots=tmp_path)
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -91,7 +91,31 @@ def test_upload_retried_after_a_dropped_connection_resends_the_same_bytes(emulat
     recording = tmp_path / "r.wav"
     recording.write_bytes(b"RIFF" + bytes(range(256)) * 300)
     emulator.add_fault("drop_before", times=1, method="POST", path="/observe/")
-    call_log = CekuraHook().observe({"call_id": "retry-1", "agent": 1}, recording=recording)
+    call_log = CekuraHook().observe({"call_id": "retry-1", "agent": 1}, recording=recording, recording_roots=tmp_path)
     assert emulator.recordings[call_log["id"]]["sha256"] == hashlib.sha256(recording.read_bytes()).hexdigest()
     assert emulator.count_requests("POST", "/observe/") == 2
     assert emulator.duplicates() == {}
+
+
+def test_the_length_sent_is_the_length_declared(tmp_path: Path) -> None:
+    """#29 case 8: Content-Length is what the body holds, even when the file changes or lies about its size."""
+    from airflow_provider_cekura.hooks._multipart import RecordingChangedError
+
+    path = tmp_path / "r.wav"
+    path.write_bytes(b"x" * 1000)
+    with path.open("rb") as stream:
+        body = MultipartBody({"call_id": "c"}, "voice_recording", "r.wav", stream)
+        with path.open("ab") as grow:
+            grow.write(b"y" * 5000)  # the file grows after the length was declared
+        sent = b"".join(body)
+        assert len(sent) == body.len and b"yy" not in sent and b"x" * 1000 in sent
+    with path.open("rb") as stream:
+        body = MultipartBody({}, "voice_recording", "r.wav", stream)
+        path.write_bytes(b"z" * 10)  # it shrinks: the body cannot match its length, so the request fails
+        with pytest.raises(RecordingChangedError, match="shorter") as info:
+            b"".join(body)
+        assert info.value.field == "voice_recording"
+    # a file whose size on disk is not its content (/proc reports 0): the body still matches its length
+    with open("/proc/self/status", "rb") as stream:
+        body = MultipartBody({}, "voice_recording", "status", stream)
+        assert len(b"".join(body)) == body.len

@@ -89,6 +89,48 @@ def test_bad_batch_fails_before_any_request(emulator: Any, tmp_path: Path) -> No
     assert emulator.count_requests() == 0
 
 
+def test_recordings_only_from_the_dags_roots(emulator: Any, tmp_path: Path) -> None:
+    """#29 case 8: a templated ``voice_recording`` (say from ``dag_run.conf``) cannot name any local file."""
+    import pendulum
+    from airflow.providers.common.compat.sdk import DAG
+
+    templates, extra = tmp_path / "templates", tmp_path / "extra"
+    templates.mkdir()
+    extra.mkdir()
+    (templates / "a.wav").write_bytes(b"RIFF")
+    (extra / "b.wav").write_bytes(b"RIFF")
+    (templates / "out.wav").symlink_to("/etc/passwd")
+    start = pendulum.datetime(2026, 1, 1, tz="UTC")
+    with DAG("recording_roots", schedule=None, start_date=start, template_searchpath=[str(templates)]):
+        ok = CekuraObserveOperator(task_id="ok", call_id="r-1", agent=1, voice_recording=str(templates / "a.wav"))
+        extra_ok = CekuraObserveOperator(
+            task_id="extra_ok", calls=[call("r-2", voice_recording=str(extra / "b.wav"))], recording_roots=[extra]
+        )
+        refused = [
+            CekuraObserveOperator(task_id=f"bad_{n}", call_id=f"r-bad-{n}", agent=1, voice_recording=source)
+            for n, source in enumerate(
+                [
+                    "/etc/passwd",
+                    "file:///etc/passwd",
+                    f"{templates}/../extra/b.wav",  # allowed for another task only
+                    str(templates / "out.wav"),
+                    "/proc/self/environ",
+                ]
+            )
+        ]
+        refused.append(
+            CekuraObserveOperator(
+                task_id="bad_item", calls=[call("r-ok"), call("r-bad-item", voice_recording="/proc/self/environ")]
+            )
+        )
+    assert ok.prepare()[0][1] == str(templates / "a.wav")
+    assert extra_ok.prepare()[0][1] == str(extra / "b.wav")
+    for op in refused:
+        with pytest.raises(CekuraValidationError, match="voice_recording"):
+            op.execute({})  # type: ignore[arg-type]
+    assert emulator.count_requests() == 0
+
+
 # ---------------------------------------------------------------------------------------------------- DAG run
 
 DAG_SOURCE = """
@@ -158,6 +200,7 @@ with DAG(
     CekuraObserveOperator(
         task_id="recording_osp",
         calls=[{{"call_id": "rec-osp", "agent": 1, "voice_recording": ObjectStoragePath({rec_url!r})}}],
+        recording_roots=[{rec_root!r}],
     )
 
     CekuraObserveOperator(
@@ -200,15 +243,16 @@ def test_observe_operator_in_a_dag_run(run_dag: Any, emulator: Any, tmp_path: Pa
     (templates / "transcript.json").write_text(
         json.dumps([dict(TRANSCRIPT[0], content="Hello, this is the run of {{ ds }}."), TRANSCRIPT[1]])
     )
-    rec_path = tmp_path / "call.wav"
+    rec_path = templates / "call.wav"  # under the DAG's template_searchpath: an allowed recording root by default
     rec_path.write_bytes(os.urandom(300_000))
-    osp_path = tmp_path / "other.wav"
+    osp_path = tmp_path / "other.wav"  # allowed by the operator's recording_roots
     osp_path.write_bytes(os.urandom(4_321))
     source = DAG_SOURCE.format(
         transcript=TRANSCRIPT,
         templates=str(templates),
         rec_path=str(rec_path),
         rec_url=f"file://{osp_path}",
+        rec_root=str(tmp_path),
     )
 
     dr = run_dag(source, "observe_operator_features")

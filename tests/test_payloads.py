@@ -25,6 +25,7 @@ from airflow_provider_cekura.payloads import (
     normalize_timestamp,
     open_recording,
     parse_call_log_ids,
+    recording_roots,
 )
 
 TURNS = [
@@ -258,12 +259,13 @@ def test_multipart_fields_flatten() -> None:
 def test_recording_sources(tmp_path: Path) -> None:
     path = tmp_path / "call.wav"
     path.write_bytes(b"RIFF" + os.urandom(64))
-    with open_recording(str(path)) as (name, stream):
+    roots = recording_roots(tmp_path)  # local recordings only from allowed roots (test_coerce.py has the rule)
+    with open_recording(str(path), roots=roots) as (name, stream):
         assert name == "call.wav" and stream.read(4) == b"RIFF"
-    with open_recording(f"file://{path}") as (name, stream):
+    with open_recording(f"file://{path}", roots=roots) as (name, stream):
         assert name == "call.wav" and len(stream.read()) == 68
     with pytest.raises(CekuraValidationError) as info:
-        check_recording(str(tmp_path / "missing.wav"), "c-9")
+        check_recording(str(tmp_path / "missing.wav"), "c-9", roots)
     assert info.value.field == "voice_recording" and info.value.call_id == "c-9"
     with open(path, "rb") as handle:
         pass
@@ -347,3 +349,94 @@ def test_call_log_ids_from_the_sensors_result_dict() -> None:
     assert parse_call_log_ids("{}") == []
     with pytest.raises(CekuraValidationError, match="not a JSON list or object"):
         parse_call_log_ids("{'1042': {}}")  # a Python repr: render with `| tojson` instead
+
+
+# ---------------------------------------------------------------- recordings: only from allowed roots
+
+
+def test_recordings_only_from_allowed_roots(tmp_path: Path) -> None:
+    """#29 case 8: a local recording is resolved (symlinks, ``..``) and read only under an allowed root."""
+    from airflow_provider_cekura.version_compat import ObjectStoragePath
+
+    root = tmp_path / "dags"
+    root.mkdir()
+    inside = root / "a.wav"
+    inside.write_bytes(b"RIFF" + os.urandom(16))
+    outside = tmp_path / "outside.wav"
+    outside.write_bytes(b"SECRET")
+    (root / "alias.wav").symlink_to(inside)  # a symlink that stays inside: fine
+    (root / "escape.wav").symlink_to(outside)  # a symlink out of the root: refused
+    (root / "passwd").symlink_to("/etc/passwd")
+    (root / "sub").mkdir()
+    os.mkfifo(root / "pipe.wav")
+    roots = recording_roots(root)
+
+    for ok in (inside, str(inside), f"file://{inside}", root / "alias.wav", ObjectStoragePath(f"file://{inside}")):
+        check_recording(ok, "c-1", roots)
+        with open_recording(ok, "c-1", roots) as (_, stream):
+            assert stream.read(4) == b"RIFF"
+
+    refused = [
+        "/etc/passwd",
+        "file:///etc/passwd",
+        ObjectStoragePath("file:///etc/passwd"),
+        f"{root}/../outside.wav",
+        f"{root}/sub/../../outside.wav",
+        "../" * 30 + "etc/passwd",  # relative: resolved from the working directory
+        root / "escape.wav",
+        root / "passwd",
+        "/proc/self/environ",
+        f"file://{tmp_path}/outside.wav",
+        "",
+    ]
+    for source in refused:
+        with pytest.raises(CekuraValidationError, match=r"allowed recording root|/proc|empty path") as info:
+            check_recording(source, "c-1", roots)
+        assert info.value.field == "voice_recording" and info.value.call_id == "c-1"
+        with pytest.raises(CekuraValidationError), open_recording(source, "c-1", roots):
+            pass  # never opened
+    for not_regular in (root / "sub", root / "pipe.wav"):
+        with pytest.raises(CekuraValidationError, match="not a regular file"):
+            check_recording(not_regular, "c-1", roots)
+    with pytest.raises(CekuraValidationError, match="allowed recording root"):
+        check_recording(inside, "c-1", ())  # no root at all: no local file
+
+    # even a root of "/" never opens /proc, /sys or /dev (/proc/self/environ holds AIRFLOW_CONN_* secrets)
+    everything = recording_roots("/")
+    check_recording("/etc/passwd", "c-1", everything)  # the DAG author's explicit choice
+    for never in ("/proc/self/environ", "file:///proc/self/environ", "/sys/kernel/notes", "/dev/zero"):
+        with pytest.raises(CekuraValidationError, match="/proc, /sys or /dev"):
+            check_recording(never, "c-1", everything)
+    (root / "environ").symlink_to("/proc/self/environ")
+    with pytest.raises(CekuraValidationError, match="/proc, /sys or /dev"):
+        check_recording(root / "environ", "c-1", everything)
+
+    # a remote ObjectStoragePath is not a local file: not limited by the roots
+    remote = ObjectStoragePath("memory://recordings/r.wav")
+    remote.write_bytes(b"RIFFremote")
+    check_recording(remote, "c-1", ())  # (Airflow's own fs registry has no "memory" scheme to open it by)
+
+
+def test_recording_roots_forms(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    real = os.path.realpath(tmp_path / "a")
+    assert recording_roots(None, f"{tmp_path}/a, {tmp_path}/link", [tmp_path / "a"]) == (real,)
+    with pytest.raises(CekuraValidationError, match="recording_roots"):
+        recording_roots(5)
+    with pytest.raises(CekuraValidationError, match="recording_roots"):
+        recording_roots([""])
+
+
+def test_validate_call_checks_the_recording_inside_a_call(tmp_path: Path) -> None:
+    from airflow_provider_cekura.payloads import validate_call, validate_calls
+
+    good = tmp_path / "a.wav"
+    good.write_bytes(b"RIFF")
+    payload, recording = validate_call({**call(), "voice_recording": str(good)}, recording_roots(tmp_path))
+    assert recording == str(good) and "voice_recording" not in payload
+    with pytest.raises(CekuraValidationError, match="voice_recording") as info:
+        validate_calls([call(), {**call(call_id="c-2"), "voice_recording": "/etc/passwd"}], recording_roots(tmp_path))
+    assert info.value.call_id == "c-2"
+    with pytest.raises(CekuraValidationError, match="more than once"):
+        validate_calls([call(), call()])

@@ -233,7 +233,7 @@ def test_rerun_is_retried_on_5xx(emulator: Any) -> None:
 
 def test_400_is_not_retried(emulator: Any) -> None:
     with pytest.raises(CekuraBadRequestError):
-        CekuraHook().observe({"call_id": "x", "agent": 1, "assistant_id": "both"})
+        CekuraHook().rerun_evaluation([999_999], agent_id=1)  # (observe would refuse a bad call before sending)
     assert emulator.count_requests() == 1
 
 

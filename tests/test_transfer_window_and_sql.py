@@ -151,6 +151,23 @@ def test_identifiers_and_columns() -> None:
     ]
 
 
+def test_identifiers_are_matched_whole() -> None:
+    """#29 case 9: ``$`` matches before a trailing newline; identifiers are checked with ``fullmatch``."""
+    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+    for bad in ("calls\n", "calls\r\n", "s.calls\n", "s\n.calls", "calls\x00"):
+        with pytest.raises(CekuraValidationError, match="plain table name"):
+            _sql.validate_table_name(bad)
+        with pytest.raises(CekuraValidationError):
+            CekuraCallLogsToSqlOperator(task_id="t", sql_conn_id="db", table=bad)
+    with pytest.raises(CekuraValidationError, match="plain column name"):
+        _sql.validate_columns(["status\n"], include_transcript=False)
+    rules = _sql.SqlRules("sqlite", "?", '"{}"'.format)
+    with pytest.raises(CekuraValidationError, match="plain identifier"):
+        rules.quote("id\n")
+    assert rules.table("s.calls") == '"s"."calls"'
+
+
 def test_values_are_encoded_as_json_not_python_repr() -> None:
     call_log = {"id": 5, "metadata": {"a": "b'c", "n": None}, "success": "true", "agent": {"id": 3}, "metrics": "[]"}
     row = _sql.call_log_row(call_log, ["id", "metadata", "success", "agent", "metrics", "exported_at"], "T")
@@ -266,3 +283,11 @@ def test_postgres_writer_with_psycopg2(postgres_uri: str, monkeypatch: pytest.Mo
             cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.commit()
         conn.close()
+
+
+def test_moved_names_are_still_importable_from_sql() -> None:
+    from airflow_provider_cekura import exceptions
+    from airflow_provider_cekura.transfers import _redact
+
+    assert _sql.CekuraExportError is exceptions.CekuraExportError
+    assert _sql.safe_db_error is _redact.safe_db_error and _sql.redact is _redact.redact

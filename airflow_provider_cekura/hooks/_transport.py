@@ -555,7 +555,7 @@ class Transport:
             return None
         try:
             return json.loads(body) if decode is None else decode(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested too deep for the parser
             kind = response.headers.get("Content-Type", "unknown content type")
             raise self._response_error(
                 where, response.status_code, f"with {response.status_code} but a body that is not JSON ({kind})"

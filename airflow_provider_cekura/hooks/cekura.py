@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -10,39 +11,41 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from airflow_provider_cekura._coerce import (
+    IDS_PER_REQUEST,
+    agent_or_assistant,
+    format_timestamp,
+    json_or_value,
+    parse_id,
+    parse_ids,
+    parse_timestamp,
+    require_timestamp,
+)
 from airflow_provider_cekura.evaluation import normalize_call_log
-from airflow_provider_cekura.exceptions import CekuraResponseError, CekuraValidationError
+from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraResponseError, CekuraValidationError
 from airflow_provider_cekura.hooks._config import DEFAULT_DASHBOARD_URL as DEFAULT_DASHBOARD_URL  # re-exported
 from airflow_provider_cekura.hooks._config import DEFAULT_HOST as DEFAULT_HOST  # re-exported
 from airflow_provider_cekura.hooks._config import CekuraConnectionConfig
 from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
 from airflow_provider_cekura.hooks._transport import Redactor, RetryPolicy, Transport
-from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
-from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
+from airflow_provider_cekura.payloads import multipart_fields
 from airflow_provider_cekura.version_compat import BaseHook
 
 if TYPE_CHECKING:
     import requests
 
+    from airflow_provider_cekura.exceptions import CekuraObserveBatchError
     from airflow_provider_cekura.payloads import RecordingSource
 
 OBSERVE_PATH = "/observability/v1/observe/"
 CALL_LOGS_PATH = "/observability/v1/call-logs/"
 RERUN_PATH = "/observability/v1/call-logs/rerun_evaluation/"
-RERUN_CHUNK = 100
 LOOKUP_CHUNK = 50
 MAX_EMPTY_PAGES = 3
 
 
-def _to_datetime(value: datetime | str, name: str) -> datetime:
-    parsed = parse_timestamp(value, name)
-    if parsed is None:
-        raise CekuraValidationError(name, "must not be empty")
-    return parsed
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+_to_datetime = require_timestamp  # the coercion module's rules (one timestamp parser, one format)
+_iso = format_timestamp
 
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -63,7 +66,8 @@ class CekuraHook(BaseHook):
     ``retry_after_max``, ``window_days`` (widest timestamp window per list
     request, default 30), ``page_size`` (default 100), ``dashboard_url``,
     ``max_requests_per_second`` (a plan's known limit, never exceeded) and
-    ``rate_limit_max_wait`` (seconds one request may stay throttled, default 300).
+    ``rate_limit_max_wait`` (seconds one request may stay throttled, default 300),
+    ``recording_roots`` (directories local recordings may be uploaded from, see :meth:`recording_roots`).
 
     Every hook of one connection (same conn id and host) in a process shares
     one :class:`~airflow_provider_cekura.hooks._rate_limit.RateLimiter`: a 429
@@ -147,7 +151,8 @@ class CekuraHook(BaseHook):
 
     def call_log_url(self, call_log_id: int) -> str:
         """Dashboard URL of a call log (the ``dashboard_url`` extra, default https://dashboard.cekura.ai)."""
-        return f"{self._config.dashboard_url}/observability/call-logs/{int(call_log_id)}"
+        cid = parse_id(call_log_id, "call_log_id", what="call log id")
+        return f"{self._config.dashboard_url}/observability/call-logs/{cid}"
 
     @cached_property
     def _transport(self) -> Transport:
@@ -204,21 +209,57 @@ class CekuraHook(BaseHook):
 
     # ------------------------------------------------------------------ observe
 
-    def observe(self, payload: Mapping[str, Any], recording: RecordingSource | None = None) -> dict[str, Any]:
+    def recording_roots(self, extra_roots: Any = None) -> tuple[str, ...]:
+        """Where local recordings may be read from: ``extra_roots``, the connection's ``recording_roots`` extra
+        (a list, or a comma string) and the DAGs folder (``[core] dags_folder``), each resolved.
+
+        See :func:`~airflow_provider_cekura.payloads.allowed_local_recording` for the rule.
+        """
+        from airflow_provider_cekura.payloads import recording_roots
+
+        return recording_roots(extra_roots, self._connection_recording_roots, _dags_folder())
+
+    @cached_property
+    def _connection_recording_roots(self) -> Any:
+        extra = self.get_connection(self.cekura_conn_id).extra_dejson or {}
+        return extra.get("recording_roots", extra.get("extra__cekura__recording_roots"))
+
+    def observe(
+        self,
+        payload: Mapping[str, Any],
+        recording: RecordingSource | None = None,
+        *,
+        recording_roots: Any = None,
+    ) -> dict[str, Any]:
         """Ingest one call and return the created call log.
 
-        ``payload`` must already be validated (see
-        :func:`~airflow_provider_cekura.payloads.build_observe_payload`).
-        With ``recording`` (a path, ``ObjectStoragePath`` or binary file
-        object) the request is multipart and the file is streamed.
+        ``payload`` is validated first (:func:`~airflow_provider_cekura.payloads.validate_call`, the one
+        validation every door runs), so a bad call is refused before any request. With ``recording`` (a
+        path, ``ObjectStoragePath`` or binary file object; or a ``voice_recording`` key in ``payload``)
+        the request is multipart and the file is streamed. A local recording must lie under one of
+        :meth:`recording_roots` (plus ``recording_roots`` given here).
 
         Safe to retry: after a timeout, 5xx or dropped connection the call is
         looked up by ``call_id`` before it is sent again, so one ``call_id``
         never yields two call logs.
+
+        :param payload: the call's observe fields (see :mod:`airflow_provider_cekura.payloads`).
+        :param recording: the recording to upload, if any.
+        :param recording_roots: more directories local recordings may be read from.
         """
-        call_id = payload.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise CekuraValidationError("call_id", "is required")
+        from airflow_provider_cekura.payloads import validate_call
+
+        call = dict(payload) if isinstance(payload, Mapping) else payload
+        if recording is not None:
+            call = {**call, "voice_recording": recording}
+        has_recording = isinstance(call, dict) and call.get("voice_recording") is not None
+        roots = self.recording_roots(recording_roots) if has_recording else ()
+        body, recording = validate_call(call, roots)
+        return self._observe(body, recording, roots)
+
+    def _observe(self, payload: dict[str, Any], recording: RecordingSource | None, roots: Any) -> dict[str, Any]:
+        """Send one validated call (see :meth:`observe`)."""
+        call_id = payload["call_id"]
 
         def lookup() -> dict[str, Any] | None:
             return self.find_call_log(call_id)
@@ -229,7 +270,7 @@ class CekuraHook(BaseHook):
             from airflow_provider_cekura.hooks._multipart import MultipartBody
             from airflow_provider_cekura.payloads import open_recording
 
-            with open_recording(recording, call_id) as (filename, stream):
+            with open_recording(recording, call_id, roots) as (filename, stream):
                 multipart = MultipartBody(multipart_fields(payload), "voice_recording", filename, stream)
                 body = self._request(
                     "POST",
@@ -243,11 +284,109 @@ class CekuraHook(BaseHook):
             raise CekuraResponseError("Cekura's observe response has no call log id")
         return normalize_call_log(call_log)
 
+    def observe_many(
+        self,
+        calls: Any,
+        *,
+        max_concurrency: int = 8,
+        recording_roots: Any = None,
+        raise_on_failure: bool = True,
+    ) -> list[int | None]:
+        """Ingest a batch of calls; returns their call log ids in input order. Usable from a ``@task``.
+
+        1. Every call is validated (:func:`~airflow_provider_cekura.payloads.validate_calls`, recordings
+           included): one bad call raises before any request.
+        2. The call_ids Cekura already holds are looked up (one request per 50) and not sent again, so a
+           task retry or a re-run never creates a second call log; their ids are returned like the others.
+        3. The rest are sent ``max_concurrency`` at a time (each through :meth:`observe`'s idempotent
+           retries). A failed call does not stop the others, except an authentication or configuration
+           error, after which nothing more is sent.
+
+        :param calls: a list of dicts of observe fields (each with an optional ``voice_recording``),
+            one dict, or that list as JSON text.
+        :param max_concurrency: calls in flight at once.
+        :param recording_roots: more directories local recordings may be read from (see :meth:`recording_roots`).
+        :param raise_on_failure: raise :class:`~airflow_provider_cekura.exceptions.CekuraObserveBatchError`
+            (its ``call_log_ids`` and ``errors`` say which calls failed) when any call failed; when False
+            return the ids with ``None`` where a call failed.
+        """
+        from airflow_provider_cekura.payloads import load_calls, validate_calls
+
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
+        calls = load_calls(calls)
+        has_recording = any(call.get("voice_recording") is not None for call in calls)
+        roots = self.recording_roots(recording_roots) if has_recording else ()
+        batch = validate_calls(calls, roots)
+        self.log.info("Validated %d call(s)", len(batch))
+        ids, failures = self._observe_batch(batch, max_concurrency, roots)
+        if failures and raise_on_failure:
+            raise _batch_error(batch, ids, failures)
+        return ids
+
+    def _observe_batch(
+        self, batch: list[tuple[dict[str, Any], RecordingSource | None]], max_concurrency: int, roots: Any
+    ) -> tuple[list[int | None], dict[str, Exception]]:
+        """Send the validated calls Cekura does not hold yet: ``(ids in input order, {call_id: error})``."""
+        import threading
+
+        from airflow_provider_cekura.exceptions import CekuraAuthError
+
+        call_ids = [payload["call_id"] for payload, _ in batch]
+        if not call_ids:
+            return [], {}
+        workers = max(1, min(max_concurrency, len(call_ids)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cekura-observe") as pool:
+            # The existence check runs in the same pool: one list request per 50 call_ids, concurrently.
+            existing: dict[str, dict[str, Any]] = {}
+            for found in pool.map(self.find_call_logs, _chunks(call_ids, LOOKUP_CHUNK)):
+                existing.update(found)
+            ids: list[int | None] = [int(existing[cid]["id"]) if cid in existing else None for cid in call_ids]
+            todo = [index for index, cid in enumerate(call_ids) if cid not in existing]
+            if existing:
+                self.log.info(
+                    "%d of %d call(s) already exist in Cekura (a retry or re-run); not sending them again",
+                    len(existing),
+                    len(call_ids),
+                )
+            failures: dict[str, Exception] = {}
+            if not todo:
+                return ids, failures
+            stop = threading.Event()
+
+            def send(index: int) -> None:
+                payload, recording = batch[index]
+                if stop.is_set():
+                    failures[payload["call_id"]] = CekuraConfigurationError("not sent: an earlier call was refused")
+                    return
+                try:
+                    call_log = self._observe(payload, recording, roots)
+                    ids[index] = int(call_log["id"])
+                except Exception as err:
+                    if isinstance(err, (CekuraAuthError, CekuraConfigurationError)):
+                        stop.set()
+                    failures[payload["call_id"]] = err
+
+            started = time.monotonic()
+            self.log.info("Sending %d call(s) to Cekura, %d at a time", len(todo), min(workers, len(todo)))
+            for future in [pool.submit(send, index) for index in todo]:
+                future.result()
+        elapsed = time.monotonic() - started
+        sent = len(todo) - len(failures)
+        self.log.info(
+            "Sent %d call(s) in %.1fs (%.1f calls/s); %d failed",
+            sent,
+            elapsed,
+            sent / elapsed if elapsed > 0 else 0.0,
+            len(failures),
+        )
+        return ids, failures
+
     # ------------------------------------------------------------------ reads
 
     def get_call_log(self, call_log_id: int) -> dict[str, Any]:
         """One call log by its Cekura id, ``metrics``/``critical_categories`` parsed from JSON text."""
-        (cid,) = _int_ids([call_log_id], "call_log_id")
+        cid = parse_id(call_log_id, "call_log_id", what="call log id")
         body = self._request("GET", f"{CALL_LOGS_PATH}{cid}/")
         return normalize_call_log(self._expect(body, dict, "a call log"))
 
@@ -274,7 +413,7 @@ class CekuraHook(BaseHook):
     ) -> list[dict[str, Any]]:
         """The call logs of ``call_log_ids``, one list request (``call_ids=``) per chunk of ``chunk_size``."""
         found: list[dict[str, Any]] = []
-        for chunk in _chunks(_int_ids(call_log_ids), chunk_size):
+        for chunk in _chunks(parse_ids(call_log_ids), min(chunk_size, IDS_PER_REQUEST)):
             params = self._list_params({"call_ids": chunk, "page_size": len(chunk)})
             for page in self._pages(params, [None], decode=decode):
                 found.extend(page)
@@ -309,28 +448,24 @@ class CekuraHook(BaseHook):
         unknown = set(filters) - known
         if unknown:
             raise CekuraValidationError(sorted(unknown)[0], f"is not a call log filter (known: {sorted(known)})")
-        for key in ("agent_id", "project_id"):
-            value = filters.get(key)
-            if value is not None:
-                if isinstance(value, bool) or not str(value).strip().isdigit():
-                    raise CekuraValidationError(key, f"must be an integer, got {value!r}")
-                params[key] = int(value)
+        for key, what in (("agent_id", "agent id"), ("project_id", "project id")):
+            if filters.get(key) is not None:
+                params[key] = parse_id(filters[key], key, what=what)
         if filters.get("project_id") is None and self.project_id is not None:
             params["project_id"] = self.project_id
-        if filters.get("assistant_id"):
-            params["assistant_id"] = str(filters["assistant_id"])
+        assistant_id = filters.get("assistant_id")
+        if assistant_id is not None and not (isinstance(assistant_id, str) and not assistant_id.strip()):
+            if not isinstance(assistant_id, str):  # the assistant rule of _coerce.agent_or_assistant
+                raise CekuraValidationError("assistant_id", f"must be a string, got {type(assistant_id).__name__}")
+            params["assistant_id"] = assistant_id.strip()
         if filters.get("call_ids") is not None:
-            ids = _int_ids(filters["call_ids"], "call_ids")
+            ids = parse_ids(filters["call_ids"], "call_ids")
             if not ids:
                 raise CekuraValidationError("call_ids", "must not be empty")
             params["call_ids"] = ",".join(str(i) for i in ids)
         query = filters.get("filters_v2")
         if query is not None:
-            if isinstance(query, str):
-                try:
-                    query = json.loads(query)
-                except ValueError:
-                    raise CekuraValidationError("filters_v2", "is not valid JSON") from None
+            query = json_or_value(query, "filters_v2")
             if not isinstance(query, dict) or not ({"field", "op"} <= set(query) or "conditions" in query):
                 raise CekuraValidationError("filters_v2", "must be {field, op, value} or {operator, conditions: [...]}")
             params["filters_v2"] = json.dumps(query, separators=(",", ":"))
@@ -460,20 +595,12 @@ class CekuraHook(BaseHook):
         self, call_log_ids: Any, agent_id: int | None = None, assistant_id: str | None = None
     ) -> list[dict[str, Any]]:
         """Re-evaluate call logs (chunks of 100 ids); returns the call logs the API answered with."""
-        ids = _int_ids(call_log_ids)
+        ids = parse_ids(call_log_ids)
         if not ids:
             raise CekuraValidationError("call_log_ids", "must not be empty")
-        if (agent_id is None) == (assistant_id is None):
-            raise CekuraValidationError("agent_id", "give exactly one of agent_id or assistant_id")
-        owner: dict[str, Any]
-        if agent_id is not None:
-            if isinstance(agent_id, bool) or not str(agent_id).strip().isdigit():
-                raise CekuraValidationError("agent_id", f"must be an integer, got {agent_id!r}")
-            owner = {"agent_id": int(agent_id)}
-        else:
-            owner = {"assistant_id": assistant_id}
+        owner = agent_or_assistant(agent_id, assistant_id)
         results: list[dict[str, Any]] = []
-        for chunk in _chunks(ids, RERUN_CHUNK):
+        for chunk in _chunks(ids, IDS_PER_REQUEST):
             body = self._request("POST", RERUN_PATH, json_body={**owner, "call_logs": chunk})
             if isinstance(body, dict):
                 body = body.get("results", [body])
@@ -499,18 +626,41 @@ class CekuraHook(BaseHook):
             return False, Redactor(key).text(str(err))
 
 
+def _dags_folder() -> str | None:
+    """The configured DAGs folder (a default recording root), or ``None`` when unknown."""
+    from airflow_provider_cekura.version_compat import conf
+
+    try:
+        folder = conf.get("core", "dags_folder", fallback=None)
+    except Exception:
+        return None
+    return str(folder) if folder else None
+
+
+def _batch_error(
+    batch: list[tuple[dict[str, Any], Any]], ids: list[int | None], failures: dict[str, Exception]
+) -> CekuraObserveBatchError:
+    """The error of a batch where some calls failed: their call_ids and why, in input order."""
+    from airflow_provider_cekura.exceptions import CekuraError, CekuraObserveBatchError
+
+    def describe(err: Exception) -> str:  # provider errors are safe to show; others get their type
+        return str(err) if isinstance(err, CekuraError) else f"{type(err).__name__}: {err}"
+
+    ordered = [payload["call_id"] for payload, _ in batch if payload["call_id"] in failures]
+    messages = {cid: describe(failures[cid]) for cid in ordered}
+    return CekuraObserveBatchError(messages, ids, errors={cid: failures[cid] for cid in ordered})
+
+
 def _before(call_log: Mapping[str, Any], end: datetime) -> bool:
     """Half-open window check on the call log's timestamp (kept when it has none or it does not parse)."""
     stamp = call_log.get("timestamp")
     if not isinstance(stamp, str):
         return True
     try:
-        when = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
+        when = parse_timestamp(stamp)
+    except CekuraValidationError:
         return True
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when < end
+    return when is None or when < end
 
 
 __all__ = ["CekuraHook"]

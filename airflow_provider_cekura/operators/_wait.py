@@ -19,8 +19,13 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraWaitTimeoutError
-from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY, CekuraCallLogLink
+from airflow_provider_cekura._coerce import parse_ids, to_seconds
+from airflow_provider_cekura.exceptions import (
+    CekuraConfigurationError,
+    CekuraValidationError,
+    CekuraWaitTimeoutError,
+)
+from airflow_provider_cekura.links import CALL_LOG_URL_ATTRIBUTE, CALL_LOG_URL_XCOM_KEY, CekuraCallLogLink
 from airflow_provider_cekura.version_compat import BaseOperator
 
 if TYPE_CHECKING:
@@ -32,11 +37,12 @@ CALL_LOG_IDS_XCOM_KEY = "call_log_ids"
 """XCom key of the list of call log ids a task worked on (pushed before waiting, and before a partial failure)."""
 
 
-def _timeout_seconds(timeout: float | timedelta) -> float:
-    value = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise CekuraConfigurationError(f"timeout must be a positive number of seconds or a timedelta, got {timeout!r}")
-    return float(value)
+def _seconds_argument(value: float | timedelta, name: str) -> float:
+    """An operator argument in seconds (:func:`~airflow_provider_cekura._coerce.to_seconds`), refused at parse time."""
+    try:
+        return to_seconds(value, name)
+    except CekuraValidationError as err:
+        raise CekuraConfigurationError(f"{name} {err.reason}") from None
 
 
 class CekuraEvaluationWaitOperator(BaseOperator):
@@ -59,13 +65,11 @@ class CekuraEvaluationWaitOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
-            raise CekuraConfigurationError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
         self.cekura_conn_id = cekura_conn_id
         self.wait_for_evaluation = wait_for_evaluation
         self.deferrable = deferrable
-        self.poll_interval = float(poll_interval)
-        self.timeout = _timeout_seconds(timeout)
+        self.poll_interval = _seconds_argument(poll_interval, "poll_interval")
+        self.timeout = _seconds_argument(timeout, "timeout")
         self.fail_on_evaluation_failure = fail_on_evaluation_failure
 
     # ------------------------------------------------------------------ hook
@@ -92,7 +96,13 @@ class CekuraEvaluationWaitOperator(BaseOperator):
         ti.xcom_push(key=CALL_LOG_IDS_XCOM_KEY, value=list(call_log_ids))
         first = next((i for i in call_log_ids if i is not None), None)
         if first is not None:
-            ti.xcom_push(key=CALL_LOG_URL_XCOM_KEY, value=self.hook.call_log_url(first))
+            url = self.hook.call_log_url(first)
+            ti.xcom_push(key=CALL_LOG_URL_XCOM_KEY, value=url)
+            setattr(self, CALL_LOG_URL_ATTRIBUTE, url)
+
+    def _start_try(self) -> None:
+        """Called first in ``execute``: no dashboard URL pushed yet in this try (read by the extra link)."""
+        setattr(self, CALL_LOG_URL_ATTRIBUTE, None)
 
     # ------------------------------------------------------------------ waiting
 
@@ -152,7 +162,7 @@ class CekuraEvaluationWaitOperator(BaseOperator):
             return call_log_ids
         # ``dag.test()`` resumes with the event only; the trigger names its ids in every event.
         ids = event.get("call_log_ids") if isinstance(event, dict) else None
-        return self._result_from_ids([int(i) for i in ids or []])
+        return self._result_from_ids(parse_ids(ids or []))
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
         """Turn a defer timeout raised by the scheduler into a wait timeout that names the pending ids."""
@@ -166,7 +176,7 @@ class CekuraEvaluationWaitOperator(BaseOperator):
             pending = "ids unknown"
             try:
                 ids = context["ti"].xcom_pull(key=CALL_LOG_IDS_XCOM_KEY)
-                ids = [int(i) for i in ids or [] if i is not None]
+                ids = parse_ids([i for i in ids or [] if i is not None])
                 if ids:
                     from airflow_provider_cekura.waiting import check_evaluations
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cekura._coerce import is_template, parse_ids
 from airflow_provider_cekura.exceptions import CekuraEvaluationCheckError, CekuraValidationError
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
 from airflow_provider_cekura.version_compat import conf
@@ -16,16 +17,6 @@ if TYPE_CHECKING:
 
 EVALUATION_CHECKS_XCOM_KEY = "evaluation_checks"
 """XCom key of the gate's summary, pushed whether the checks held or not."""
-
-
-def _has_template(value: Any) -> bool:
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, Mapping):
-        return any(_has_template(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return any(_has_template(v) for v in value)
-    return False
 
 
 def _union(ids: list[int], baseline: list[int] | None) -> list[int]:
@@ -65,8 +56,9 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     also the return value. The checks dict, the ids and the baseline ids are validated before any request.
 
     :param call_log_ids: the call logs to check: a list, a comma string, JSON text, an upstream
-        task's output, or the result dict of :class:`~airflow_provider_cekura.sensors.call_log.
-        CekuraCallLogSensor` (templated). An empty list is an error.
+        task's output, or the result dict of
+        :class:`~airflow_provider_cekura.sensors.call_log.CekuraCallLogSensor` (templated). An empty list is an
+        error.
     :param checks: the checks dict (templated: thresholds may be templates, e.g. ``"{{ params.min_rate }}"``;
         JSON text is accepted).
     :param baseline_call_log_ids: call logs to compare against (e.g. the previous evaluation run);
@@ -117,7 +109,7 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
         self.baseline_call_log_ids = baseline_call_log_ids
         self.require_evaluated = require_evaluated
         self.fail_on_check_failure = fail_on_check_failure
-        if isinstance(checks, Mapping) and not _has_template(checks):
+        if isinstance(checks, Mapping) and not is_template(checks):
             # Refuse a bad checks dict when the DAG file is parsed, not only when the task runs.
             from airflow_provider_cekura.checks import parse_checks
 
@@ -128,14 +120,13 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     def _inputs(self) -> tuple[list[int], list[int] | None, list[Check]]:
         """Ids, baseline ids and checks from the rendered fields; every error before any request."""
         from airflow_provider_cekura.checks import parse_checks
-        from airflow_provider_cekura.payloads import parse_call_log_ids
 
-        ids = parse_call_log_ids(self.call_log_ids)
+        ids = parse_ids(self.call_log_ids)
         if not ids:
             raise CekuraValidationError("call_log_ids", "is empty: there is nothing to check")
         baseline: list[int] | None = None
         if self.baseline_call_log_ids is not None:
-            baseline = parse_call_log_ids(self.baseline_call_log_ids, "baseline_call_log_ids")
+            baseline = parse_ids(self.baseline_call_log_ids, "baseline_call_log_ids")
             if not baseline:
                 raise CekuraValidationError("baseline_call_log_ids", "is empty: give baseline ids or None")
         return ids, baseline, parse_checks(self.checks, baseline=baseline is not None)
@@ -143,6 +134,7 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
     # ------------------------------------------------------------------ running
 
     def execute(self, context: Context) -> dict[str, Any]:
+        self._start_try()
         ids, baseline, checks = self._inputs()
         every = _union(ids, baseline)
         self._push_ids(context, every)

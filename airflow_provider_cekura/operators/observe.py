@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,13 +44,16 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
 
     What happens, in order:
 
-    1. Every call is validated (:mod:`airflow_provider_cekura.payloads`) and every
-       recording checked readable. One bad call fails the task before any request;
-       the error names the field and the ``call_id``.
+    1. Every call is validated (:func:`airflow_provider_cekura.payloads.validate_calls`, which the
+       hook's ``observe`` runs too) and every recording checked readable and allowed (a local file only
+       under the DAG's folder, its ``template_searchpath``, ``recording_roots`` or the connection's
+       ``recording_roots`` extra; never ``/proc``, ``/sys``, ``/dev``). One bad call fails the task before
+       any request; the error names the field and the ``call_id``.
     2. The call_ids Cekura already holds are looked up (one request per 50) and
        not sent again: a task retry or a DAG re-run never creates a second call
        log for a ``call_id``. Their ids are returned like the others.
-    3. The rest are sent, ``max_concurrency`` at a time, through one hook whose
+    3. The rest are sent, ``max_concurrency`` at a time (:meth:`CekuraHook.observe_many
+       <airflow_provider_cekura.hooks.cekura.CekuraHook.observe_many>`), through one hook whose
        retries are themselves idempotent (after a timeout, 5xx or dropped
        connection the call is looked up before it is sent again).
     4. The ids are pushed to XCom (key ``call_log_ids``) and the dashboard URL of
@@ -95,6 +98,11 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
     :param calls: many calls: a list of dicts of the fields above (plus ``voice_recording``),
         or JSON text; not together with ``call_id`` (templated).
     :param max_concurrency: calls in flight at once (also the hook's HTTP connection pool size).
+    :param recording_roots: more directories local recordings (``voice_recording``, also inside ``calls``)
+        may be read from, besides the DAG's folder, its ``template_searchpath``, the DAGs folder and the
+        connection's ``recording_roots`` extra. A local path is resolved (symlinks, ``..``) and refused
+        outside those roots, under ``/proc``, ``/sys`` or ``/dev``, or when it is not a regular file; remote
+        ``ObjectStoragePath`` URLs (``s3://``...) are not limited. Not templated.
     :param cekura_conn_id: connection id of type ``cekura`` (templated).
     :param wait_for_evaluation: wait until Cekura has evaluated the call logs before succeeding.
     :param deferrable: wait in the triggerer instead of a worker slot (needs a running
@@ -138,6 +146,7 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
         trace_id: str | None = None,
         calls: Any = None,
         max_concurrency: int = 8,
+        recording_roots: Sequence[str | os.PathLike[str]] | str | None = None,
         cekura_conn_id: str = "cekura_default",
         wait_for_evaluation: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
@@ -184,6 +193,7 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
         self.trace_id = trace_id
         self.calls = calls
         self.max_concurrency = max_concurrency
+        self.recording_roots = [recording_roots] if isinstance(recording_roots, str) else list(recording_roots or [])
 
     def _hook_kwargs(self) -> dict[str, Any]:
         return {"pool_size": self.max_concurrency}
@@ -202,114 +212,91 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
     def _operator_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in OBSERVE_FIELDS if getattr(self, name) is not None}
 
-    def prepare(self) -> list[tuple[dict[str, Any], RecordingSource | None]]:
-        """Validate the whole batch without any request: ``[(payload, recording or None)]`` in input order.
+    def _recording_roots(self) -> list[Any]:
+        """Roots local recordings may come from: ``recording_roots``, the DAG's folder and ``template_searchpath``
+        (the hook adds the connection's ``recording_roots`` extra and the DAGs folder)."""
+        roots: list[Any] = list(self.recording_roots)
+        dag = self.dag if self.has_dag() else None
+        if dag is not None:
+            folder = getattr(dag, "folder", None)
+            if folder:
+                roots.append(folder)
+            searchpath = getattr(dag, "template_searchpath", None) or []
+            roots.extend([searchpath] if isinstance(searchpath, str) else searchpath)
+        return roots
 
-        :raises CekuraValidationError: naming the field and the call_id of the first bad call.
-        """
-        from airflow_provider_cekura.payloads import build_observe_payloads, check_recording, load_calls
+    def _calls(self) -> list[Mapping[str, Any]]:
+        """The calls to send, the operator's own fields merged in as defaults (not validated yet)."""
+        from airflow_provider_cekura.payloads import load_calls
 
         if self.call_id is not None and self.calls is not None:
             raise CekuraValidationError("calls", "give either call_id (one call) or calls (many calls), not both")
         if self._single:
-            inputs: list[Mapping[str, Any]] = [{**self._operator_fields(), "voice_recording": self.voice_recording}]
-        else:
-            defaults = self._operator_fields()
-            inputs = []
-            for call in load_calls(self.calls):
-                merged = {k: v for k, v in defaults.items() if k not in _AGENT_FIELDS}
-                if all(call.get(k) is None for k in _AGENT_FIELDS):
-                    merged.update({k: v for k, v in defaults.items() if k in _AGENT_FIELDS})
-                merged.update(call)
-                inputs.append(merged)
-        recordings = [call.get("voice_recording") for call in inputs]
-        payloads = build_observe_payloads([{k: v for k, v in c.items() if k != "voice_recording"} for c in inputs])
-        for payload, recording in zip(payloads, recordings, strict=True):
-            check_recording(recording, payload["call_id"])
-        return list(zip(payloads, recordings, strict=True))
+            return [{**self._operator_fields(), "voice_recording": self.voice_recording}]
+        defaults = self._operator_fields()
+        inputs: list[Mapping[str, Any]] = []
+        for call in load_calls(self.calls):
+            merged = {k: v for k, v in defaults.items() if k not in _AGENT_FIELDS}
+            if all(call.get(k) is None for k in _AGENT_FIELDS):
+                merged.update({k: v for k, v in defaults.items() if k in _AGENT_FIELDS})
+            merged.update(call)
+            inputs.append(merged)
+        return inputs
+
+    def prepare(self) -> list[tuple[dict[str, Any], RecordingSource | None]]:
+        """Validate the whole batch without any request: ``[(payload, recording or None)]`` in input order.
+
+        Runs :func:`~airflow_provider_cekura.payloads.validate_calls`, the validation the hook's ``observe``
+        and ``observe_many`` run too (``execute`` leaves it to ``observe_many``: each call is validated once).
+
+        :raises CekuraValidationError: naming the field and the call_id of the first bad call.
+        """
+        from airflow_provider_cekura.payloads import validate_calls
+
+        inputs = self._calls()
+        has_recording = any(call.get("voice_recording") is not None for call in inputs)
+        roots = self.hook.recording_roots(self._recording_roots()) if has_recording else ()
+        return validate_calls(inputs, roots)
 
     # ------------------------------------------------------------------ sending
+
+    def _observe_many(self, calls: list[Mapping[str, Any]]) -> tuple[list[int | None], dict[str, Exception]]:
+        """:meth:`CekuraHook.observe_many <airflow_provider_cekura.hooks.cekura.CekuraHook.observe_many>`:
+        ``(ids in input order, {call_id: error})``."""
+        from airflow_provider_cekura.exceptions import CekuraObserveBatchError
+
+        try:
+            ids = self.hook.observe_many(
+                calls, max_concurrency=self.max_concurrency, recording_roots=self._recording_roots()
+            )
+        except CekuraObserveBatchError as err:
+            return list(err.call_log_ids), dict(err.errors)
+        return ids, {}
 
     def ingest(
         self, batch: list[tuple[dict[str, Any], RecordingSource | None]]
     ) -> tuple[list[int | None], dict[str, Exception]]:
-        """Send the calls Cekura does not hold yet; returns ``(ids in input order, {call_id: error})``.
+        """Send a batch from :meth:`prepare` through ``CekuraHook.observe_many``: ``(ids in input order,
+        {call_id: error})``.
 
         A call that fails does not stop the others, except an authentication or
         configuration error, after which nothing more is sent.
         """
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        from airflow_provider_cekura.exceptions import CekuraAuthError
-        from airflow_provider_cekura.hooks.cekura import LOOKUP_CHUNK
-
-        hook = self.hook
-        call_ids = [payload["call_id"] for payload, _ in batch]
-        workers = max(1, min(self.max_concurrency, len(call_ids)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cekura-observe") as pool:
-            # The existence check runs in the same pool: one list request per 50 call_ids, concurrently.
-            existing: dict[str, dict[str, Any]] = {}
-            chunks = [call_ids[i : i + LOOKUP_CHUNK] for i in range(0, len(call_ids), LOOKUP_CHUNK)]
-            for found in pool.map(hook.find_call_logs, chunks):
-                existing.update(found)
-            ids: list[int | None] = [int(existing[cid]["id"]) if cid in existing else None for cid in call_ids]
-            todo = [index for index, cid in enumerate(call_ids) if cid not in existing]
-            if existing:
-                self.log.info(
-                    "%d of %d call(s) already exist in Cekura (a retry or re-run); not sending them again",
-                    len(existing),
-                    len(call_ids),
-                )
-            failures: dict[str, Exception] = {}
-            if not todo:
-                return ids, failures
-            stop = threading.Event()
-
-            def send(index: int) -> None:
-                payload, recording = batch[index]
-                if stop.is_set():
-                    failures[payload["call_id"]] = CekuraConfigurationError("not sent: an earlier call was refused")
-                    return
-                try:
-                    call_log = hook.observe(payload, recording)
-                    ids[index] = int(call_log["id"])
-                except Exception as err:
-                    if isinstance(err, (CekuraAuthError, CekuraConfigurationError)):
-                        stop.set()
-                    failures[payload["call_id"]] = err
-
-            started = time.monotonic()
-            self.log.info("Sending %d call(s) to Cekura, %d at a time", len(todo), min(workers, len(todo)))
-            for future in [pool.submit(send, index) for index in todo]:
-                future.result()
-        elapsed = time.monotonic() - started
-        sent = len(todo) - len(failures)
-        self.log.info(
-            "Sent %d call(s) in %.1fs (%.1f calls/s); %d failed",
-            sent,
-            elapsed,
-            sent / elapsed if elapsed > 0 else 0.0,
-            len(failures),
-        )
-        return ids, failures
+        return self._observe_many([{**payload, "voice_recording": recording} for payload, recording in batch])
 
     def execute(self, context: Context) -> Any:
+        self._start_try()
         from airflow_provider_cekura.exceptions import CekuraObserveBatchError
 
-        batch = self.prepare()
-        self.log.info("Validated %d call(s)", len(batch))
-        ids, failures = self.ingest(batch)
+        calls = self._calls()
+        ids, failures = self._observe_many(calls)  # validates every call before any request
         self._push_ids(context, ids)
         if failures:
             if self._single:
                 raise next(iter(failures.values()))
-            messages = {
-                payload["call_id"]: _describe(failures[payload["call_id"]])
-                for payload, _ in batch
-                if payload["call_id"] in failures
-            }
-            raise CekuraObserveBatchError(messages, ids)
+            call_ids = [str(call.get("call_id")) for call in calls]
+            messages = {cid: _describe(failures[cid]) for cid in call_ids if cid in failures}
+            raise CekuraObserveBatchError(messages, ids, errors=failures)
         done = [int(i) for i in ids if i is not None]
         self.log.info("Call log id(s): %s", done[:20] if len(done) > 20 else done)
         return self.wait_or_defer(context, done, self._result_from_ids(done))

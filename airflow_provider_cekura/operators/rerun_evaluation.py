@@ -6,16 +6,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura._coerce import agent_or_assistant, parse_ids
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
 from airflow_provider_cekura.version_compat import conf
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.version_compat import Context
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
 
 
 class CekuraRerunEvaluationOperator(CekuraEvaluationWaitOperator):
@@ -75,31 +71,18 @@ class CekuraRerunEvaluationOperator(CekuraEvaluationWaitOperator):
             fail_on_evaluation_failure=fail_on_evaluation_failure,
             **kwargs,
         )
-        if (agent_id is None) == (assistant_id is None):
-            raise CekuraConfigurationError("Give exactly one of agent_id or assistant_id")
+        agent_or_assistant(agent_id, assistant_id, presence_only=True)  # the values are checked in execute
         self.call_log_ids = call_log_ids
         self.agent_id = agent_id
         self.assistant_id = assistant_id
 
     def _owner(self) -> dict[str, Any]:
         """``{"agent_id": int}`` or ``{"assistant_id": str}`` from the rendered values."""
-        agent_id = None if _blank(self.agent_id) else self.agent_id
-        assistant_id = None if _blank(self.assistant_id) else self.assistant_id
-        if (agent_id is None) == (assistant_id is None):
-            raise CekuraValidationError("agent_id", "give exactly one of agent_id or assistant_id")
-        if agent_id is not None:
-            text = str(agent_id).strip()
-            if isinstance(agent_id, bool) or not text.isdigit() or int(text) <= 0:
-                raise CekuraValidationError("agent_id", f"must be a positive integer agent id, got {agent_id!r}")
-            return {"agent_id": int(text)}
-        if not isinstance(assistant_id, str):
-            raise CekuraValidationError("assistant_id", f"must be a string, got {type(assistant_id).__name__}")
-        return {"assistant_id": assistant_id.strip()}
+        return agent_or_assistant(self.agent_id, self.assistant_id)
 
     def execute(self, context: Context) -> list[int]:
-        from airflow_provider_cekura.payloads import parse_call_log_ids
-
-        ids = parse_call_log_ids(self.call_log_ids)
+        self._start_try()
+        ids = parse_ids(self.call_log_ids)
         owner = self._owner()
         if not ids:
             self.log.info("No call log ids to rerun; nothing sent")

@@ -8,8 +8,8 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cekura._coerce import parse_ids
 from airflow_provider_cekura.exceptions import CekuraWaitTimeoutError
-from airflow_provider_cekura.payloads import parse_call_log_ids
 from airflow_provider_cekura.version_compat import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue, conf
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class CekuraCallLogSensor(BaseSensorOperator):
 
     @property
     def ids(self) -> list[int]:
-        return parse_call_log_ids(self.call_log_ids)
+        return parse_ids(self.call_log_ids)
 
     def _check(self) -> EvaluationSummary:
         from airflow_provider_cekura.waiting import check_evaluations

@@ -1,5 +1,9 @@
 """Run the Cekura emulator from the command line: ``python -m airflow_provider_cekura.testing --port 8765``.
 
+Once listening it prints the line that points Airflow at it, ready to paste::
+
+    export AIRFLOW_CONN_CEKURA_DEFAULT='{"conn_type": "cekura", "host": "http://127.0.0.1:8765", "password": "cekura-test-key"}'
+
 Signals: SIGTERM/SIGINT stop it (saving ``--state-file``); SIGUSR1 finishes every pending evaluation
 at once (a test that runs Airflow in other processes decides when evaluations are done).
 """
@@ -7,7 +11,9 @@ at once (a test that runs Airflow in other processes decides when evaluations ar
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -39,6 +45,17 @@ def parse_fault(spec: str) -> tuple[str, dict[str, object]]:
     return kind, options
 
 
+def export_line(base_url: str, api_key: str, conn_id: str = "cekura_default") -> str:
+    """The shell line that points Airflow's ``conn_id`` at this emulator (printed once listening).
+
+    :param base_url: the emulator's base URL.
+    :param api_key: the key it accepts (a test key, not a Cekura key).
+    :param conn_id: the Airflow connection id.
+    """
+    value = json.dumps({"conn_type": "cekura", "host": base_url, "password": api_key})
+    return f"export AIRFLOW_CONN_{conn_id.upper()}={shlex.quote(value)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve an emulator of the Cekura observability API.")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -60,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         type=parse_fault,
         metavar="KIND[:OPTION=VALUE,...]",
         help="inject a fault for the whole run, e.g. latency:method=POST,path=/observe/,delay=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--no-export-line",
+        action="store_true",
+        help="do not print the `export AIRFLOW_CONN_CEKURA_DEFAULT=...` line (it holds the emulator's key)",
     )
     parser.add_argument("--log-requests", action="store_true", help="print one line per request (method, path, status)")
     args = parser.parse_args(argv)
@@ -85,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.port_file, "w") as handle:
             handle.write(str(emulator.port))
     print(f"Cekura emulator listening on {url}", flush=True)
+    if not args.no_export_line:
+        print(export_line(url, args.api_key), flush=True)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())

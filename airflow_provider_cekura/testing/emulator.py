@@ -700,6 +700,33 @@ class CekuraEmulator:
         }
 
 
+def _is_time(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cekura_transcript_problem(transcript: Any) -> str | None:
+    """What is wrong with a ``cekura``-format transcript, or None.
+
+    The documents (observe.md, ``transcript_type``) define it as ``[{role, content, start_time, end_time}]``
+    with roles ``"Testing Agent"`` (the caller) and ``"Main Agent"`` (the agent under test) only.
+    """
+    if not isinstance(transcript, list):
+        return "Expected a list of turns."
+    for index, turn in enumerate(transcript):
+        if not isinstance(turn, dict):
+            return f"Turn {index}: expected an object."
+        if turn.get("role") not in ("Main Agent", "Testing Agent"):
+            return 'Roles must be "Main Agent" or "Testing Agent".'
+        if not isinstance(turn.get("content"), str):
+            return f"Turn {index}: content is required (a string)."
+        for key in ("start_time", "end_time"):
+            if not _is_time(turn.get(key)):
+                return f"Turn {index}: {key} is required (a number of seconds)."
+        if turn["end_time"] < turn["start_time"]:
+            return f"Turn {index}: end_time is before start_time."
+    return None
+
+
 def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
     errors: dict[str, list[str]] = {}
     call_id = body.get("call_id")
@@ -720,11 +747,10 @@ def _validate_observe(body: dict[str, Any]) -> dict[str, list[str]]:
             transcript = body["transcript_json"] = json.loads(transcript)
         except ValueError:
             errors["transcript_json"] = ["Value must be valid JSON."]
-    roles_ok = isinstance(transcript, list) and all(
-        isinstance(t, dict) and t.get("role") in ("Main Agent", "Testing Agent") for t in transcript
-    )
-    if kind == "cekura" and transcript is not None and "transcript_json" not in errors and not roles_ok:
-        errors["transcript_json"] = ['Roles must be "Main Agent" or "Testing Agent".']
+    if kind == "cekura" and transcript is not None and "transcript_json" not in errors:
+        problem = _cekura_transcript_problem(transcript)
+        if problem:
+            errors["transcript_json"] = [problem]
     redact = body.get("redact_fields")  # a JSON list, or a form list (one part per item)
     if redact is not None and (not isinstance(redact, list) or any(r not in REDACT_FIELDS for r in redact)):
         errors["redact_fields"] = ["Invalid redact field."]

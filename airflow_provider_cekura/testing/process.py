@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +60,7 @@ class EmulatorProcess:
         self.log_requests = log_requests
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
+        self._scratch: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -72,8 +74,9 @@ class EmulatorProcess:
 
     def start(self, timeout: float = 30.0) -> str:
         """Start the child and wait until it listens; returns the base URL."""
-        port_file = Path(tempfile.mkdtemp(prefix="cekura-emulator-")) / "port"
-        command = [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0"]
+        self._scratch = Path(tempfile.mkdtemp(prefix="cekura-emulator-"))
+        port_file = self._scratch / "port"
+        command = [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0", "--no-export-line"]
         command += ["--port-file", str(port_file), "--evaluation-delay", str(self.evaluation_delay)]
         if self.state_file is not None:
             command += ["--state-file", str(self.state_file)]
@@ -92,6 +95,7 @@ class EmulatorProcess:
         deadline = time.monotonic() + timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if self.process.poll() is not None:
+                self._remove_scratch()
                 raise RuntimeError(f"the emulator exited with {self.process.returncode} before listening")
             if time.monotonic() > deadline:
                 self.stop()
@@ -107,15 +111,26 @@ class EmulatorProcess:
         self.process.send_signal(signal.SIGUSR1)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (the state file is saved), then SIGKILL if it lingers. Idempotent."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+        """SIGTERM (the state file is saved), then SIGKILL if it lingers; removes the temporary directory.
+
+        Idempotent.
+        """
         try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=timeout)
+            if self.process is None or self.process.poll() is not None:
+                return
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        finally:
+            self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     def __enter__(self) -> EmulatorProcess:
         self.start()

@@ -31,8 +31,9 @@ SCHEMA_VERSION = 1
 """Version of the export schema, written into every ``_manifest.json``; bumped when a column changes meaning or
 type (adding an optional column does not bump it)."""
 
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-"""A plain SQL identifier: letters, digits, underscores, not starting with a digit, at most 63 characters."""
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+"""A plain SQL identifier: letters, digits, underscores, not starting with a digit, at most 63 characters.
+Always matched whole (``fullmatch``): ``$`` would let ``"calls\n"`` through."""
 
 INT, TEXT, BOOL, FLOAT, JSON, TIMESTAMP = "int", "text", "bool", "float", "json", "timestamp"
 
@@ -117,7 +118,7 @@ def validate_columns(columns: Iterable[Any] | None, include_transcript: bool) ->
             columns = [c.strip() for c in columns.split(",") if c.strip()]
         wanted = set()
         for column in columns:
-            if not isinstance(column, str) or not IDENTIFIER.match(column):
+            if not isinstance(column, str) or not IDENTIFIER.fullmatch(column):
                 raise CekuraValidationError("columns", f"{str(column)[:80]!r} is not a plain column name")
             if column not in ALL_CALL_LOG_COLUMNS:
                 raise CekuraValidationError(
@@ -143,7 +144,7 @@ def to_json(value: Any) -> str | None:
     if isinstance(value, str):
         try:
             json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested too deep to check): stored as a JSON string
             return json.dumps(value, ensure_ascii=False)
         return value
     return json.dumps(value, ensure_ascii=False, default=str)

@@ -18,15 +18,12 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cekura._coerce import IDS_PER_REQUEST, is_template, parse_id, parse_ids, parse_timestamp
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
-from airflow_provider_cekura.payloads import parse_timestamp
 from airflow_provider_cekura.version_compat import BaseOperator
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.hooks.cekura import CekuraHook
-
-IDS_PER_REQUEST = 100
-"""Call log ids per list request when exporting given ``call_log_ids`` (keeps URLs short)."""
 
 SELECTION_TEMPLATE_FIELDS: tuple[str, ...] = (
     "cekura_conn_id",
@@ -41,9 +38,8 @@ SELECTION_TEMPLATE_FIELDS: tuple[str, ...] = (
 """Templated selection arguments of both transfers."""
 
 
-def templated(value: Any) -> bool:
-    """Whether ``value`` is text holding a Jinja expression (rendered only at run time)."""
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
+templated = is_template
+"""Whether ``value`` is text holding a Jinja expression (the one rule: :func:`~airflow_provider_cekura._coerce.is_template`)."""
 
 
 def _unwrap(value: Any) -> Any:
@@ -216,10 +212,14 @@ class CallLogExportOperator(BaseOperator):
 
     def _filters(self) -> dict[str, Any]:
         filters: dict[str, Any] = {}
-        for key in ("agent_id", "assistant_id", "project_id", "filters_v2"):
+        for key in ("assistant_id", "filters_v2"):
             value = getattr(self, key)
             if value is not None and not (isinstance(value, str) and not value.strip()):
                 filters[key] = value
+        for key, what in (("agent_id", "agent id"), ("project_id", "project id")):
+            # ids by the one rule (a blank string is not an id), checked here before anything is touched
+            if getattr(self, key) is not None:
+                filters[key] = parse_id(getattr(self, key), key, what=what)
         if self.page_size is not None:
             filters["page_size"] = int(self.page_size)
         return filters
@@ -229,12 +229,10 @@ class CallLogExportOperator(BaseOperator):
 
         :param context: the task's Airflow context.
         """
-        from airflow_provider_cekura.payloads import parse_call_log_ids
-
         filters = self._filters()
         ids: list[int] | None = None
         if self._select_ids:
-            ids = parse_call_log_ids(self.call_log_ids) if self.call_log_ids not in (None, "") else []
+            ids = parse_ids(self.call_log_ids)
         window: tuple[datetime, datetime] | None = None
         if ids is None or self.timestamp_from is not None or self.timestamp_to is not None:
             start, end, how = resolve_window(self.timestamp_from, self.timestamp_to, context)

@@ -9,11 +9,14 @@ driver or common-sql at import time. Errors never carry row contents (see
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from airflow_provider_cekura.exceptions import CekuraError, CekuraValidationError
+from airflow_provider_cekura.exceptions import CekuraExportError as CekuraExportError  # moved; re-exported
+from airflow_provider_cekura.exceptions import CekuraValidationError
+from airflow_provider_cekura.transfers._redact import redact as redact  # moved; re-exported
+from airflow_provider_cekura.transfers._redact import safe_db_error as safe_db_error
 
 # The export schema (columns, kinds, call log -> row) lives in _schema, shared with the object storage export;
 # re-exported here for the SQL side's users.
@@ -37,11 +40,6 @@ from airflow_provider_cekura.transfers._schema import (
     validate_columns,
 )
 
-
-class CekuraExportError(CekuraError):
-    """Writing to the SQL table failed; the message names the table, the page and the row count, never row data."""
-
-
 # ---------------------------------------------------------------------------- identifiers
 
 
@@ -54,7 +52,7 @@ def validate_table_name(name: Any, field: str = "table") -> str:
     if not isinstance(name, str) or not name:
         raise CekuraValidationError(field, f"must be a table name, got {type(name).__name__}")
     parts = name.split(".")
-    if len(parts) > 2 or not all(IDENTIFIER.match(part) for part in parts):
+    if len(parts) > 2 or not all(IDENTIFIER.fullmatch(part) for part in parts):
         raise CekuraValidationError(
             field,
             f"{name[:80]!r} is not a plain table name: use letters, digits and underscores "
@@ -116,7 +114,7 @@ class SqlRules:
 
     def quote(self, name: str) -> str:
         """One identifier, quoted where the dialect says so (the name is validated first)."""
-        if not IDENTIFIER.match(name):
+        if not IDENTIFIER.fullmatch(name):
             raise CekuraValidationError("identifier", f"{name[:80]!r} is not a plain identifier")
         return self.escape(name)
 
@@ -203,98 +201,6 @@ def create_table_sql(spec: TableSpec, rules: SqlRules) -> str:
     lines.append(f"PRIMARY KEY ({rules.columns(spec.key)})")
     options = TABLE_OPTIONS.get(rules.family, "")
     return f"CREATE TABLE IF NOT EXISTS {rules.table(spec.name)} (\n    " + ",\n    ".join(lines) + f"\n){options}"
-
-
-def _in_any(text: str, statements: Sequence[str]) -> bool:
-    return any(text in statement for statement in statements)
-
-
-def _statement_prefix(text: str, statements: Sequence[str]) -> str:
-    """The longest prefix of ``text`` found in one of our own statements (which hold placeholders, no value)."""
-    low, high = 0, len(text)
-    while low < high:  # a prefix of a substring is a substring: binary search on the length
-        middle = (low + high + 1) // 2
-        if _in_any(text[:middle], statements):
-            low = middle
-        else:
-            high = middle - 1
-    return text[:low]
-
-
-def redact(message: str, known: Iterable[str] = (), statements: Sequence[str] = ()) -> str:
-    """``message`` with every quoted text that could hold a value replaced by ``<redacted>``.
-
-    A quoted text is kept when it is one of the ``known`` names (tables, columns), or
-    when it is a piece of one of our own ``statements`` (SQL templates with
-    placeholders: MySQL's ``near '...'`` quotes the statement where it stopped
-    parsing). Otherwise everything from that quote up to the last quote of the same
-    kind goes (a value may itself hold quotes), except the part at its start that
-    is text of our own statements.
-    """
-    allowed = {k.lower() for k in known}
-    out: list[str] = []
-    position = 0
-    while True:
-        starts = [i for i in (message.find("'", position), message.find('"', position)) if i >= 0]
-        if not starts:
-            out.append(message[position:])
-            return "".join(out)
-        start = min(starts)
-        quote = message[start]
-        close = message.find(quote, start + 1)
-        if close < 0:  # an unbalanced quote: nothing after it can be trusted
-            out.append(message[position:start] + "<redacted>")
-            return "".join(out)
-        inner = message[start + 1 : close]
-        if inner.lower() in allowed:
-            out.append(message[position : close + 1])
-            position = close + 1
-            continue
-        last = message.rindex(quote)
-        inner = message[start + 1 : last]
-        if inner and _in_any(inner, statements):
-            out.append(message[position : last + 1])
-        else:
-            kept = _statement_prefix(inner, statements)
-            out.append(
-                f"{message[position:start]}{quote}{kept}<redacted>{quote}"
-                if kept
-                else message[position:start] + "<redacted>"
-            )
-        position = last + 1
-
-
-def _code_and_message(err: BaseException) -> tuple[Any, str]:
-    """The driver's error code and the database's own message.
-
-    MySQL drivers (mysqlclient, PyMySQL) carry ``(errno, message)`` in ``args``: their
-    ``str()`` is the tuple's repr, which quotes the whole message. Postgres drivers put
-    the SQLSTATE in ``sqlstate``/``pgcode`` and details (with values) on the lines after
-    the first: only the first line is kept there.
-    """
-    args: tuple[Any, ...] = tuple(getattr(err, "args", ()))
-    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        return args[0], args[1]
-    errno, msg = getattr(err, "errno", None), getattr(err, "msg", None)
-    if isinstance(errno, int) and isinstance(msg, str):  # mysql-connector-python
-        return errno, msg
-    code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
-    return code, (str(err).strip().splitlines() or [""])[0]
-
-
-def safe_db_error(err: BaseException, known: Iterable[str] = (), statements: Sequence[str] = ()) -> str:
-    """A one-line description of a database error that keeps the database's explanation and no row data.
-
-    Keeps the exception type, the error code (SQLSTATE or MySQL errno) and the message,
-    with quoted values redacted by :func:`redact` (database messages quote offending
-    values: ``invalid input syntax for type integer: "..."``, ``Duplicate entry '...'``).
-    """
-    code, message = _code_and_message(err)
-    message = " ".join(redact(message, known, statements).split())
-    if len(message) > 400:
-        message = message[:400] + "..."
-    kind = type(err).__name__ + (f" [{code}]" if code else "")
-    return f"{kind}: {message}" if message else kind
 
 
 __all__ = [

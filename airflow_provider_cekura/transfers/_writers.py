@@ -32,16 +32,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow_provider_cekura.exceptions import CekuraExportError
+from airflow_provider_cekura.transfers._redact import safe_db_error
 from airflow_provider_cekura.transfers._sql import (
     BOOL,
     FLOAT,
     INT,
     TIMESTAMP,
-    CekuraExportError,
     SqlRules,
     TableSpec,
     create_table_sql,
-    safe_db_error,
 )
 
 

@@ -25,6 +25,68 @@ if TYPE_CHECKING:
     from airflow_provider_cekura.version_compat import Context
 
 
+SQLITE_FILE_HELP = (
+    'give the database file as the connection\'s host: JSON {"conn_type": "sqlite", "host": "/abs/path/warehouse.db"} '
+    "or URI sqlite://%2Fabs%2Fpath%2Fwarehouse.db (a URI sqlite:////abs/path puts the path in the schema, which the "
+    "SQLite hook does not read)"
+)
+DUCKDB_FILE_HELP = (
+    'give the database file as the connection\'s host: JSON {"conn_type": "duckdb", "host": "/abs/path/warehouse.duckdb"} '
+    'or URI duckdb://%2Fabs%2Fpath%2Fwarehouse.duckdb, or the extra "database" (a URI duckdb:///abs/path puts the '
+    "path in the schema, which the DuckDB hook does not read: it opens an in-memory database instead)"
+)
+
+
+def _is_memory(database: str) -> bool:
+    """True for SQLite/DuckDB names that open a database nobody else will ever see."""
+    name = database.strip()
+    if name.startswith("file:"):
+        name, _, query = name[len("file:") :].partition("?")
+        if "mode=memory" in query.split("&"):
+            return True
+    return name in ("", ":memory:") or name.startswith(":memory:")
+
+
+def refuse_in_memory_target(conn_id: str, hook: Any) -> None:
+    """Raise when the export target is an in-memory (or temporary) SQLite or DuckDB database.
+
+    Such an export "succeeds" and writes nothing anyone can read: the database disappears
+    with the task. Checked before any request. DuckDB: the database the hook will open
+    (``get_database()``: the ``database`` argument or extra, else the connection's host,
+    else ``:memory:``). SQLite: the connection's host (an empty name is a temporary file,
+    ``:memory:`` or ``mode=memory`` an in-memory database).
+
+    :param conn_id: the target connection id (named in the error).
+    :param hook: the target's ``DbApiHook``.
+    """
+    conn_type = getattr(hook, "conn_type", None)
+    if conn_type not in ("sqlite", "duckdb"):
+        return
+    connection = BaseHook.get_connection(conn_id)
+    host, schema = connection.host or "", connection.schema or ""
+    if conn_type == "duckdb":
+        get_database = getattr(hook, "get_database", None)
+        database = get_database() if callable(get_database) else (connection.extra_dejson.get("database") or host)
+        if database.startswith("md:"):
+            return
+        help_text = DUCKDB_FILE_HELP
+    else:
+        mode = str(connection.extra_dejson.get("mode", ""))
+        database = f"file:{host}?mode={mode}" if mode else host
+        help_text = SQLITE_FILE_HELP
+    if not _is_memory(database):
+        return
+    named = host or (
+        conn_type == "duckdb" and (connection.extra_dejson.get("database") or getattr(hook, "database", None))
+    )
+    what = "an in-memory database" if named else "no database file (an in-memory or temporary database)"
+    hint = f" (the path {schema!r} is in the schema field, which is not read)" if schema and not host else ""
+    raise CekuraConfigurationError(
+        f"Connection {conn_id!r} is {what}{hint}: the export would succeed and nothing would be kept. "
+        f"To write a file, {help_text}."
+    )
+
+
 class CekuraCallLogsToSqlOperator(CallLogExportOperator):
     """Export Cekura call logs into a SQL table (any database with an Airflow ``DbApiHook``), upserting on ``id``.
 
@@ -190,6 +252,7 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
     def execute(self, context: Context) -> int:
         table, metrics = self._specs()
         selection = self.select(context)
+        refuse_in_memory_target(self.sql_conn_id, self.sql_hook)
         writer = self._writer(table, metrics)
         try:
             created = writer.prepare(self.create_table)

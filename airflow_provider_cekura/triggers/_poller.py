@@ -4,7 +4,7 @@ Each :class:`~airflow_provider_cekura.triggers.call_log.CekuraCallLogTrigger`
 subscribes its ids to the :class:`SharedPoller` of its ``cekura_conn_id`` (one
 per event loop, i.e. per triggerer process) and awaits its own outcomes. The
 poller asks the list endpoint about the pending ids of all subscriptions due
-together, one ``call_ids=`` request per :data:`PAGE_IDS` ids, at most
+together, one ``call_ids=`` request per :data:`~airflow_provider_cekura._coerce.IDS_PER_REQUEST` ids, at most
 :data:`MAX_THREADS` requests at a time, and hands each subscription the
 :class:`~airflow_provider_cekura.evaluation.EvaluationSummary` of its own ids.
 
@@ -45,15 +45,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from airflow_provider_cekura._coerce import IDS_PER_REQUEST
+
 if TYPE_CHECKING:
     from airflow_provider_cekura.evaluation import EvaluationSummary, PackedResult
     from airflow_provider_cekura.hooks.cekura import CekuraHook
 
 ProgressCallback = Callable[[int, int], None]
 """``on_progress(still_pending, total)`` of a wait (see :meth:`Subscription.answer`)."""
-
-PAGE_IDS = 100
-"""Ids per list request (the API's largest page)."""
 
 MAX_THREADS = 16
 """Requests in flight at once per connection and triggerer (the poller's thread pool size)."""
@@ -362,7 +361,7 @@ class SharedPoller:
             if n % SETUP_BATCH == 0:
                 await asyncio.sleep(0)
         ids = sorted(set().union(*pending.values()))
-        pages = [ids[n : n + PAGE_IDS] for n in range(0, len(ids), PAGE_IDS)]
+        pages = [ids[n : n + IDS_PER_REQUEST] for n in range(0, len(ids), IDS_PER_REQUEST)]
         page_of = {cid: n for n, page in enumerate(pages) for cid in page}
         waits_on: list[list[Subscription]] = [[] for _ in pages]
         unanswered: dict[Subscription, int] = {}

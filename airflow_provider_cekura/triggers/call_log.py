@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from airflow_provider_cekura._coerce import parse_ids, to_seconds
 from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_TIMEOUT, EvaluationSummary
 from airflow_provider_cekura.exceptions import CekuraAPIError
 from airflow_provider_cekura.triggers._poller import shared_poller
@@ -50,13 +51,11 @@ class CekuraCallLogTrigger(BaseTrigger):
         max_consecutive_errors: int = 5,
     ) -> None:
         super().__init__()
-        self.call_log_ids = [int(i) for i in call_log_ids]
+        self.call_log_ids = parse_ids(call_log_ids)
         self.cekura_conn_id = cekura_conn_id
-        self.poll_interval = float(poll_interval)
-        self.deadline = None if deadline is None else float(deadline)
+        self.poll_interval = to_seconds(poll_interval, "poll_interval")
+        self.deadline = None if deadline is None else to_seconds(deadline, "deadline", allow_zero=True)
         self.max_consecutive_errors = max(int(max_consecutive_errors), 1)
-        if not self.poll_interval > 0:
-            raise ValueError(f"poll_interval must be a positive number of seconds, got {poll_interval!r}")
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (

@@ -142,7 +142,9 @@ def test_observe_requests_keep_to_the_schema(recording: CekuraEmulator, tmp_path
     full = hook.observe(build_observe_payload(FULL_CALL))
     audio = tmp_path / "call.wav"
     audio.write_bytes(b"RIFF" + bytes(2000))
-    multipart = hook.observe(build_observe_payload({**FULL_CALL, "call_id": "contract-mp"}), recording=audio)
+    multipart = hook.observe(
+        build_observe_payload({**FULL_CALL, "call_id": "contract-mp"}), recording=audio, recording_roots=tmp_path
+    )
     # an ambiguous failure: the hook looks the call up (filters_v2 on call_id) before sending again
     recording.add_fault("5xx", times=1, method="POST")
     retried = hook.observe(
