@@ -226,7 +226,7 @@ def test_generic_writer_delete_then_insert_in_one_transaction(tmp_path: Path) ->
     table = _sql.TableSpec("t", {"id": "int", "status": "text", "exported_at": "timestamp"}, ("id",))
     metrics = _sql.TableSpec("m", dict(_sql.METRIC_COLUMNS), _sql.METRIC_KEY)
     rules = _sql.SqlRules("generic", "?", '"{}"'.format)
-    writer = _writers.PageWriter(conn, table, metrics, rules)  # the path for databases without a writer
+    writer = _writers.GenericPageWriter(conn, table, metrics, rules)  # the path for databases without a writer
     assert writer.prepare(create=True) == ["t", "m"]
     writer.write_page([(1, "a", "T"), (2, "b", "T")], [(1, 10, "n", "r", 1.0, None, None, "T")])
     writer.write_page([(2, "c", "T")], [(2, 11, "n", "r", 2.0, None, "[]", "T")])

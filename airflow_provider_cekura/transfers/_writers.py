@@ -13,10 +13,15 @@ its common.sql dialect):
 - ``duckdb``: the page as column arrays, ``INSERT ... SELECT UNNEST(...) ... ON
   CONFLICT DO UPDATE`` (one statement per page: ``executemany`` runs one statement
   per row, about 80x slower);
-- anything else: plain DB-API SQL, ``DELETE`` the page's keys then ``INSERT``.
+- anything else (:class:`GenericPageWriter`): the hook's common.sql dialect's
+  ``generate_replace_sql`` where the dialect has a real upsert of its own (Postgres
+  ``ON CONFLICT``, MSSQL ``MERGE``), run with ``executemany``; else ``DELETE`` the
+  page's keys then ``executemany`` a plain ``INSERT``.
 
+:class:`PageWriter`'s default is the upsert (``INSERT ... ON CONFLICT (key) DO
+UPDATE`` with ``executemany``); the writers change how a statement is built or sent.
 Metric rows of a page's call logs are deleted, then the page's metric rows written,
-in the same transaction.
+in the same transaction. :func:`writer_for` is the one place a writer is chosen.
 """
 
 from __future__ import annotations
@@ -41,7 +46,12 @@ from airflow_provider_cekura.transfers._sql import (
 
 
 class PageWriter:
-    """Writes pages of call log rows (and their metric rows) to one connection, one transaction per page."""
+    """Writes pages of call log rows (and their metric rows) to one connection, one transaction per page.
+
+    The default statement is the upsert ``INSERT ... ON CONFLICT (key) DO UPDATE`` (Postgres, SQLite 3.24+
+    and DuckDB syntax), sent with ``executemany``; subclasses override :meth:`_upsert_sql` (the statement),
+    :meth:`_insert` (how rows are sent) or :meth:`_upsert_rows` (the page's call log rows).
+    """
 
     def __init__(self, conn: Any, table: TableSpec, metrics: TableSpec | None, rules: SqlRules) -> None:
         self.conn = conn
@@ -201,15 +211,20 @@ class PageWriter:
                 )
                 cursor.execute(self._sql(f"DELETE FROM {spec.name}", sql), chunk)
 
+    def _upsert_sql(self, spec: TableSpec) -> str:
+        """The statement that writes one row of ``spec``, replacing a row with the same key."""
+        return f"{self._insert_sql(spec)} {_on_conflict(self.rules, spec)}"
+
     def _insert(self, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Upsert ``rows`` into ``spec`` (:meth:`_upsert_sql`, ``executemany``)."""
         if not rows:
             return
-        sql = self._sql(f"INSERT INTO {spec.name}", self._insert_sql(spec))
+        self.step = f"INSERT INTO {spec.name}"  # before building the statement: a dialect may raise there
+        sql = self._sql(self.step, self._upsert_sql(spec))
         with self._cursor() as cursor:
             cursor.executemany(sql, list(rows))
 
     def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self._delete_keys(self.table, "id", [row[0] for row in rows])
         self._insert(self.table, rows)
 
     def _replace_metrics(self, ids: Sequence[int], metrics: Sequence[tuple[Any, ...]]) -> None:
@@ -267,14 +282,7 @@ class SqlitePageWriter(PageWriter):
     def _upsert_sql(self, spec: TableSpec) -> str:
         if not self.has_upsert:
             return self._insert_sql(spec).replace("INSERT INTO", "INSERT OR REPLACE INTO", 1)
-        return f"{self._insert_sql(spec)} {_on_conflict(self.rules, spec)}"
-
-    def _insert(self, spec: TableSpec, rows: Sequence[tuple[Any, ...]]) -> None:
-        if rows:
-            self.conn.executemany(self._sql(f"INSERT INTO {spec.name}", self._upsert_sql(spec)), rows)
-
-    def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self._insert(self.table, rows)
+        return super()._upsert_sql(spec)
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -429,9 +437,6 @@ class MysqlPageWriter(PageWriter):
             for chunk in self._chunks(rows):
                 cursor.execute(head + ", ".join([one] * len(chunk)) + tail, [v for row in chunk for v in row])
 
-    def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self._insert(self.table, rows)
-
 
 DUCKDB_ARRAYS: dict[str, str] = {INT: "BIGINT[]", BOOL: "BOOLEAN[]", FLOAT: "DOUBLE[]"}
 """Parameter array types for DuckDB; everything else goes as ``VARCHAR[]`` and is cast by the column's type."""
@@ -472,7 +477,49 @@ class DuckDbPageWriter(PageWriter):
         )
         self.conn.execute(self._sql(f"DELETE FROM {spec.name}", sql), [list(ids)])
 
+
+def dialect_upserts(dialect: Any) -> bool:
+    """Whether ``dialect`` (a common.sql ``Dialect``) has an upsert of its own.
+
+    Database providers override ``Dialect.generate_replace_sql`` with their upsert (postgres:
+    ``INSERT ... ON CONFLICT (key) DO UPDATE``; microsoft.mssql: ``MERGE``); common.sql's own is
+    ``REPLACE INTO``, MySQL syntax that other databases refuse or (SQLite) run as delete-then-insert.
+    """
+    from airflow.providers.common.sql.dialects.dialect import Dialect
+
+    return isinstance(dialect, Dialect) and type(dialect).generate_replace_sql is not Dialect.generate_replace_sql
+
+
+class GenericPageWriter(PageWriter):
+    """Any other ``DbApiHook``: plain DB-API (``executemany``, the transaction the driver begins).
+
+    With a ``dialect`` that has an upsert of its own (:func:`dialect_upserts`), rows are written with its
+    ``generate_replace_sql`` (keyed on the table's key); otherwise the page's keys are deleted, then a
+    plain ``INSERT`` writes the rows, in the page's transaction.
+
+    :param dialect: the target hook's common.sql dialect (``hook.dialect``), or ``None``.
+    """
+
+    def __init__(
+        self, conn: Any, table: TableSpec, metrics: TableSpec | None, rules: SqlRules, dialect: Any = None
+    ) -> None:
+        super().__init__(conn, table, metrics, rules)
+        self.dialect = dialect if dialect_upserts(dialect) else None
+        """The dialect whose upsert is used; ``None``: delete, then insert."""
+
+    def _upsert_sql(self, spec: TableSpec) -> str:
+        if self.dialect is None:
+            return self._insert_sql(spec)
+        columns = list(spec.columns)  # the dialect quotes them (escape_word), as SqlRules does
+        return str(
+            self.dialect.generate_replace_sql(
+                self.rules.table(spec.name), columns, columns, replace_index=list(spec.key)
+            )
+        )
+
     def _upsert_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if self.dialect is None:
+            self._delete_keys(self.table, "id", [row[0] for row in rows])
         self._insert(self.table, rows)
 
 
@@ -485,20 +532,24 @@ WRITERS: dict[str, type[PageWriter]] = {
 
 
 def writer_for(hook: Any, conn: Any, table: TableSpec, metrics: TableSpec | None) -> PageWriter:
-    """The writer for ``hook`` (a ``DbApiHook``) and its DB-API connection ``conn``, by database family.
+    """The writer for ``hook`` (a ``DbApiHook``) and its DB-API connection ``conn``, by database family
+    (:data:`WRITERS`); a family without one, or a Postgres driver without ``COPY``, gets the
+    :class:`GenericPageWriter` with the hook's dialect.
 
     Autocommit is turned off through the hook where it has the switch (each page is one transaction).
-    A Postgres driver without ``COPY`` gets the generic writer.
     """
     rules = SqlRules.from_hook(hook, conn)
-    cls = WRITERS.get(rules.family, PageWriter)
+    cls = WRITERS.get(rules.family, GenericPageWriter)
     if cls is PostgresPageWriter:
         with contextlib.closing(conn.cursor()) as cursor:
             if not (hasattr(cursor, "copy_expert") or hasattr(cursor, "copy")):
-                cls = PageWriter
-    if cls in (PageWriter, MysqlPageWriter) and getattr(hook, "supports_autocommit", False):
+                cls = GenericPageWriter
+    if cls in (GenericPageWriter, MysqlPageWriter) and getattr(hook, "supports_autocommit", False):
         hook.set_autocommit(conn, False)
-    writer = cls(conn, table, metrics, rules)
+    if cls is GenericPageWriter:
+        writer: PageWriter = GenericPageWriter(conn, table, metrics, rules, hook.dialect)
+    else:
+        writer = cls(conn, table, metrics, rules)
     with contextlib.suppress(Exception):
         connection = hook.connection
         writer.known_names |= {n for n in (connection.login, connection.schema, connection.host) if n}
@@ -507,10 +558,12 @@ def writer_for(hook: Any, conn: Any, table: TableSpec, metrics: TableSpec | None
 
 __all__ = [
     "DuckDbPageWriter",
+    "GenericPageWriter",
     "MysqlPageWriter",
     "PageWriter",
     "PostgresPageWriter",
     "SqlitePageWriter",
     "copy_text",
+    "dialect_upserts",
     "writer_for",
 ]
