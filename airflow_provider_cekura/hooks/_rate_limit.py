@@ -1,30 +1,51 @@
 """One adaptive rate limiter per Cekura connection and process, shared by every request of every hook.
 
-A 429 means "slow down", not "this call failed". When any request is
-throttled, :class:`RateLimiter` stops *every* request of the connection until
-the server's ``Retry-After`` has passed, and then paces all of them at a rate
-estimated from what the server actually admitted: the requests admitted
-between two throttles, divided by the time between them (the first time, the
-time since the first request plus the pause). The rate then climbs back
-(doubling every :data:`DOUBLING` seconds), so a limit that was raised, or a
-throttle caused by someone else, is soon forgotten.
+A 429 means "slow down", not "this call failed". When a request is throttled,
+:class:`RateLimiter` pauses *every* request of the connection for the pause the
+retry policy chose (the server's ``Retry-After``, bounded), then paces them all
+at a rate that follows a CUBIC curve, like the AWS SDKs' *adaptive* retry mode
+(itself after TCP CUBIC). ``rate(t)``, ``t`` seconds after the pause ended:
 
-Like the AWS SDKs' *adaptive* retry mode there is no limit until the first
-throttle (unless the connection's ``max_requests_per_second`` sets one, which
-is never exceeded). Unlike it, a throttle pauses everyone (octokit's
-throttling plugin does the same), and a window between two throttles with
-fewer than :data:`MIN_SAMPLES` admitted requests does not change the rate (a
-server that throttles at random is obeyed, not chased down to a crawl).
-Until there is an estimate, requests start :data:`INITIAL_IN_FLIGHT` in flight
-and one more per round trip (like TCP's slow start), so the first burst into
-an empty bucket meets few 429s.
+* **Until the first throttle** nothing is paced (unless the connection's
+  ``max_requests_per_second`` sets a rate, which is never exceeded, whatever
+  follows): requests start :data:`INITIAL_IN_FLIGHT` in flight and one more per
+  round trip, like TCP's slow start.
+* **The first throttle** comes when the server's bucket, full at the start and
+  of unknown size, is empty. The requests it admitted, divided by their sending
+  time, overstate its rate by that burst (an upper bound ``U``); divided by the
+  sending time *plus the pause*, they understate it unless the bucket held a
+  whole pause's worth (a lower bound ``L``). The rate climbs from ``L`` to
+  ``sqrt(L * U)`` in :data:`RECOVERY` seconds and then *searches*, doubling every
+  :data:`SEARCH_DOUBLING` seconds, until the next throttle.
+* **Every later throttle** happens at a known paced rate ``r``. The *last good
+  rate* becomes ``W = TOP_SHARE * r`` (0.9: the rate at a throttle is just above
+  the limit; :data:`SEARCH_SHARE` of it after a search, which overshoots more)
+  and the rate restarts at ``BETA * r``. *Fast convergence* (TCP CUBIC's): a
+  throttle below the previous ``W`` means the share shrank (another client
+  arrived), and ``W`` is lowered further, to ``(1 + BETA) / 2 * r``.
+* **Recovery** climbs back to ``W`` along a concave cubic in :data:`RECOVERY`
+  seconds (fast at first, flat near ``W``), then probes above it along the
+  convex cubic ``W + CUBIC_C * (t - RECOVERY) ** 3``: +0.2 requests/s after 1 s,
+  +1.6 after 2 s, +25 after 5 s, +200 after 10 s, so a limit that was raised,
+  or a throttle caused by someone else, is forgotten within seconds, while the
+  limit that caused the throttle is met rarely.
 
-Requests are counted by send time, and the estimate is made when the pause
-ends, once the requests sent before the throttle have answered.
+Why these shapes: a throttle costs a whole ``Retry-After`` of every request of
+the connection (often 1 s, whatever the bucket), so the limiter must meet the
+limit rarely, hence the flat plateau around ``W``; :data:`BETA` is 0.8 rather
+than CUBIC's 0.7 because the pause already costs more than a dropped packet
+does. The probe's growth is in requests per second, not a share of ``W``: as in
+TCP, that is what lets several processes spending one key converge to fair
+shares without sharing anything (each cuts its own rate by a share of it on its
+own 429s and grows back by the same amount as the others; the larger share
+gives up more). The pause is never counted as time the server was slow: rates
+are measured over the time requests were being sent, by send time (a request in
+flight when another was throttled belongs to the same episode: one decrease per
+episode), and the rate is re-estimated when the pause ends, once those answered.
 
-The limiter only waits in the thread that sends (``acquire`` sleeps); the
-trigger runs the sync hook in worker threads, so the triggerer's event loop
-never waits for it.
+The limiter only waits in the thread that sends; the trigger runs the sync hook
+in worker threads, so the triggerer's event loop never waits for it. Time is
+injected (``clock``, ``sleep``) so the algorithm can be tested without waiting.
 """
 
 from __future__ import annotations
@@ -32,49 +53,94 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
-from typing import overload
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
-DOUBLING = 10.0
-"""Seconds in which the rate doubles while nothing is throttled."""
-MIN_SAMPLES = 10
-"""Admitted requests a window between two throttles needs before its estimate may lower the rate."""
-MIN_FIRST_SAMPLES = 5
-"""Admitted requests the first window (or one after a long calm) needs to give an estimate at all."""
+BETA = 0.8
+"""Share of the rate at a throttle the rate restarts at after the pause."""
+TOP_SHARE = 0.9
+"""Share of the rate at a throttle taken as the last good rate ``W``."""
+SEARCH_SHARE = 0.8
+"""The same after a throttle met while searching (doubling overshoots further)."""
+RECOVERY = 2.0
+"""Seconds the rate takes to climb back to the last good rate."""
+CUBIC_C = 0.2
+"""The probe above the last good rate: ``W + CUBIC_C * t**3`` requests/s, ``t`` seconds after reaching ``W``."""
+SEARCH_DOUBLING = 1.0
+"""Seconds in which the rate doubles while searching (after the first throttle, until the next)."""
 MIN_RATE = 1.0
-"""Requests per second the estimate never goes below (``max_requests_per_second`` may)."""
-MAX_CUT = 0.5
-"""One throttle lowers an established rate at most to this share of it."""
-WINDOW_MAX = 30.0
-"""Seconds of admitted requests an estimate looks back at, at most."""
+"""Requests per second the rate never goes below (``max_requests_per_second`` may)."""
 INITIAL_IN_FLIGHT = 2.0
-"""Requests in flight at first; one more per round trip until a rate is estimated (or 64)."""
+"""Requests in flight at first; one more per round trip until the first throttle (or 64)."""
 MAX_IN_FLIGHT = 64.0
+CATCH_UP = 0.25
+"""Share of one interval a request woken late may take back from the next (bursts stay under 1.25 requests)."""
+
+
+class TurnUnavailable(Exception):
+    """The turn could not start before the deadline (nothing was sent)."""
+
+
+class Turn:
+    """One request's passage through the limiter; report the answer with :meth:`admitted` or :meth:`throttled`.
+
+    :param limiter: the limiter that granted the turn.
+    :param sent_at: ``clock()`` when the turn started.
+    """
+
+    __slots__ = ("_limiter", "sent_at")
+
+    def __init__(self, limiter: RateLimiter, sent_at: float) -> None:
+        self._limiter = limiter
+        self.sent_at = sent_at
+
+    def admitted(self) -> None:
+        """The server answered with anything but 429 (it counted the request)."""
+        self._limiter._on_admitted(self.sent_at)
+
+    def throttled(self, pause: float) -> None:
+        """The server answered 429: every request of the connection waits ``pause`` seconds.
+
+        :param pause: seconds to wait (``Retry-After``, bounded and finite, chosen by the retry policy).
+        """
+        self._limiter._on_throttled(self.sent_at, pause)
 
 
 class RateLimiter:
     """Shared pause and pacing for the requests of one connection; thread-safe.
 
-    Callers do ``sent_at = acquire()``, send, ``release()``, then report the
-    answer: ``admitted(sent_at)`` or ``throttled(sent_at, pause)``.
+    ``with limiter.turn(deadline) as turn:`` send, then ``turn.admitted()`` or
+    ``turn.throttled(pause)`` (neither on a transport error).
 
     :param max_rate: requests per second never exceeded (``None``: no known limit).
+    :param clock: the time in seconds (monotonic).
+    :param sleep: how to wait that many seconds of ``clock``.
     """
 
-    def __init__(self, max_rate: float | None = None) -> None:
+    def __init__(
+        self,
+        max_rate: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._cond = threading.Condition(threading.Lock())
+        self._clock = clock
+        self._sleep = sleep
         self.max_rate = max_rate
-        self._estimate: float | None = None  # requests/s estimated at the last throttle
-        self._estimated_at = 0.0  # when the estimate starts to grow (the end of that pause)
+        self._searching = False
+        self._rtt = float("inf")
+        self._last_good: float | None = None  # W: the rate at the last throttle
+        self._floor = 0.0  # the rate the current climb starts at
+        self._epoch = 0.0  # when the current climb started (the end of the last pause)
         self._next_slot = 0.0
-        self._blocked_until = 0.0
+        self._blocked_until = float("-inf")
         self._in_flight = 0
-        self._window: float | None = INITIAL_IN_FLIGHT  # None: no cap on requests in flight
-        self._window_start: float | None = None
-        self._after_throttle = False  # the window starts at a throttle (the bucket was empty then)
-        self._admitted: deque[float] = deque()  # send times of admitted requests
-        self._episode_start = float("-inf")
-        self._pending: tuple[float, float] | None = None  # (throttled at, pause) not yet estimated
+        self._window: float | None = INITIAL_IN_FLIGHT  # in-flight cap until the first throttle
+        self._window_start: float | None = None  # the sending time measured starts here
+        self._admitted = 0  # requests sent since _window_start that were admitted
+        self._episode_start = float("-inf")  # requests sent before this belong to the last throttle
+        self._pending: tuple[float, float, float | None] | None = None  # (sent at, pause, rate then)
         self.throttles = 0
         """429 answers seen (every request, every hook of the connection)."""
 
@@ -85,120 +151,125 @@ class RateLimiter:
 
     @property
     def estimate(self) -> float | None:
-        """Requests per second the server admitted, as estimated at the last throttle (``None``: none yet)."""
-        return self._estimate
+        """The last good rate (requests/s at the last throttle; ``None``: never throttled)."""
+        return self._last_good
 
     def rate(self, now: float | None = None) -> float | None:
-        """The requests per second allowed now (``None``: not limited)."""
-        if self._estimate is None:
+        """The requests per second allowed at ``now`` (default: the clock's now; ``None``: not limited)."""
+        if self._last_good is None:
             return self.max_rate
-        now = time.monotonic() if now is None else now
-        grown = self._estimate * 2 ** (min(max(now - self._estimated_at, 0.0), 600.0) / DOUBLING)
-        return grown if self.max_rate is None else min(grown, self.max_rate)
+        now = self._clock() if now is None else now
+        t = min(max(now - self._epoch, 0.0), 600.0)
+        top = self._last_good
+        if t < RECOVERY:
+            rate = top - (top - self._floor) * ((RECOVERY - t) / RECOVERY) ** 3
+        elif self._searching:
+            rate = top * 2 ** ((t - RECOVERY) / SEARCH_DOUBLING)
+        else:
+            rate = top + CUBIC_C * (t - RECOVERY) ** 3
+        rate = max(rate, MIN_RATE)
+        return rate if self.max_rate is None else min(rate, self.max_rate)
 
-    def blocked_for(self) -> float:
-        """Seconds until requests may be sent again (0 when not paused)."""
-        return max(self._blocked_until - time.monotonic(), 0.0)
+    @contextmanager
+    def turn(self, deadline: float | None = None) -> Iterator[Turn]:
+        """Wait until a request may be sent (shared pause, then pacing) and hold its in-flight slot.
 
-    @overload
-    def acquire(self) -> float: ...
-
-    @overload
-    def acquire(self, deadline: float) -> float | None: ...
-
-    def acquire(self, deadline: float | None = None) -> float | None:
-        """Wait until this request may be sent (shared pause, then pacing); returns the send time.
-
-        :param deadline: a ``time.monotonic()`` value; ``None`` is returned (nothing waited) when the
-            request could not be sent before it.
+        :param deadline: a ``clock()`` time; :class:`TurnUnavailable` is raised (nothing waited
+            beyond it) when the request could not start before it.
+        :raises TurnUnavailable: the turn could not start before ``deadline``.
         """
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                if self._window_start is None:
-                    self._window_start = now
-                wait: float | None = None
-                if now < self._blocked_until:
-                    wait = self._blocked_until - now
-                elif self._window is not None and self._in_flight >= self._window:
-                    wait = None  # until a request in flight answers
-                else:
-                    if self._pending is not None:
-                        self._estimate_rate(*self._pending)
-                        self._pending = None
-                    rate = self.rate(now)
-                    slot = now if rate is None else max(self._next_slot, now - 1 / rate)
-                    if slot <= now:  # (a thread woken a little late may still use its slot)
-                        if rate is not None:
-                            self._next_slot = slot + 1 / rate
-                        self._in_flight += 1
-                        return now
-                    wait = slot - now
+        sent_at = self._start(deadline)
+        try:
+            yield Turn(self, sent_at)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
+
+    def _start(self, deadline: float | None) -> float:
+        while True:
+            with self._cond:
+                now = self._clock()
+                wait = self._try_start(now)
+                if wait == 0.0:
+                    return now
                 if deadline is not None and (wait is None or now + wait > deadline):
                     if wait is not None or now >= deadline:
-                        return None
-                    wait = deadline - now
-                self._cond.wait(wait)
+                        raise TurnUnavailable(f"no turn before the deadline ({deadline - now:.2f}s away)")
+                if wait is None:  # until a request in flight answers (only before the first throttle)
+                    self._cond.wait(None if deadline is None else deadline - now)
+                    continue
+            self._sleep(wait)
 
-    def release(self) -> None:
-        """The request sent after :meth:`acquire` has its answer (or failed)."""
-        with self._cond:
-            self._in_flight -= 1
-            self._cond.notify_all()
+    def _try_start(self, now: float) -> float | None:
+        """Start a turn at ``now`` (0.0), or say how long to wait (``None``: until a request answers)."""
+        if self._window_start is None:
+            self._window_start = now
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if self._pending is not None:
+            self._estimate(*self._pending)
+            self._pending = None
+        if self._window is not None and self._in_flight >= self._window:
+            return None
+        rate = self.rate(now)
+        if rate is not None:
+            interval = 1 / rate
+            slot = max(self._next_slot, now - CATCH_UP * interval)
+            if slot > now:
+                return slot - now
+            self._next_slot = slot + interval
+        self._in_flight += 1
+        return 0.0
 
-    def admitted(self, sent_at: float) -> None:
-        """The request sent at ``sent_at`` got an answer other than 429 (the server counted it)."""
+    def _on_admitted(self, sent_at: float) -> None:
         with self._cond:
-            self._admitted.append(sent_at)
-            while self._admitted and self._admitted[0] < sent_at - WINDOW_MAX:
-                self._admitted.popleft()
+            self._rtt = min(self._rtt, self._clock() - sent_at)
+            if self._window_start is not None and sent_at >= self._window_start:
+                self._admitted += 1
             if self._window is not None:
                 self._window += 1 / self._window  # about one more per round trip
                 if self._window >= MAX_IN_FLIGHT:
                     self._window = None
                 self._cond.notify_all()
 
-    def throttled(self, sent_at: float, pause: float) -> float:
-        """A request sent at ``sent_at`` got 429: pause everyone for ``pause`` s.
-
-        The rate is re-estimated when the pause ends, once the requests sent
-        before the throttle have answered. Returns how long the caller must
-        sleep itself: 0, since :meth:`acquire` waits for the pause.
-        """
+    def _on_throttled(self, sent_at: float, pause: float) -> None:
         with self._cond:
-            now = time.monotonic()
+            now = self._clock()
             self.throttles += 1
             self._blocked_until = max(self._blocked_until, now + pause)
             self._next_slot = max(self._next_slot, self._blocked_until)
             if sent_at < self._episode_start or self._pending is not None:
-                return 0.0  # sent before the pause began: the same throttle, already accounted for
+                return  # sent before the pause began: the same throttle, already accounted for
             self._episode_start = now
-            self._pending = (now, pause)
-            return 0.0
+            self._pending = (sent_at, pause, self.rate(sent_at))
 
-    def _estimate_rate(self, throttled_at: float, pause: float) -> None:
-        """Requests admitted (by send time) since the window began, per second; called under the lock."""
-        start = self._window_start if self._window_start is not None else throttled_at
-        fresh = not self._after_throttle
-        if throttled_at - start > WINDOW_MAX:
-            start, fresh = throttled_at - WINDOW_MAX, True
-        # A fresh window began with a full bucket, which held about one pause worth of requests.
-        span = throttled_at - start + (pause if fresh else 0.0)
-        admitted = sum(1 for t in self._admitted if start <= t < throttled_at)
-        if admitted >= (MIN_FIRST_SAMPLES if fresh else MIN_SAMPLES) and span > 0:
-            self._window = None  # from now on the rate paces
-            estimate = admitted / span
-            current = self.rate(throttled_at)
-            if current is not None:
-                estimate = max(estimate, current * MAX_CUT)
-            estimate = max(estimate, MIN_RATE)
-            self._estimate = estimate if self.max_rate is None else min(estimate, self.max_rate)
-            self._estimated_at = self._blocked_until
-        elif self._estimate is None and admitted == 0:
-            self._window = 1.0  # throttled before anything passed: start again with one request in flight
-        self._window_start, self._after_throttle = throttled_at, True
-        while self._admitted and self._admitted[0] < throttled_at:
-            self._admitted.popleft()
+    def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
+        """Set the last good rate and restart the climb, at the end of a pause; called under the lock."""
+        start = self._window_start if self._window_start is not None else sent_at
+        span = max(sent_at - start, 1e-3)
+        admitted = self._admitted
+        previous = self._last_good
+        if paced is not None and previous is not None:
+            top = paced * (SEARCH_SHARE if self._searching else TOP_SHARE)
+            if paced < previous:  # fast convergence: the share shrank, leave room
+                top = paced * (1 + BETA) / 2
+            floor = BETA * paced
+            self._searching = False
+        else:  # the first throttle: a bucket of unknown size was emptied
+            sent = max(admitted, 1) + 1  # (the throttled request included)
+            upper, floor = sent / max(span, self._rtt), max(admitted, 1) / (span + pause)
+            top = (upper * floor) ** 0.5
+            if paced is not None:  # max_requests_per_second paced it
+                top = min(top, paced)
+            self._window = None
+            self._searching = True
+        if self.max_rate is not None:
+            top = min(top, self.max_rate)
+        self._last_good = max(top, MIN_RATE)
+        self._floor = max(min(floor, self._last_good), MIN_RATE)
+        self._epoch = self._blocked_until
+        self._window_start, self._admitted = self._blocked_until, 0
 
 
 _LIMITERS: dict[tuple[str, str], RateLimiter] = {}

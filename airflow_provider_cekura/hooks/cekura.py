@@ -21,8 +21,13 @@ from airflow_provider_cekura.exceptions import (
     CekuraTransportError,
     CekuraValidationError,
 )
-from airflow_provider_cekura.hooks._http import RETRYABLE_STATUSES, RetryPolicy, error_from_response
-from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
+from airflow_provider_cekura.hooks._http import (
+    RETRYABLE_STATUSES,
+    RetryPolicy,
+    error_from_response,
+    parse_retry_after,
+)
+from airflow_provider_cekura.hooks._rate_limit import RateLimiter, TurnUnavailable, shared_limiter
 from airflow_provider_cekura.payloads import multipart_fields, parse_timestamp
 from airflow_provider_cekura.payloads import parse_call_log_ids as _int_ids
 from airflow_provider_cekura.version_compat import BaseHook
@@ -261,8 +266,6 @@ class CekuraHook(BaseHook):
         policy = self.retry_policy
         timeout = self._settings["timeout"]
         limiter = self.rate_limiter
-        # 429s spend the time budget, not the attempts (unless a limiter says otherwise: the benchmark baseline).
-        throttles_spend_attempts = getattr(limiter, "throttles_spend_attempts", False)
         attempt = 0
         throttled_since: float | None = None  # when this request met its first 429
         throttles: list[CekuraRateLimitError] = []
@@ -274,17 +277,11 @@ class CekuraHook(BaseHook):
                 if found is not None:
                     self.log.info("%s %s took effect before it failed; using the existing result", method, path)
                     return found
-            if throttled_since is None:
-                sent_at = limiter.acquire()
-            else:
-                # A throttled request waits for its turn only until its time budget ends.
-                turn = limiter.acquire(throttled_since + self._settings["rate_limit_max_wait"])
-                if turn is None:
-                    self._raise_rate_limit(throttles, time.monotonic() - throttled_since)
-                sent_at = turn
+            # A throttled request waits for its turn only until its time budget ends.
+            deadline = None if throttled_since is None else throttled_since + self._settings["rate_limit_max_wait"]
             self.request_count += 1
             try:
-                try:
+                with limiter.turn(deadline) as turn:
                     # Never follow redirects: requests would resend the X-CEKURA-API-KEY header to any host.
                     response = self._session.request(
                         method,
@@ -296,8 +293,16 @@ class CekuraHook(BaseHook):
                         timeout=timeout,
                         allow_redirects=False,
                     )
-                finally:
-                    limiter.release()
+                    pause = 0.0
+                    if response.status_code == 429:
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                        pause = policy.delay(len(throttles) + 1, retry_after)
+                        turn.throttled(pause)
+                    else:
+                        turn.admitted()
+            except TurnUnavailable:
+                assert throttled_since is not None
+                self._raise_rate_limit(throttles, time.monotonic() - throttled_since)
             except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
                 # ChunkedEncodingError: the connection broke while the body was read (a response cut short).
                 attempt += 1
@@ -309,8 +314,6 @@ class CekuraHook(BaseHook):
                 )
                 retryable = True
             else:
-                if response.status_code != 429:
-                    limiter.admitted(sent_at)
                 if 300 <= response.status_code < 400:
                     target = urlsplit(response.headers.get("Location") or "").netloc or "unknown"
                     response.close()
@@ -325,17 +328,13 @@ class CekuraHook(BaseHook):
                     return self._decode(response, method, path, decode)
                 last_error = error_from_response(response, method=method, path=path, conn_id=self.cekura_conn_id)
                 response.close()
-                if isinstance(last_error, CekuraRateLimitError) and not throttles_spend_attempts:
+                if isinstance(last_error, CekuraRateLimitError):
                     throttles.append(last_error)
                     now = time.monotonic()
                     throttled_since = now if throttled_since is None else throttled_since
-                    pause = policy.delay(len(throttles), last_error.retry_after)
                     if now - throttled_since + pause > self._settings["rate_limit_max_wait"]:
                         self._raise_rate_limit(throttles, now - throttled_since)
-                    own_wait = limiter.throttled(sent_at, pause)
                     self.log.warning("%s; every request of the connection waits %.2fs", last_error, pause)
-                    if own_wait > 0:
-                        time.sleep(own_wait)
                     continue
                 attempt += 1
                 retryable = response.status_code in RETRYABLE_STATUSES
