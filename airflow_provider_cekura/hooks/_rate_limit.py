@@ -4,44 +4,54 @@ A 429 means "slow down", not "this call failed". When a request is throttled,
 :class:`RateLimiter` pauses *every* request of the connection for the pause the
 retry policy chose (the server's ``Retry-After``, bounded), then paces them all
 at a rate that follows a CUBIC curve, like the AWS SDKs' *adaptive* retry mode
-(itself after TCP CUBIC). ``rate(t)``, ``t`` seconds after the pause ended:
+(itself after TCP CUBIC). ``W`` is the *last good rate*; ``t`` counts seconds
+since the pause ended.
 
-* **Until the first throttle** nothing is paced (unless the connection's
-  ``max_requests_per_second`` sets a rate, which is never exceeded, whatever
-  follows): requests start :data:`INITIAL_IN_FLIGHT` in flight and one more per
-  round trip, like TCP's slow start.
+* **Until the first throttle** nothing is paced (``max_requests_per_second``,
+  when the connection sets it, paces from the start and is never exceeded,
+  whatever follows): requests start :data:`INITIAL_IN_FLIGHT` in flight and one
+  more per round trip, like TCP's slow start.
 * **The first throttle** comes when the server's bucket, full at the start and
-  of unknown size, is empty. The requests it admitted, divided by their sending
-  time, overstate its rate by that burst (an upper bound ``U``); divided by the
-  sending time *plus the pause*, they understate it unless the bucket held a
+  of unknown size, is empty. The requests it admitted divided by their sending
+  time overstate its rate by that burst (an upper bound ``U``); divided by the
+  sending time *plus the pause* they understate it unless the bucket held a
   whole pause's worth (a lower bound ``L``). The rate climbs from ``L`` to
-  ``sqrt(L * U)`` in :data:`RECOVERY` seconds and then *searches*, doubling every
-  :data:`SEARCH_DOUBLING` seconds, until the next throttle.
-* **Every later throttle** happens at a known paced rate ``r``. The *last good
-  rate* becomes ``W = TOP_SHARE * r`` (0.9: the rate at a throttle is just above
-  the limit; :data:`SEARCH_SHARE` of it after a search, which overshoots more)
-  and the rate restarts at ``BETA * r``. *Fast convergence* (TCP CUBIC's): a
-  throttle below the previous ``W`` means the share shrank (another client
-  arrived), and ``W`` is lowered further, to ``(1 + BETA) / 2 * r``.
-* **Recovery** climbs back to ``W`` along a concave cubic in :data:`RECOVERY`
-  seconds (fast at first, flat near ``W``), then probes above it along the
-  convex cubic ``W + CUBIC_C * (t - RECOVERY) ** 3``: +0.2 requests/s after 1 s,
-  +1.6 after 2 s, +25 after 5 s, +200 after 10 s, so a limit that was raised,
-  or a throttle caused by someone else, is forgotten within seconds, while the
-  limit that caused the throttle is met rarely.
+  ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
+  every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
+  sets ``W`` to :data:`SEARCH_SHARE` x the rate it came at.
+* **Every later throttle** comes at a known paced rate ``r``; the rate restarts
+  at :data:`BETA` x ``r`` and climbs back to the new ``W`` along a concave
+  cubic in :data:`RECOVERY` seconds (fast at first, flat near ``W``):
 
-Why these shapes: a throttle costs a whole ``Retry-After`` of every request of
-the connection (often 1 s, whatever the bucket), so the limiter must meet the
-limit rarely, hence the flat plateau around ``W``; :data:`BETA` is 0.8 rather
-than CUBIC's 0.7 because the pause already costs more than a dropped packet
-does. The probe's growth is in requests per second, not a share of ``W``: as in
-TCP, that is what lets several processes spending one key converge to fair
-shares without sharing anything (each cuts its own rate by a share of it on its
-own 429s and grows back by the same amount as the others; the larger share
-gives up more). The pause is never counted as time the server was slow: rates
-are measured over the time requests were being sent, by send time (a request in
-flight when another was throttled belongs to the same episode: one decrease per
-episode), and the rate is re-estimated when the pause ends, once those answered.
+  - ``r <= W`` (throttled on the way back or on the plateau): the share shrank,
+    another client arrived or the limit fell. ``W = (1 + BETA) / 2 * r``, TCP
+    CUBIC's *fast convergence*, which leaves room for the newcomer.
+  - ``W < r <= RAISED * W`` (throttled while probing, not far above ``W``):
+    the limit is where it was. ``W`` moves halfway to :data:`TOP_SHARE` x ``r``
+    and the *plateau* (time spent at ``W`` before probing again) grows: 1, 3,
+    7, then :data:`MAX_PLATEAU` seconds.
+  - ``r > RAISED * W``: the limit rose; ``W = TOP_SHARE * r`` and no plateau.
+
+* **Probing** after the plateau follows the convex cubic
+  ``W + CUBIC_C * t'**3`` requests/s (+0.1 after 1 s, +0.8 after 2 s,
+  +12.5 after 5 s, +100 after 10 s), so a limit that was raised, or a throttle
+  caused by someone else, is forgotten within seconds.
+
+Why: a throttle costs a whole ``Retry-After`` of every request of the
+connection (often 1 s, whatever the bucket), so the limit must be met rarely:
+hence the plateau, which lengthens while the limit stays put, and
+:data:`BETA` = 0.8 rather than CUBIC's 0.7 (the pause already costs more than a
+dropped packet does). The rate at a throttle is a little above the limit, more
+so the larger the bucket's burst (which hides an excess for a while), hence
+:data:`TOP_SHARE`. The probe grows in requests per second, not as a share of
+``W``: as in TCP, that is what lets several processes spending one key converge
+to fair shares without sharing anything (each cuts its own rate by a share of
+it on its own 429s and grows back by the same amount as the others; the larger
+share gives up more). The pause is never counted as time the server was slow:
+rates are measured over the time requests were being sent, by send time (a
+request in flight when another was throttled belongs to the same episode: one
+decrease per episode), and the rate is re-estimated when the pause ends, once
+those have answered.
 
 The limiter only waits in the thread that sends; the trigger runs the sync hook
 in worker threads, so the triggerer's event loop never waits for it. Time is
@@ -59,13 +69,19 @@ from contextlib import contextmanager
 BETA = 0.8
 """Share of the rate at a throttle the rate restarts at after the pause."""
 TOP_SHARE = 0.9
-"""Share of the rate at a throttle taken as the last good rate ``W``."""
+"""Share of the rate at a throttle taken as the last good rate ``W`` (the limit was just passed)."""
 SEARCH_SHARE = 0.8
 """The same after a throttle met while searching (doubling overshoots further)."""
 RECOVERY = 2.0
 """Seconds the rate takes to climb back to the last good rate."""
-CUBIC_C = 0.2
-"""The probe above the last good rate: ``W + CUBIC_C * t**3`` requests/s, ``t`` seconds after reaching ``W``."""
+CUBIC_C = 0.1
+"""The probe above ``W``: ``W + CUBIC_C * t**3`` requests/s, ``t`` seconds after the plateau."""
+RAISED = 1.5
+"""A throttle above this many times ``W`` means the limit rose."""
+PLATEAU_STEP = 1.0
+"""Seconds the plateau grows by (then doubles) each time the limit is met where it was."""
+MAX_PLATEAU = 8.0
+"""The longest plateau, in seconds."""
 SEARCH_DOUBLING = 1.0
 """Seconds in which the rate doubles while searching (after the first throttle, until the next)."""
 MIN_RATE = 1.0
@@ -129,6 +145,7 @@ class RateLimiter:
         self._sleep = sleep
         self.max_rate = max_rate
         self._searching = False
+        self._plateau = 0.0  # seconds the rate stays at W before probing above it
         self._rtt = float("inf")
         self._last_good: float | None = None  # W: the rate at the last throttle
         self._floor = 0.0  # the rate the current climb starts at
@@ -166,7 +183,7 @@ class RateLimiter:
         elif self._searching:
             rate = top * 2 ** ((t - RECOVERY) / SEARCH_DOUBLING)
         else:
-            rate = top + CUBIC_C * (t - RECOVERY) ** 3
+            rate = top + CUBIC_C * max(t - RECOVERY - self._plateau, 0.0) ** 3
         rate = max(rate, MIN_RATE)
         return rate if self.max_rate is None else min(rate, self.max_rate)
 
@@ -193,9 +210,8 @@ class RateLimiter:
                 wait = self._try_start(now)
                 if wait == 0.0:
                     return now
-                if deadline is not None and (wait is None or now + wait > deadline):
-                    if wait is not None or now >= deadline:
-                        raise TurnUnavailable(f"no turn before the deadline ({deadline - now:.2f}s away)")
+                if deadline is not None and (now >= deadline or (wait is not None and now + wait > deadline)):
+                    raise TurnUnavailable("the turn could not start before the deadline")
                 if wait is None:  # until a request in flight answers (only before the first throttle)
                     self._cond.wait(None if deadline is None else deadline - now)
                     continue
@@ -251,14 +267,22 @@ class RateLimiter:
         admitted = self._admitted
         previous = self._last_good
         if paced is not None and previous is not None:
-            top = paced * (SEARCH_SHARE if self._searching else TOP_SHARE)
-            if paced < previous:  # fast convergence: the share shrank, leave room
-                top = paced * (1 + BETA) / 2
             floor = BETA * paced
+            if self._searching:
+                top, self._plateau = SEARCH_SHARE * paced, 0.0
+            elif paced <= previous:  # fast convergence: throttled below W, the share shrank; leave room
+                top, self._plateau = paced * (1 + BETA) / 2, 0.0
+            elif paced <= previous * RAISED:  # above W again, not far: the limit is stable
+                top = (previous + TOP_SHARE * paced) / 2
+                self._plateau = min(2 * self._plateau + PLATEAU_STEP, MAX_PLATEAU)
+                floor = max(floor, BETA * previous)
+            else:  # far above W: the limit rose
+                top, self._plateau = TOP_SHARE * paced, 0.0
             self._searching = False
         else:  # the first throttle: a bucket of unknown size was emptied
             sent = max(admitted, 1) + 1  # (the throttled request included)
-            upper, floor = sent / max(span, self._rtt), max(admitted, 1) / (span + pause)
+            round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
+            upper, floor = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
             top = (upper * floor) ** 0.5
             if paced is not None:  # max_requests_per_second paced it
                 top = min(top, paced)
