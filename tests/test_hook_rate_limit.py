@@ -133,14 +133,15 @@ def test_limit_that_drops_mid_batch(monkeypatch: pytest.MonkeyPatch, emulator: A
     emulator.add_fault("latency", delay=0.02)
     emulator.set_rate_limit(60)
     watcher(emulator, 70, lambda: emulator.set_rate_limit(15))
-    batch = calls(130, "drop")
+    batch = calls(200, "drop")
     ids, failures = bulk_observe(batch)
     assert failures == {}
     assert_all_stored_once(emulator, batch, ids)
     seen = statuses(emulator)
     assert seen.count(429) <= 0.15 * len(seen), (seen.count(429), len(seen))
-    estimate = CekuraHook().rate_limiter.estimate
-    assert estimate is not None and estimate < 30, estimate  # it followed the limit down
+    limiter = CekuraHook().rate_limiter
+    rate = limiter.rate()
+    assert rate is not None and rate < 30, limiter  # it followed the limit down
 
 
 def test_throttled_forever_ends_with_a_clear_error(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
@@ -263,3 +264,37 @@ def test_bad_rate_limit_extras_fail_before_any_request(monkeypatch: pytest.Monke
         with pytest.raises(CekuraConfigurationError, match="invalid extra"):
             CekuraHook().get_call_logs([1])
     assert emulator.count_requests() == 0
+
+
+def test_the_shared_poller_and_a_bulk_observe_share_one_limiter(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
+    """A 429 met by the bulk observe pauses the trigger's polls in the same process, and vice versa."""
+    use_connection(monkeypatch, emulator)
+    emulator.evaluation_delay = 2.5  # the call logs the trigger waits for stay "evaluating" meanwhile
+    now = datetime.now(UTC)
+    ids = emulator.seed(2, start=now - timedelta(hours=1), end=now, evaluated=False)
+    emulator.add_fault("429", times=1, method="POST", retry_after="1")
+    trigger = CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.05, deadline=time.time() + 30)
+    events: list[Any] = []
+
+    async def wait() -> None:
+        events.extend([event async for event in trigger.run()])
+
+    poller = threading.Thread(target=asyncio.run, args=(wait(),))
+    poller.start()
+    while emulator.count_requests("GET") < 3:  # the poller is polling
+        time.sleep(0.01)
+    batch = calls(20, "both")
+    ids_stored, failures = bulk_observe(batch, max_concurrency=4)
+    poller.join(timeout=30)
+    assert failures == {} and [e.payload["status"] for e in events] == ["success"]
+    stored = {c["call_id"]: c["id"] for c in emulator.call_logs() if c["call_id"].startswith("both-")}
+    assert emulator.duplicates() == {} and ids_stored == [stored[c["call_id"]] for c in batch]
+    with emulator._lock:
+        log = list(emulator.requests)
+    (throttle,) = [r for r in log if r.status == 429]
+    polls = [r for r in log if r.method == "GET" and "call-logs" in r.path]
+    # Nothing, the poller's polls included, went out during the 1 s pause (but what was already on its way) ...
+    assert not [r for r in log if throttle.at + 0.1 < r.at < throttle.at + 0.95]
+    # ... though the poller kept polling every 0.05 s before and after it.
+    assert [p for p in polls if p.at < throttle.at] and [p for p in polls if p.at > throttle.at + 0.95]
+    assert CekuraHook().rate_limiter.throttles == 1

@@ -15,8 +15,8 @@ since the pause ended.
   of unknown size, is empty. The requests it admitted divided by their sending
   time overstate its rate by that burst (an upper bound ``U``); divided by the
   sending time *plus the pause* they understate it unless the bucket held a
-  whole pause's worth (a lower bound ``L``). The rate climbs from ``L`` to
-  ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
+  whole pause's worth (a lower bound ``L``). The rate climbs from
+  ``max(L, BETA * W)`` to ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
   every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
   sets ``W`` to :data:`SEARCH_SHARE` x the rate it came at.
 * **Every later throttle** comes at a known paced rate ``r``; the rate restarts
@@ -31,6 +31,10 @@ since the pause ended.
     and the *plateau* (time spent at ``W`` before probing again) grows: 1, 3,
     7, then :data:`MAX_PLATEAU` seconds.
   - ``r > RAISED * W``: the limit rose; ``W = TOP_SHARE * r`` and no plateau.
+
+  A throttle met on the way back (within :data:`RECOVERY` seconds of the
+  pause's end) means the limit fell far: the decrease compounds, ``BETA**2``,
+  ``BETA**3``... of ``r``, so a limit divided by 4 is reached in 3 pauses, not 7.
 
 * **Probing** after the plateau follows the convex cubic
   ``W + CUBIC_C * t'**3`` requests/s (+0.1 after 1 s, +0.8 after 2 s,
@@ -70,7 +74,7 @@ BETA = 0.8
 """Share of the rate at a throttle the rate restarts at after the pause."""
 TOP_SHARE = 0.9
 """Share of the rate at a throttle taken as the last good rate ``W`` (the limit was just passed)."""
-SEARCH_SHARE = 0.8
+SEARCH_SHARE = 0.7
 """The same after a throttle met while searching (doubling overshoots further)."""
 RECOVERY = 2.0
 """Seconds the rate takes to climb back to the last good rate."""
@@ -145,6 +149,7 @@ class RateLimiter:
         self._sleep = sleep
         self.max_rate = max_rate
         self._searching = False
+        self._streak = 0  # throttles in a row met on the way back to W
         self._plateau = 0.0  # seconds the rate stays at W before probing above it
         self._rtt = float("inf")
         self._last_good: float | None = None  # W: the rate at the last throttle
@@ -267,11 +272,14 @@ class RateLimiter:
         admitted = self._admitted
         previous = self._last_good
         if paced is not None and previous is not None:
-            floor = BETA * paced
+            # throttled again on the way back to W: the limit fell far, cut deeper each time
+            self._streak = self._streak + 1 if sent_at - self._epoch < RECOVERY else 0
+            beta = BETA ** (1 + self._streak)
+            floor = beta * paced
             if self._searching:
                 top, self._plateau = SEARCH_SHARE * paced, 0.0
             elif paced <= previous:  # fast convergence: throttled below W, the share shrank; leave room
-                top, self._plateau = paced * (1 + BETA) / 2, 0.0
+                top, self._plateau = paced * (1 + beta) / 2, 0.0
             elif paced <= previous * RAISED:  # above W again, not far: the limit is stable
                 top = (previous + TOP_SHARE * paced) / 2
                 self._plateau = min(2 * self._plateau + PLATEAU_STEP, MAX_PLATEAU)
@@ -284,6 +292,7 @@ class RateLimiter:
             round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
             upper, floor = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
             top = (upper * floor) ** 0.5
+            floor = max(floor, BETA * top)
             if paced is not None:  # max_requests_per_second paced it
                 top = min(top, paced)
             self._window = None
