@@ -124,17 +124,16 @@ def test_a_throttle_pauses_every_turn_and_a_deadline_refuses_to_wait(clock: Fake
     with limiter.turn() as turn:
         turn.throttled(1.0)
     throttled_at = clock()
-    with pytest.raises(TurnUnavailable):  # the pause ends after the deadline: refused without waiting
-        with limiter.turn(deadline=throttled_at + 0.5):
-            pass
+    # the pause ends after the deadline: refused without waiting
+    with pytest.raises(TurnUnavailable), limiter.turn(deadline=throttled_at + 0.5):
+        pass
     assert clock() == throttled_at and clock.slept == []
     with limiter.turn(deadline=throttled_at + 1.5) as turn:
         assert turn.sent_at >= throttled_at + 1.0  # it waited for the pause (on the fake clock)
         turn.admitted()
     assert limiter.throttles == 1
-    with pytest.raises(TurnUnavailable):
-        with limiter.turn(deadline=clock() - 1):  # a deadline already past
-            pass
+    with pytest.raises(TurnUnavailable), limiter.turn(deadline=clock() - 1):  # a deadline already past
+        pass
 
 
 def test_requests_in_flight_at_a_throttle_count_once() -> None:
@@ -213,6 +212,26 @@ def test_a_throttle_caused_by_another_client_is_forgotten(clock: FakeClock) -> N
     assert log.admitted_rate(throttled_at + 10, throttled_at + 20) >= 0.95 * before
     rate = limiter.rate()
     assert rate is None or rate >= before  # the pace no longer holds the requests back
+
+
+@dataclass
+class EveryFifth(Bucket):
+    """A server that answers every 5th request 429 (``Retry-After: 0``), whatever the rate."""
+
+    count: int = 0
+
+    def take(self, now: float) -> float | None:
+        self.count += 1
+        return 0.0 if self.count % 5 == 0 else None
+
+
+def test_a_server_that_throttles_at_random_is_not_chased_down_to_a_crawl(clock: FakeClock) -> None:
+    limiter = limiter_on(clock)
+    log, start = Log(), clock()
+    send(limiter, clock, EveryFifth(rate=None, burst=0), log, until=start + 60)
+    rate = limiter.rate()
+    assert rate is not None and rate >= 50 / 8  # one request per round trip (50/s): at least 1/8 of it
+    assert log.admitted_rate(start + 30, start + 60) >= 0.8 * rate
 
 
 def test_max_requests_per_second_is_never_exceeded(clock: FakeClock) -> None:

@@ -35,6 +35,9 @@ since the pause ended.
   A throttle met on the way back (within :data:`RECOVERY` seconds of the
   pause's end) means the limit fell far: the decrease compounds, ``BETA**2``,
   ``BETA**3``... of ``r``, so a limit divided by 4 is reached in 3 pauses, not 7.
+  Whatever the throttles, the rate stays above :data:`PEAK_SHARE` (1/8) of the
+  highest ``W`` of the last :data:`PEAK_MEMORY` seconds: a server that
+  throttles at random, whatever the rate, is obeyed, not chased to a crawl.
 
 * **Probing** after the plateau follows the convex cubic
   ``W + CUBIC_C * t'**3`` requests/s (+0.1 after 1 s, +0.8 after 2 s,
@@ -88,6 +91,10 @@ MAX_PLATEAU = 8.0
 """The longest plateau, in seconds."""
 SEARCH_DOUBLING = 1.0
 """Seconds in which the rate doubles while searching (after the first throttle, until the next)."""
+PEAK_SHARE = 0.125
+"""The rate never falls below this share of the highest last good rate of the last PEAK_MEMORY seconds..."""
+PEAK_MEMORY = 300.0
+"""... so random 429s cannot drive it to a crawl, while a limit divided by more than 8 is followed only after this."""
 MIN_RATE = 1.0
 """Requests per second the rate never goes below (``max_requests_per_second`` may)."""
 INITIAL_IN_FLIGHT = 2.0
@@ -149,6 +156,7 @@ class RateLimiter:
         self._sleep = sleep
         self.max_rate = max_rate
         self._searching = False
+        self._peak, self._peak_at = 0.0, 0.0  # the highest W lately, and when
         self._streak = 0  # throttles in a row met on the way back to W
         self._plateau = 0.0  # seconds the rate stays at W before probing above it
         self._rtt = float("inf")
@@ -297,6 +305,12 @@ class RateLimiter:
                 top = min(top, paced)
             self._window = None
             self._searching = True
+        # Never below a share of the highest W of the last PEAK_MEMORY seconds: a server that throttles
+        # at random (whatever the rate) is obeyed, not chased down to a crawl.
+        now = self._blocked_until
+        if top >= self._peak or now - self._peak_at > PEAK_MEMORY:
+            self._peak, self._peak_at = top, now
+        top, floor = max(top, PEAK_SHARE * self._peak), max(floor, PEAK_SHARE * self._peak)
         if self.max_rate is not None:
             top = min(top, self.max_rate)
         self._last_good = max(top, MIN_RATE)
