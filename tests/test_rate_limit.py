@@ -1,278 +1,302 @@
-"""The shared rate limiter against the emulator's token-bucket limit: counts of 429s, request logs, outcomes.
+"""The rate limiter's algorithm on a fake clock: nothing here waits in real time.
 
-No assertion here is about speed; the throughput figures live in benchmark B5.
+One client sends its requests one after another (20 ms round trips) to a token-bucket server that
+answers 429 with ``Retry-After`` in whole seconds, like the emulator's; time only moves when the
+limiter sleeps or a request travels. The hook's side (real requests against the emulator) is in
+``test_hook_rate_limit.py``; throughput figures are benchmark B5's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import json
+import math
 import threading
-import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from dataclasses import dataclass, field
 
 import pytest
-from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
 
-from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraRateLimitError
-from airflow_provider_cekura.hooks._rate_limit import RateLimiter
-from airflow_provider_cekura.hooks.cekura import CekuraHook
-from airflow_provider_cekura.operators.observe import CekuraObserveOperator
-from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
+from airflow_provider_cekura.hooks._http import RetryPolicy, parse_retry_after
+from airflow_provider_cekura.hooks._rate_limit import (
+    RateLimiter,
+    TurnUnavailable,
+    reset_shared_limiters,
+    shared_limiter,
+)
 
-TURNS = [{"role": "Main Agent", "content": "Hello.", "start_time": 0.0, "end_time": 1.0}]
-
-
-def use_connection(
-    monkeypatch: pytest.MonkeyPatch, emulator: Any, conn_id: str = "cekura_default", **extra: Any
-) -> None:
-    options = {"backoff_base": 0.01, "backoff_max": 0.05, "read_timeout": 5, **extra}
-    conn = {"conn_type": "cekura", "host": emulator.base_url, "password": TEST_API_KEY, "extra": options}
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+LATENCY = 0.02
 
 
-def calls(count: int, prefix: str) -> list[dict[str, Any]]:
-    return [{"call_id": f"{prefix}-{n:04d}", "agent": 1, "transcript_json": TURNS} for n in range(count)]
+class FakeClock:
+    """``clock()`` and ``sleep()`` for the limiter: sleeping moves the time, instantly."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.slept.append(seconds)
+        self.now += seconds
 
 
-def bulk_observe(batch: list[dict[str, Any]], max_concurrency: int = 8) -> tuple[list[int | None], dict[str, Any]]:
-    """The operator's bulk path (existence look-ups, then the sends) without a task context."""
-    operator = CekuraObserveOperator(task_id="observe", calls=batch, max_concurrency=max_concurrency)
-    try:
-        return operator.ingest(operator.prepare())
-    finally:
-        operator.hook.close()
+@dataclass
+class Bucket:
+    """A token bucket like the emulator's: ``rate``/s, up to ``burst`` tokens; ``None`` rate: no limit."""
+
+    rate: float | None
+    burst: float
+    tokens: float = -1.0
+    updated: float = 0.0
+
+    def take(self, now: float) -> float | None:
+        """``None``: admitted; else the ``Retry-After`` seconds of the 429."""
+        if self.rate is None:
+            return None
+        if self.tokens < 0:
+            self.tokens, self.updated = self.burst, now
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return None
+        return float(max(1, math.ceil((1 - self.tokens) / self.rate)))
 
 
-def statuses(emulator: Any) -> list[int | str]:
-    with emulator._lock:
-        return [r.status for r in emulator.requests]
+@dataclass
+class Log:
+    admitted: list[float] = field(default_factory=list)  # arrival times at the server
+    throttled: list[float] = field(default_factory=list)
+
+    def admitted_rate(self, start: float, end: float) -> float:
+        return sum(1 for t in self.admitted if start <= t < end) / (end - start)
+
+    def throttled_between(self, start: float, end: float) -> int:
+        return sum(1 for t in self.throttled if start <= t < end)
 
 
-def assert_all_stored_once(emulator: Any, batch: list[dict[str, Any]], ids: list[int | None]) -> None:
-    stored = {c["call_id"]: c["id"] for c in emulator.call_logs()}
-    assert emulator.duplicates() == {}
-    assert set(stored) == {c["call_id"] for c in batch}
-    assert ids == [stored[c["call_id"]] for c in batch]
+def send(limiter: RateLimiter, clock: FakeClock, bucket: Bucket, log: Log, until: float) -> None:
+    """Requests one after another until ``clock() >= until``."""
+    while clock() < until:
+        with limiter.turn() as turn:
+            clock.now += LATENCY / 2
+            retry_after = bucket.take(clock())
+            clock.now += LATENCY / 2
+            if retry_after is None:
+                log.admitted.append(clock() - LATENCY / 2)
+                turn.admitted()
+            else:
+                log.throttled.append(clock() - LATENCY / 2)
+                turn.throttled(retry_after)
 
 
 @pytest.fixture
-def watcher() -> Iterator[Any]:
-    """``watcher(emulator, after, action)``: run ``action()`` once the emulator has logged ``after`` requests."""
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-
-    def start(emulator: Any, after: int, action: Any) -> None:
-        def watch() -> None:
-            while not stop.is_set():
-                if emulator.count_requests() >= after:
-                    action()
-                    return
-                stop.wait(0.005)
-
-        thread = threading.Thread(target=watch, daemon=True)
-        thread.start()
-        threads.append(thread)
-
-    yield start
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=5)
+def clock() -> FakeClock:
+    return FakeClock()
 
 
-# ---------------------------------------------------------------- the emulator's limit
+def limiter_on(clock: FakeClock, max_rate: float | None = None) -> RateLimiter:
+    return RateLimiter(max_rate, clock=clock, sleep=clock.sleep)
 
 
-def test_emulator_token_bucket_answers_429_with_whole_seconds(emulator: Any) -> None:
-    import requests
-
-    emulator.set_rate_limit(2, burst=3)
-    answers = [
-        requests.get(
-            f"{emulator.base_url}/observability/v1/call-logs/", headers={"X-CEKURA-API-KEY": TEST_API_KEY}, timeout=5
-        )
-        for _ in range(5)
-    ]
-    assert [a.status_code for a in answers] == [200, 200, 200, 429, 429]
-    assert answers[3].headers["Retry-After"] == "1" and answers[3].json() == {"detail": "Request was throttled."}
-    assert emulator.rate_limit is not None and emulator.rate_limit.hits == 2
-    emulator.clear_faults()
-    assert emulator.rate_limit is None
-    with pytest.raises(ValueError):
-        emulator.set_rate_limit(0)
+# ---------------------------------------------------------------- the protocol
 
 
-# ---------------------------------------------------------------- bulk observe under a real limit
+def test_a_turn_holds_an_in_flight_slot_until_the_block_ends(clock: FakeClock) -> None:
+    limiter = limiter_on(clock)
+    assert limiter.rate() is None  # no limit known: nothing paced
+    with limiter.turn() as first:
+        assert first.sent_at == clock()
+        with limiter.turn() as second:  # two in flight at first (slow start)
+            assert second.sent_at == clock()
+            assert limiter._in_flight == 2
+        first.admitted()
+    assert limiter._in_flight == 0
+    with pytest.raises(RuntimeError), limiter.turn():
+        raise RuntimeError("the request failed")  # a transport error: the slot is released all the same
+    assert limiter._in_flight == 0 and limiter.throttles == 0 and clock.slept == []
 
 
-def test_sustained_limit_below_max_concurrency(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    """8 threads, a server that admits 25 requests/s: every call lands once, and few requests meet a 429."""
-    use_connection(monkeypatch, emulator)
-    emulator.add_fault("latency", delay=0.02)
-    emulator.set_rate_limit(25)
-    batch = calls(100, "sustained")
-    ids, failures = bulk_observe(batch)
-    assert failures == {}
-    assert_all_stored_once(emulator, batch, ids)
-    seen = statuses(emulator)
-    throttled = seen.count(429)
-    # Without the shared limiter every thread comes back at full speed: about a quarter of all requests
-    # are 429s (issue #16). With it, the first burst and an occasional probe above the limit remain.
-    assert 1 <= throttled <= 0.12 * len(seen), (throttled, len(seen))
-    limiter = CekuraHook().rate_limiter
-    assert limiter.throttles == throttled
-    assert limiter.estimate is not None and limiter.estimate < 50  # it learnt a rate near 25, not 8 x 1/latency
+def test_a_throttle_pauses_every_turn_and_a_deadline_refuses_to_wait(clock: FakeClock) -> None:
+    limiter = limiter_on(clock)
+    with limiter.turn() as turn:
+        turn.throttled(1.0)
+    throttled_at = clock()
+    # the pause ends after the deadline: refused without waiting
+    with pytest.raises(TurnUnavailable), limiter.turn(deadline=throttled_at + 0.5):
+        pass
+    assert clock() == throttled_at and clock.slept == []
+    with limiter.turn(deadline=throttled_at + 1.5) as turn:
+        assert turn.sent_at >= throttled_at + 1.0  # it waited for the pause (on the fake clock)
+        turn.admitted()
+    assert limiter.throttles == 1
+    with pytest.raises(TurnUnavailable), limiter.turn(deadline=clock() - 1):  # a deadline already past
+        pass
 
 
-def test_limit_that_drops_mid_batch(monkeypatch: pytest.MonkeyPatch, emulator: Any, watcher: Any) -> None:
-    use_connection(monkeypatch, emulator)
-    emulator.add_fault("latency", delay=0.02)
-    emulator.set_rate_limit(60)
-    watcher(emulator, 70, lambda: emulator.set_rate_limit(15))
-    batch = calls(130, "drop")
-    ids, failures = bulk_observe(batch)
-    assert failures == {}
-    assert_all_stored_once(emulator, batch, ids)
-    seen = statuses(emulator)
-    assert seen.count(429) <= 0.15 * len(seen), (seen.count(429), len(seen))
-    estimate = CekuraHook().rate_limiter.estimate
-    assert estimate is not None and estimate < 30, estimate  # it followed the limit down
+def test_requests_in_flight_at_a_throttle_count_once() -> None:
+    """Two 429s for requests sent before the pause began: one decrease, as if only one had come back."""
+    states = []
+    for both in (False, True):
+        clock = FakeClock()
+        limiter = limiter_on(clock)
+        send(limiter, clock, Bucket(rate=20, burst=5), Log(), until=clock() + 10)
+        with limiter.turn() as early, limiter.turn() as late:  # both sent before the server said 429
+            clock.now += LATENCY
+            early.throttled(1.0)
+            if both:
+                late.throttled(1.0)
+        with limiter.turn() as turn:  # the estimate is made when the pause ends
+            turn.admitted()
+        states.append((limiter.estimate, limiter.rate(clock() + 1), limiter.rate(clock() + 5)))
+    assert states[0] == states[1]
 
 
-def test_throttled_forever_ends_with_a_clear_error(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, retry_after_max=0.1, rate_limit_max_wait=0.6, max_attempts=2)
-    emulator.add_fault("429", retry_after="1")
-    with pytest.raises(CekuraRateLimitError) as info:
-        bulk_observe(calls(6, "forever"), max_concurrency=3)
-    err = info.value
-    assert err.status == 429 and err.waited is not None and 0 < err.waited <= 0.6
-    assert "rate_limit_max_wait=0.6s" in str(err) and "'cekura_default'" in str(err) and "429" in str(err)
-    assert TEST_API_KEY not in str(err)
-    seen = statuses(emulator)
-    assert set(seen) == {429} and len(seen) > 2  # more than max_attempts: the time budget ended it
-    assert emulator.count_requests("POST") == 0  # the look-up of existing call_ids never passed: nothing sent
+# ---------------------------------------------------------------- following the limit
 
 
-def test_5xx_keep_the_attempt_budget(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    from airflow_provider_cekura.exceptions import CekuraServerError
+@pytest.mark.parametrize(("rate", "burst"), [(10, 1), (20, 2), (20, 20)])
+def test_a_steady_limit_is_reached_with_few_429s(clock: FakeClock, rate: float, burst: float) -> None:
+    limiter = limiter_on(clock)
+    log, start = Log(), clock()
+    send(limiter, clock, Bucket(rate=rate, burst=burst), log, until=start + 60)
+    # Over the last 40 s: near the limit (a single token of burst costs most: a 429 pauses 1 s), met seldom.
+    assert limiter.rate() is not None
+    assert log.admitted_rate(start + 20, start + 60) >= 0.8 * rate
+    assert log.throttled_between(start + 20, start + 60) <= 6
+    assert len(log.throttled) <= 0.05 * (len(log.admitted) + len(log.throttled))
 
-    use_connection(monkeypatch, emulator, max_attempts=3)
-    emulator.add_fault("5xx", status=503)
-    with pytest.raises(CekuraServerError):
-        CekuraHook().get_call_logs([1])
-    assert emulator.count_requests() == 3
-    assert CekuraHook().rate_limiter.throttles == 0
+
+def test_a_limit_that_halves_mid_batch_is_followed_within_seconds(clock: FakeClock) -> None:
+    limiter = limiter_on(clock)
+    bucket, log, start = Bucket(rate=20, burst=2), Log(), clock()
+    send(limiter, clock, bucket, log, until=start + 30)
+    assert log.admitted_rate(start + 20, start + 30) >= 0.85 * 20
+    bucket.rate = 10  # the plan changed (or another client took half)
+    halved = clock()
+    send(limiter, clock, bucket, log, until=halved + 40)
+    rate = limiter.rate()
+    assert rate is not None and rate <= 12  # the limiter's own rate came down to the new limit
+    assert log.throttled_between(halved, halved + 10) <= 5  # it came down within seconds
+    assert log.throttled_between(halved + 10, halved + 40) <= 5  # and stays below it
+    assert log.admitted_rate(halved + 10, halved + 40) >= 0.8 * 10
 
 
-def test_retry_after_http_date_pauses_every_request(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, retry_after_max=10)
-    resume_at = time.time() + 2
-    emulator.add_fault("429", times=1, method="POST", retry_after=email.utils.formatdate(resume_at, usegmt=True))
-    emulator.add_fault("latency", delay=0.02)
-    hook = CekuraHook(pool_size=4)
-    batch = calls(24, "date")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda c: hook.observe(c), batch))
-    hook.close()
-    assert len({r["id"] for r in results}) == 24 and emulator.duplicates() == {}
-    with emulator._lock:
-        log = list(emulator.requests)
-    (throttle,) = [r for r in log if r.status == 429]
-    # The date has whole seconds: the pause lasts until int(resume_at), 1 to 2 s after the 429.
-    pause = int(resume_at) - (time.time() - (time.monotonic() - throttle.at))
-    later = [r for r in log if r.at > throttle.at + 0.1]  # not the requests already on their way
-    assert len(later) >= 24 - 4
-    assert all(r.at >= throttle.at + pause - 0.05 for r in later), "a request was sent during the pause"
+def test_a_limit_that_doubles_is_followed_within_seconds(clock: FakeClock) -> None:
+    limiter = limiter_on(clock)
+    bucket, log, start = Bucket(rate=10, burst=2), Log(), clock()
+    send(limiter, clock, bucket, log, until=start + 30)
+    assert limiter.estimate is not None and limiter.estimate < 12
+    bucket.rate = 20
+    doubled = clock()
+    send(limiter, clock, bucket, log, until=doubled + 40)
+    climbed = next(t for t in log.admitted if t > doubled and log.admitted_rate(t - 1, t) >= 18)
+    assert climbed - doubled <= 12  # above 90 % of the new limit within 12 s, from 10/s
+    assert log.admitted_rate(doubled + 15, doubled + 40) >= 0.85 * 20
+
+
+def test_a_throttle_caused_by_another_client_is_forgotten(clock: FakeClock) -> None:
+    """The server admits everything; another client's burst made it answer 429 once."""
+    limiter = limiter_on(clock)
+    bucket, log, start = Bucket(rate=None, burst=0), Log(), clock()
+    send(limiter, clock, bucket, log, until=start + 5)
+    before = log.admitted_rate(start + 1, start + 5)  # one request per round trip: about 50/s
+    assert before >= 45
+    with limiter.turn() as turn:
+        clock.now += LATENCY
+        turn.throttled(1.0)
+    throttled_at = clock()
+    send(limiter, clock, bucket, log, until=throttled_at + 20)
+    assert log.admitted_rate(throttled_at + 10, throttled_at + 20) >= 0.95 * before
+    rate = limiter.rate()
+    assert rate is None or rate >= before  # the pace no longer holds the requests back
+
+
+@dataclass
+class EveryFifth(Bucket):
+    """A server that answers every 5th request 429 (``Retry-After: 0``), whatever the rate."""
+
+    count: int = 0
+
+    def take(self, now: float) -> float | None:
+        self.count += 1
+        return 0.0 if self.count % 5 == 0 else None
+
+
+def test_a_server_that_throttles_at_random_is_not_chased_down_to_a_crawl(clock: FakeClock) -> None:
+    limiter = limiter_on(clock)
+    log, start = Log(), clock()
+    send(limiter, clock, EveryFifth(rate=None, burst=0), log, until=start + 60)
+    rate = limiter.rate()
+    assert rate is not None and rate >= 50 / 8  # one request per round trip (50/s): at least 1/8 of it
+    assert log.admitted_rate(start + 30, start + 60) >= 0.8 * rate
+
+
+def test_max_requests_per_second_is_never_exceeded(clock: FakeClock) -> None:
+    limiter = limiter_on(clock, max_rate=5)
+    bucket, log, start = Bucket(rate=None, burst=0), Log(), clock()
+    send(limiter, clock, bucket, log, until=start + 10)
+    with limiter.turn() as turn:
+        turn.throttled(0.0)  # a throttle while the server admits far more than 5/s
+    send(limiter, clock, bucket, log, until=clock() + 20)
+    assert all(log.admitted_rate(t, t + 1) <= 5 + 1 for t in range(int(start), int(clock()) - 1))
+    assert limiter.estimate is not None and limiter.estimate <= 5
+    assert limiter.rate(clock() + 3600) == 5  # it grows back to the limit, never beyond
+
+
+# ---------------------------------------------------------------- Retry-After as an HTTP date
+
+
+def test_retry_after_as_an_http_date_pauses_until_that_time(clock: FakeClock) -> None:
+    """The transport turns the date into seconds (bounded by the policy); the limiter pauses that long."""
+    wall = 1_800_000_000.0
+    header = email.utils.formatdate(wall + 3, usegmt=True)
+    pause = RetryPolicy(retry_after_max=60).delay(1, parse_retry_after(header, now=wall))
+    assert pause == pytest.approx(3.0)
+    limiter = limiter_on(clock)
+    with limiter.turn() as turn:
+        turn.throttled(pause)
+    throttled_at = clock()
+    with limiter.turn() as turn:
+        assert turn.sent_at == pytest.approx(throttled_at + 3.0)
+        turn.admitted()
+    # A date far away is bounded by retry_after_max before it reaches the limiter.
+    assert RetryPolicy(retry_after_max=60).delay(1, parse_retry_after(header, now=wall - 3600)) == 60
 
 
 # ---------------------------------------------------------------- one limiter per connection and process
 
 
-def test_one_limiter_per_connection_shared_by_hooks_and_threads(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, max_requests_per_second=50)
-    use_connection(monkeypatch, emulator, conn_id="cekura_other")
-    first, second = CekuraHook(), CekuraHook()
-    assert first.rate_limiter is second.rate_limiter
-    assert first.rate_limiter is not CekuraHook("cekura_other").rate_limiter
-    assert first.rate_limiter.rate() == 50  # the plan's known limit applies from the first request
-
-    emulator.add_fault("429", times=1, retry_after="1")
-    throttled = threading.Thread(target=first.get_call_logs, args=([1],))  # throttled once, waits, succeeds
-    throttled.start()
-    while second.rate_limiter.throttles == 0 and throttled.is_alive():
-        time.sleep(0.005)
-    # The other hook, from other threads, waits too: no request of the connection during the pause.
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        list(pool.map(lambda _: second.get_call_logs([1]), range(6)))
-    throttled.join()
-    with emulator._lock:
-        log = list(emulator.requests)
-    (throttle,) = [r for r in log if r.status == 429]
-    after = [r for r in log if r.at > throttle.at]
-    assert len(after) == 7 and all(r.at >= throttle.at + 0.95 for r in after)
-    assert second.rate_limiter.throttles == 1
-    # A different connection is not paused by it.
-    assert CekuraHook("cekura_other").rate_limiter.throttles == 0
+def test_one_limiter_per_connection_and_host_with_the_latest_max_rate() -> None:
+    reset_shared_limiters()
+    first = shared_limiter("cekura_default", "https://api.cekura.ai", None)
+    assert shared_limiter("cekura_default", "https://api.cekura.ai", 7) is first
+    assert first.max_rate == 7
+    assert shared_limiter("cekura_other", "https://api.cekura.ai", None) is not first
+    assert shared_limiter("cekura_default", "https://other.example", None) is not first
+    reset_shared_limiters()
+    assert shared_limiter("cekura_default", "https://api.cekura.ai", None) is not first
 
 
-def test_the_trigger_poller_shares_the_limiter_without_blocking_the_loop(
-    monkeypatch: pytest.MonkeyPatch, emulator: Any
-) -> None:
-    use_connection(monkeypatch, emulator)
-    now = datetime.now(UTC)
-    ids = emulator.seed(3, start=now - timedelta(hours=1), end=now, evaluated=True)
-    limiter = CekuraHook().rate_limiter
-    limiter.throttled(limiter.acquire(), 1.0)  # another task of this process was just told to wait 1 s
-    limiter.release()
-    paused_at = time.monotonic()
-    trigger = CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.1, deadline=time.time() + 20)
+def test_threads_share_the_pause(clock: FakeClock) -> None:
+    """Several threads on a real lock: a throttle in one makes the others wait (on the fake clock)."""
+    limiter = limiter_on(clock)
+    with limiter.turn() as turn:
+        turn.throttled(2.0)
+    resumed: list[float] = []
+    lock = threading.Lock()
 
-    async def scenario() -> tuple[list[Any], int]:
-        ticks = 0
-        done = asyncio.Event()
+    def worker() -> None:
+        with limiter.turn() as turn:
+            with lock:
+                resumed.append(turn.sent_at)
+            turn.admitted()
 
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done.is_set():
-                ticks += 1
-                await asyncio.sleep(0.01)
-
-        task = asyncio.create_task(ticker())
-        events = [event async for event in trigger.run()]
-        done.set()
-        await task
-        return events, ticks
-
-    events, ticks = asyncio.run(scenario())
-    assert [e.payload["status"] for e in events] == ["success"]
-    (poll,) = [r for r in emulator.requests]
-    assert poll.at >= paused_at + 0.95  # the trigger's poll waited for the shared pause
-    assert ticks >= 20  # ... in a worker thread: the loop kept running meanwhile
-
-
-# ---------------------------------------------------------------- configuration
-
-
-def test_bad_rate_limit_extras_fail_before_any_request(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    for extra in ({"max_requests_per_second": 0}, {"rate_limit_max_wait": -1}, {"max_requests_per_second": "x"}):
-        use_connection(monkeypatch, emulator, **extra)
-        with pytest.raises(CekuraConfigurationError, match="invalid extra"):
-            CekuraHook().get_call_logs([1])
-    assert emulator.count_requests() == 0
-
-
-def test_limiter_never_exceeds_the_known_limit() -> None:
-    limiter = RateLimiter(max_rate=5)
-    sent_at = limiter.acquire()
-    limiter.release()
-    for _ in range(30):
-        limiter.admitted(sent_at)  # the server admitted far more than 5/s
-    limiter.throttled(sent_at, 0.0)
-    limiter.acquire()  # the estimate is made when the pause ends
-    limiter.release()
-    assert limiter.estimate is not None and limiter.estimate <= 5
-    assert limiter.rate(time.monotonic() + 3600) == 5  # it grows back to the limit, never beyond
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(resumed) == 4 and min(resumed) >= 1000.0 + 2.0

@@ -1,30 +1,68 @@
 """One adaptive rate limiter per Cekura connection and process, shared by every request of every hook.
 
-A 429 means "slow down", not "this call failed". When any request is
-throttled, :class:`RateLimiter` stops *every* request of the connection until
-the server's ``Retry-After`` has passed, and then paces all of them at a rate
-estimated from what the server actually admitted: the requests admitted
-between two throttles, divided by the time between them (the first time, the
-time since the first request plus the pause). The rate then climbs back
-(doubling every :data:`DOUBLING` seconds), so a limit that was raised, or a
-throttle caused by someone else, is soon forgotten.
+A 429 means "slow down", not "this call failed". When a request is throttled,
+:class:`RateLimiter` pauses *every* request of the connection for the pause the
+retry policy chose (the server's ``Retry-After``, bounded), then paces them all
+at a rate that follows a CUBIC curve, like the AWS SDKs' *adaptive* retry mode
+(itself after TCP CUBIC). ``W`` is the *last good rate*; ``t`` counts seconds
+since the pause ended.
 
-Like the AWS SDKs' *adaptive* retry mode there is no limit until the first
-throttle (unless the connection's ``max_requests_per_second`` sets one, which
-is never exceeded). Unlike it, a throttle pauses everyone (octokit's
-throttling plugin does the same), and a window between two throttles with
-fewer than :data:`MIN_SAMPLES` admitted requests does not change the rate (a
-server that throttles at random is obeyed, not chased down to a crawl).
-Until there is an estimate, requests start :data:`INITIAL_IN_FLIGHT` in flight
-and one more per round trip (like TCP's slow start), so the first burst into
-an empty bucket meets few 429s.
+* **Until the first throttle** nothing is paced (``max_requests_per_second``,
+  when the connection sets it, paces from the start and is never exceeded,
+  whatever follows): requests start :data:`INITIAL_IN_FLIGHT` in flight and one
+  more per round trip, like TCP's slow start.
+* **The first throttle** comes when the server's bucket, full at the start and
+  of unknown size, is empty. The requests it admitted divided by their sending
+  time overstate its rate by that burst (an upper bound ``U``); divided by the
+  sending time *plus the pause* they understate it unless the bucket held a
+  whole pause's worth (a lower bound ``L``). The rate climbs from
+  ``max(L, BETA * W)`` to ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
+  every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
+  sets ``W`` to :data:`SEARCH_SHARE` x the rate it came at.
+* **Every later throttle** comes at a known paced rate ``r``; the rate restarts
+  at :data:`BETA` x ``r`` and climbs back to the new ``W`` along a concave
+  cubic in :data:`RECOVERY` seconds (fast at first, flat near ``W``):
 
-Requests are counted by send time, and the estimate is made when the pause
-ends, once the requests sent before the throttle have answered.
+  - ``r <= W`` (throttled on the way back or on the plateau): the share shrank,
+    another client arrived or the limit fell. ``W = (1 + BETA) / 2 * r``, TCP
+    CUBIC's *fast convergence*, which leaves room for the newcomer.
+  - ``W < r <= RAISED * W`` (throttled while probing, not far above ``W``):
+    the limit is where it was. ``W`` moves halfway to :data:`TOP_SHARE` x ``r``
+    and the *plateau* (time spent at ``W`` before probing again) grows: 1, 3,
+    7, then :data:`MAX_PLATEAU` seconds.
+  - ``r > RAISED * W``: the limit rose; ``W = TOP_SHARE * r`` and no plateau.
 
-The limiter only waits in the thread that sends (``acquire`` sleeps); the
-trigger runs the sync hook in worker threads, so the triggerer's event loop
-never waits for it.
+  A throttle met on the way back (within :data:`RECOVERY` seconds of the
+  pause's end) means the limit fell far: the decrease compounds, ``BETA**2``,
+  ``BETA**3``... of ``r``, so a limit divided by 4 is reached in 3 pauses, not 7.
+  Whatever the throttles, the rate stays above :data:`PEAK_SHARE` (1/8) of the
+  highest ``W`` of the last :data:`PEAK_MEMORY` seconds: a server that
+  throttles at random, whatever the rate, is obeyed, not chased to a crawl.
+
+* **Probing** after the plateau follows the convex cubic
+  ``W + CUBIC_C * t'**3`` requests/s (+0.1 after 1 s, +0.8 after 2 s,
+  +12.5 after 5 s, +100 after 10 s), so a limit that was raised, or a throttle
+  caused by someone else, is forgotten within seconds.
+
+Why: a throttle costs a whole ``Retry-After`` of every request of the
+connection (often 1 s, whatever the bucket), so the limit must be met rarely:
+hence the plateau, which lengthens while the limit stays put, and
+:data:`BETA` = 0.8 rather than CUBIC's 0.7 (the pause already costs more than a
+dropped packet does). The rate at a throttle is a little above the limit, more
+so the larger the bucket's burst (which hides an excess for a while), hence
+:data:`TOP_SHARE`. The probe grows in requests per second, not as a share of
+``W``: as in TCP, that is what lets several processes spending one key converge
+to fair shares without sharing anything (each cuts its own rate by a share of
+it on its own 429s and grows back by the same amount as the others; the larger
+share gives up more). The pause is never counted as time the server was slow:
+rates are measured over the time requests were being sent, by send time (a
+request in flight when another was throttled belongs to the same episode: one
+decrease per episode), and the rate is re-estimated when the pause ends, once
+those have answered.
+
+The limiter only waits in the thread that sends; the trigger runs the sync hook
+in worker threads, so the triggerer's event loop never waits for it. Time is
+injected (``clock``, ``sleep``) so the algorithm can be tested without waiting.
 """
 
 from __future__ import annotations
@@ -32,37 +70,49 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import overload
 
-DOUBLING = 10.0
-"""Seconds in which the rate doubles while nothing is throttled."""
-MIN_SAMPLES = 10
-"""Admitted requests a window between two throttles needs before its estimate may lower the rate."""
-MIN_FIRST_SAMPLES = 5
-"""Admitted requests the first window (or one after a long calm) needs to give an estimate at all."""
+BETA = 0.8
+"""Share of the rate at a throttle the rate restarts at after the pause."""
+TOP_SHARE = 0.9
+"""Share of the rate at a throttle taken as the last good rate ``W`` (the limit was just passed)."""
+SEARCH_SHARE = 0.7
+"""The same after a throttle met while searching (doubling overshoots further)."""
+RECOVERY = 2.0
+"""Seconds the rate takes to climb back to the last good rate."""
+CUBIC_C = 0.1
+"""The probe above ``W``: ``W + CUBIC_C * t**3`` requests/s, ``t`` seconds after the plateau."""
+RAISED = 1.5
+"""A throttle above this many times ``W`` means the limit rose."""
+PLATEAU_STEP = 1.0
+"""Seconds the plateau grows by (then doubles) each time the limit is met where it was."""
+MAX_PLATEAU = 8.0
+"""The longest plateau, in seconds."""
+SEARCH_DOUBLING = 1.0
+"""Seconds in which the rate doubles while searching (after the first throttle, until the next)."""
+PEAK_SHARE = 0.125
+"""The rate never falls below this share of the highest last good rate of the last PEAK_MEMORY seconds..."""
+PEAK_MEMORY = 300.0
+"""... so random 429s cannot drive it to a crawl, while a limit divided by more than 8 is followed only after this."""
 MIN_RATE = 1.0
-"""Requests per second the estimate never goes below (``max_requests_per_second`` may)."""
-MAX_CUT = 0.5
-"""One throttle lowers an established rate at most to this share of it."""
-WINDOW_MAX = 30.0
-"""Seconds of admitted requests an estimate looks back at, at most."""
+"""Requests per second the rate never goes below (``max_requests_per_second`` may)."""
 INITIAL_IN_FLIGHT = 2.0
-"""Requests in flight at first; one more per round trip until a rate is estimated (or 64)."""
+"""Requests in flight at first; one more per round trip until the first throttle (or 64)."""
 MAX_IN_FLIGHT = 64.0
+CATCH_UP = 0.25
+"""Share of one interval a request woken late may take back from the next (bursts stay under 1.25 requests)."""
 
 
 class TurnUnavailable(Exception):
-    """The turn could not start before the caller's deadline; nothing was sent."""
+    """The turn could not start before the deadline (nothing was sent)."""
 
 
 class Turn:
-    """One request's permission to send, handed out by :meth:`RateLimiter.turn`.
+    """One request's passage through the limiter; report the answer with :meth:`admitted` or :meth:`throttled`.
 
-    Report the answer with :meth:`admitted` or :meth:`throttled`; neither when there was none (timeout,
-    dropped connection): that says nothing about the rate.
+    :param limiter: the limiter that granted the turn.
+    :param sent_at: ``clock()`` when the turn started.
     """
 
     __slots__ = ("_limiter", "sent_at")
@@ -72,37 +122,55 @@ class Turn:
         self.sent_at = sent_at
 
     def admitted(self) -> None:
-        """The server answered with anything but 429."""
-        self._limiter.admitted(self.sent_at)
+        """The server answered with anything but 429 (it counted the request)."""
+        self._limiter._on_admitted(self.sent_at)
 
     def throttled(self, pause: float) -> None:
-        """The server answered 429; every request of the connection waits ``pause`` seconds (finite, >= 0)."""
-        self._limiter.throttled(self.sent_at, pause)
+        """The server answered 429: every request of the connection waits ``pause`` seconds.
+
+        :param pause: seconds to wait (``Retry-After``, bounded and finite, chosen by the retry policy).
+        """
+        self._limiter._on_throttled(self.sent_at, pause)
 
 
 class RateLimiter:
     """Shared pause and pacing for the requests of one connection; thread-safe.
 
-    Callers do ``with limiter.turn(deadline) as turn:``, send, then report the
-    answer: ``turn.admitted()`` or ``turn.throttled(pause)``.
+    ``with limiter.turn(deadline) as turn:`` send, then ``turn.admitted()`` or
+    ``turn.throttled(pause)`` (neither on a transport error).
 
     :param max_rate: requests per second never exceeded (``None``: no known limit).
+    :param clock: the time in seconds (monotonic).
+    :param sleep: how to wait that many seconds of ``clock``.
     """
 
-    def __init__(self, max_rate: float | None = None) -> None:
+    def __init__(
+        self,
+        max_rate: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._cond = threading.Condition(threading.Lock())
+        self._clock = clock
+        self._sleep = sleep
         self.max_rate = max_rate
-        self._estimate: float | None = None  # requests/s estimated at the last throttle
-        self._estimated_at = 0.0  # when the estimate starts to grow (the end of that pause)
+        self._searching = False
+        self._peak, self._peak_at = 0.0, 0.0  # the highest W lately, and when
+        self._streak = 0  # throttles in a row met on the way back to W
+        self._plateau = 0.0  # seconds the rate stays at W before probing above it
+        self._rtt = float("inf")
+        self._last_good: float | None = None  # W: the rate at the last throttle
+        self._floor = 0.0  # the rate the current climb starts at
+        self._epoch = 0.0  # when the current climb started (the end of the last pause)
         self._next_slot = 0.0
-        self._blocked_until = 0.0
+        self._blocked_until = float("-inf")
         self._in_flight = 0
-        self._window: float | None = INITIAL_IN_FLIGHT  # None: no cap on requests in flight
-        self._window_start: float | None = None
-        self._after_throttle = False  # the window starts at a throttle (the bucket was empty then)
-        self._admitted: deque[float] = deque()  # send times of admitted requests
-        self._episode_start = float("-inf")
-        self._pending: tuple[float, float] | None = None  # (throttled at, pause) not yet estimated
+        self._window: float | None = INITIAL_IN_FLIGHT  # in-flight cap until the first throttle
+        self._window_start: float | None = None  # the sending time measured starts here
+        self._admitted = 0  # requests sent since _window_start that were admitted
+        self._episode_start = float("-inf")  # requests sent before this belong to the last throttle
+        self._pending: tuple[float, float, float | None] | None = None  # (sent at, pause, rate then)
         self.throttles = 0
         """429 answers seen (every request, every hook of the connection)."""
 
@@ -113,129 +181,142 @@ class RateLimiter:
 
     @property
     def estimate(self) -> float | None:
-        """Requests per second the server admitted, as estimated at the last throttle (``None``: none yet)."""
-        return self._estimate
+        """The last good rate (requests/s at the last throttle; ``None``: never throttled)."""
+        return self._last_good
 
     def rate(self, now: float | None = None) -> float | None:
-        """The requests per second allowed now (``None``: not limited)."""
-        if self._estimate is None:
+        """The requests per second allowed at ``now`` (default: the clock's now; ``None``: not limited)."""
+        if self._last_good is None:
             return self.max_rate
-        now = time.monotonic() if now is None else now
-        grown = self._estimate * 2 ** (min(max(now - self._estimated_at, 0.0), 600.0) / DOUBLING)
-        return grown if self.max_rate is None else min(grown, self.max_rate)
+        now = self._clock() if now is None else now
+        t = min(max(now - self._epoch, 0.0), 600.0)
+        top = self._last_good
+        if t < RECOVERY:
+            rate = top - (top - self._floor) * ((RECOVERY - t) / RECOVERY) ** 3
+        elif self._searching:
+            rate = top * 2 ** ((t - RECOVERY) / SEARCH_DOUBLING)
+        else:
+            rate = top + CUBIC_C * max(t - RECOVERY - self._plateau, 0.0) ** 3
+        rate = max(rate, MIN_RATE)
+        return rate if self.max_rate is None else min(rate, self.max_rate)
 
     @contextmanager
     def turn(self, deadline: float | None = None) -> Iterator[Turn]:
-        """Wait until a request may be sent, then yield its :class:`Turn`; leaving the block releases the slot.
+        """Wait until a request may be sent (shared pause, then pacing) and hold its in-flight slot.
 
-        :param deadline: a ``time.monotonic()`` value; :class:`TurnUnavailable` is raised (nothing waited
-            beyond it, nothing sent) when the turn could not start before it.
+        :param deadline: a ``clock()`` time; :class:`TurnUnavailable` is raised (nothing waited
+            beyond it) when the request could not start before it.
+        :raises TurnUnavailable: the turn could not start before ``deadline``.
         """
-        sent_at = self.acquire() if deadline is None else self.acquire(deadline)
-        if sent_at is None:
-            raise TurnUnavailable(f"no turn before the deadline ({self!r})")
+        sent_at = self._start(deadline)
         try:
             yield Turn(self, sent_at)
         finally:
-            self.release()
+            with self._cond:
+                self._in_flight -= 1
+                self._cond.notify_all()
 
-    @overload
-    def acquire(self) -> float: ...
+    def _start(self, deadline: float | None) -> float:
+        while True:
+            with self._cond:
+                now = self._clock()
+                wait = self._try_start(now)
+                if wait == 0.0:
+                    return now
+                if deadline is not None and (now >= deadline or (wait is not None and now + wait > deadline)):
+                    raise TurnUnavailable("the turn could not start before the deadline")
+                if wait is None:  # until a request in flight answers (only before the first throttle)
+                    self._cond.wait(None if deadline is None else deadline - now)
+                    continue
+            self._sleep(wait)
 
-    @overload
-    def acquire(self, deadline: float) -> float | None: ...
+    def _try_start(self, now: float) -> float | None:
+        """Start a turn at ``now`` (0.0), or say how long to wait (``None``: until a request answers)."""
+        if self._window_start is None:
+            self._window_start = now
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        if self._pending is not None:
+            self._estimate(*self._pending)
+            self._pending = None
+        if self._window is not None and self._in_flight >= self._window:
+            return None
+        rate = self.rate(now)
+        if rate is not None:
+            interval = 1 / rate
+            slot = max(self._next_slot, now - CATCH_UP * interval)
+            if slot > now:
+                return slot - now
+            self._next_slot = slot + interval
+        self._in_flight += 1
+        return 0.0
 
-    def acquire(self, deadline: float | None = None) -> float | None:
-        """Wait until this request may be sent (shared pause, then pacing); returns the send time.
-
-        :param deadline: a ``time.monotonic()`` value; ``None`` is returned (nothing waited) when the
-            request could not be sent before it.
-        """
+    def _on_admitted(self, sent_at: float) -> None:
         with self._cond:
-            while True:
-                now = time.monotonic()
-                if self._window_start is None:
-                    self._window_start = now
-                wait: float | None = None
-                if now < self._blocked_until:
-                    wait = self._blocked_until - now
-                elif self._window is not None and self._in_flight >= self._window:
-                    wait = None  # until a request in flight answers
-                else:
-                    if self._pending is not None:
-                        self._estimate_rate(*self._pending)
-                        self._pending = None
-                    rate = self.rate(now)
-                    slot = now if rate is None else max(self._next_slot, now - 1 / rate)
-                    if slot <= now:  # (a thread woken a little late may still use its slot)
-                        if rate is not None:
-                            self._next_slot = slot + 1 / rate
-                        self._in_flight += 1
-                        return now
-                    wait = slot - now
-                if deadline is not None and (wait is None or now + wait > deadline):
-                    if wait is not None or now >= deadline:
-                        return None
-                    wait = deadline - now
-                self._cond.wait(wait)
-
-    def release(self) -> None:
-        """The request sent after :meth:`acquire` has its answer (or failed)."""
-        with self._cond:
-            self._in_flight -= 1
-            self._cond.notify_all()
-
-    def admitted(self, sent_at: float) -> None:
-        """The request sent at ``sent_at`` got an answer other than 429 (the server counted it)."""
-        with self._cond:
-            self._admitted.append(sent_at)
-            while self._admitted and self._admitted[0] < sent_at - WINDOW_MAX:
-                self._admitted.popleft()
+            self._rtt = min(self._rtt, self._clock() - sent_at)
+            if self._window_start is not None and sent_at >= self._window_start:
+                self._admitted += 1
             if self._window is not None:
                 self._window += 1 / self._window  # about one more per round trip
                 if self._window >= MAX_IN_FLIGHT:
                     self._window = None
                 self._cond.notify_all()
 
-    def throttled(self, sent_at: float, pause: float) -> None:
-        """A request sent at ``sent_at`` got 429: pause everyone for ``pause`` s.
-
-        The rate is re-estimated when the pause ends, once the requests sent
-        before the throttle have answered (:meth:`acquire` waits for the pause).
-        """
+    def _on_throttled(self, sent_at: float, pause: float) -> None:
         with self._cond:
-            now = time.monotonic()
+            now = self._clock()
             self.throttles += 1
             self._blocked_until = max(self._blocked_until, now + pause)
             self._next_slot = max(self._next_slot, self._blocked_until)
             if sent_at < self._episode_start or self._pending is not None:
                 return  # sent before the pause began: the same throttle, already accounted for
             self._episode_start = now
-            self._pending = (now, pause)
+            self._pending = (sent_at, pause, self.rate(sent_at))
 
-    def _estimate_rate(self, throttled_at: float, pause: float) -> None:
-        """Requests admitted (by send time) since the window began, per second; called under the lock."""
-        start = self._window_start if self._window_start is not None else throttled_at
-        fresh = not self._after_throttle
-        if throttled_at - start > WINDOW_MAX:
-            start, fresh = throttled_at - WINDOW_MAX, True
-        # A fresh window began with a full bucket, which held about one pause worth of requests.
-        span = throttled_at - start + (pause if fresh else 0.0)
-        admitted = sum(1 for t in self._admitted if start <= t < throttled_at)
-        if admitted >= (MIN_FIRST_SAMPLES if fresh else MIN_SAMPLES) and span > 0:
-            self._window = None  # from now on the rate paces
-            estimate = admitted / span
-            current = self.rate(throttled_at)
-            if current is not None:
-                estimate = max(estimate, current * MAX_CUT)
-            estimate = max(estimate, MIN_RATE)
-            self._estimate = estimate if self.max_rate is None else min(estimate, self.max_rate)
-            self._estimated_at = self._blocked_until
-        elif self._estimate is None and admitted == 0:
-            self._window = 1.0  # throttled before anything passed: start again with one request in flight
-        self._window_start, self._after_throttle = throttled_at, True
-        while self._admitted and self._admitted[0] < throttled_at:
-            self._admitted.popleft()
+    def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
+        """Set the last good rate and restart the climb, at the end of a pause; called under the lock."""
+        start = self._window_start if self._window_start is not None else sent_at
+        span = max(sent_at - start, 1e-3)
+        admitted = self._admitted
+        previous = self._last_good
+        if paced is not None and previous is not None:
+            # throttled again on the way back to W: the limit fell far, cut deeper each time
+            self._streak = self._streak + 1 if sent_at - self._epoch < RECOVERY else 0
+            beta = BETA ** (1 + self._streak)
+            floor = beta * paced
+            if self._searching:
+                top, self._plateau = SEARCH_SHARE * paced, 0.0
+            elif paced <= previous:  # fast convergence: throttled below W, the share shrank; leave room
+                top, self._plateau = paced * (1 + beta) / 2, 0.0
+            elif paced <= previous * RAISED:  # above W again, not far: the limit is stable
+                top = (previous + TOP_SHARE * paced) / 2
+                self._plateau = min(2 * self._plateau + PLATEAU_STEP, MAX_PLATEAU)
+                floor = max(floor, BETA * previous)
+            else:  # far above W: the limit rose
+                top, self._plateau = TOP_SHARE * paced, 0.0
+            self._searching = False
+        else:  # the first throttle: a bucket of unknown size was emptied
+            sent = max(admitted, 1) + 1  # (the throttled request included)
+            round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
+            upper, floor = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
+            top = (upper * floor) ** 0.5
+            floor = max(floor, BETA * top)
+            if paced is not None:  # max_requests_per_second paced it
+                top = min(top, paced)
+            self._window = None
+            self._searching = True
+        # Never below a share of the highest W of the last PEAK_MEMORY seconds: a server that throttles
+        # at random (whatever the rate) is obeyed, not chased down to a crawl.
+        now = self._blocked_until
+        if top >= self._peak or now - self._peak_at > PEAK_MEMORY:
+            self._peak, self._peak_at = top, now
+        top, floor = max(top, PEAK_SHARE * self._peak), max(floor, PEAK_SHARE * self._peak)
+        if self.max_rate is not None:
+            top = min(top, self.max_rate)
+        self._last_good = max(top, MIN_RATE)
+        self._floor = max(min(floor, self._last_good), MIN_RATE)
+        self._epoch = self._blocked_until
+        self._window_start, self._admitted = self._blocked_until, 0
 
 
 _LIMITERS: dict[tuple[str, str], RateLimiter] = {}

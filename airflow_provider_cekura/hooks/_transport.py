@@ -525,6 +525,7 @@ class Transport:
         retry_after = getattr(error, "retry_after", None)
         pause = config.retry_policy.after_throttle(throttles + 1, retry_after, since, config.rate_limit_max_wait)
         if pause is None:
+            turn.throttled(config.retry_policy.delay(throttles + 1, retry_after))  # the connection still pauses
             self._give_up_throttled(error, throttles + 1, throttled_since if throttles else time.monotonic())
         turn.throttled(pause)
         self.log.warning("%s; every request of the connection waits %.2fs", error, pause)
