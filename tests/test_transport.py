@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import (
     CekuraAuthError,
@@ -198,17 +197,17 @@ def test_no_benchmark_only_or_dead_code_in_the_package() -> None:
     for name in ("throttles_spend_attempts", "request_count", "blocked_for"):
         assert not [f for f, text in sources.items() if name in text], name
     assert not hasattr(RateLimiter, "blocked_for")
-    assert RateLimiter().throttled(time.monotonic(), 0.0) is None  # no always-zero return value
+    for gone in ("acquire", "release", "admitted", "throttled"):  # the old four-call protocol (turn() replaced it)
+        assert not hasattr(RateLimiter, gone), gone
 
 
-def test_the_benchmark_baseline_is_injected_from_benchmarks(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    """benchmarks/ratelimit.py's baseline (429s spend attempts, no shared pause) still runs, from outside."""
-    from benchmarks.ratelimit import ThrottleSpendsAttempts, baseline_hook_kwargs
+def test_the_benchmark_baseline_is_injected_from_benchmarks(emulator: Any) -> None:
+    """B5's baseline (the limiter before issue #26) lives in benchmarks/ and runs through the hook from outside."""
+    from benchmarks.ratelimit import _limiter
 
-    kwargs = baseline_hook_kwargs()
-    kwargs["retry_policy"] = ThrottleSpendsAttempts(max_attempts=3, backoff_base=0.01, backoff_max=0.01)
-    emulator.add_fault("429", retry_after="0")
-    with pytest.raises(CekuraRateLimitError):
-        CekuraHook(**kwargs).get_call_logs([1])
-    assert emulator.count_requests() == 3
-    assert TEST_API_KEY not in repr(kwargs)
+    limiter = _limiter(True)
+    assert type(limiter).__module__ == "benchmarks._baseline_limiter"
+    emulator.add_fault("429", retry_after="0", times=2)
+    assert CekuraHook(rate_limiter=limiter).get_call_logs([1]) == []
+    assert emulator.count_requests() == 3  # two throttled, then answered
+    assert limiter.throttles == 2
