@@ -48,35 +48,29 @@ def _dispatch(emulator: Any, op: str, kwargs: dict[str, Any]) -> Any:
         emulator.add_fault(**kwargs)
         return None
     if op == "faults":
-        with emulator._lock:
-            return [{"kind": f.kind, "hits": f.hits} for f in emulator._faults]
+        return [{"kind": f.kind, "hits": f.hits} for f in emulator.faults()]
     if op == "record_count":
-        with emulator._lock:
-            return len(emulator._records)
+        return emulator.record_count()
     if op == "count_by_path":
         # requests per exact path (the list endpoint and detail paths share a prefix)
-        with emulator._lock:
-            counts: dict[str, int] = {}
-            for request in emulator.requests:
-                counts[request.path] = counts.get(request.path, 0) + 1
-            return counts
+        counts: dict[str, int] = {}
+        for request in emulator.requests_snapshot():
+            counts[request.path] = counts.get(request.path, 0) + 1
+        return counts
     if op == "count_by_status":
-        with emulator._lock:
-            statuses: dict[str, int] = {}
-            for request in emulator.requests:
-                statuses[str(request.status)] = statuses.get(str(request.status), 0) + 1
-            return statuses
+        statuses: dict[str, int] = {}
+        for request in emulator.requests_snapshot():
+            statuses[str(request.status)] = statuses.get(str(request.status), 0) + 1
+        return statuses
     if op == "set_rate_limit":
         emulator.set_rate_limit(**kwargs)
         return None
     if op == "pending_count":
-        with emulator._lock:
-            return sum(1 for r in emulator._records.values() if r["_due"] is not None)
+        return emulator.pending_evaluations()
     if op in {"clear_faults", "reset_log", "count_requests", "duplicates", "finish_evaluations"}:
         return getattr(emulator, op)(**kwargs)
     if op == "call_ids":
-        with emulator._lock:
-            return sorted({r["call_id"] for r in emulator._records.values()})
+        return emulator.call_ids()
     if op == "base_latency":
         # Sleep before every request the emulator handles (faulted 429/5xx answers return at once).
         # Unlike add_fault("latency"), this stacks with the other faults.

@@ -213,9 +213,12 @@ def test_save_and_load_state(emu: CekuraEmulator, tmp_path: Path) -> None:
         assert new[0] > max(ids)  # ids keep growing after a load
 
 
-def test_connection_uri_and_stop(emu: CekuraEmulator) -> None:
-    conn = json.loads(emu.connection_uri())
+def test_connection_json_and_stop(emu: CekuraEmulator) -> None:
+    conn = json.loads(emu.connection_json())
     assert conn == {"conn_type": "cekura", "host": emu.base_url, "password": KEY}
+    with pytest.warns(DeprecationWarning, match=r"connection_json\(\)") as caught:
+        assert emu.connection_uri("http") == emu.connection_json("http")  # the old name, still the same JSON
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]  # reported at the caller's line
     url = emu.base_url
     emu.stop()
     emu.stop()  # idempotent
@@ -246,3 +249,29 @@ def test_cekura_transcript_rules_are_the_operators(http: Any, turn: dict[str, An
         build_observe_payloads([{"call_id": "t", "agent": 1, "transcript_json": [TURNS[0], turn]}])
     ok = http("POST", OBSERVE, json={"call_id": "t", "agent": 1, "transcript_json": TURNS})
     assert ok.status_code == 201
+
+
+def test_accessors_read_without_reaching_into_the_emulator(emu: CekuraEmulator, http: Any) -> None:
+    """What tests read and change goes through public methods, each under the emulator's lock."""
+    pending = emu.seed(3, start=T0, end=T0 + timedelta(hours=1), evaluated=False, call_id_prefix="acc")
+    assert emu.record_count() == 3 and emu.pending_evaluations() == 3
+    assert emu.call_ids() == ["acc-0000000", "acc-0000001", "acc-0000002"]
+    assert emu.record(max(pending) + 10_000) is None
+    emu.set_evaluation_due(pending[1], 0.0)  # only this one finishes now
+    assert emu.record(pending[0])["status"] == "evaluating"  # type: ignore[index]
+    assert emu.record(pending[1])["status"] in ("success", "failure")  # type: ignore[index]
+    assert emu.pending_evaluations() == 2  # reading counts and ids finished nothing else
+    emu.set_evaluation_due(pending[2], time.monotonic() + 3600)
+    emu.finish_evaluations()
+    assert emu.pending_evaluations() == 3  # every call log due now (finish_evaluations), none read yet
+    assert all(c["status"] != "evaluating" for c in emu.call_logs()) and emu.pending_evaluations() == 0
+    with pytest.raises(KeyError):
+        emu.set_evaluation_due(max(pending) + 10_000, 0.0)
+
+    fault = emu.add_fault("5xx", times=1, path="call-logs")
+    assert http("GET", LIST).status_code == 503
+    assert emu.faults() == [fault] and emu.faults()[0].hits == 1
+    snapshot = emu.requests_snapshot()
+    assert [(r.method, r.status, r.fault) for r in snapshot] == [("GET", 503, "5xx")]
+    assert http("GET", LIST).status_code == 200
+    assert len(snapshot) == 1 and len(emu.requests_snapshot()) == 2  # a copy: later requests are not in it

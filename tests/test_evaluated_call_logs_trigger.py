@@ -256,8 +256,7 @@ def test_one_request_per_page_per_poll(monkeypatch: pytest.MonkeyPatch, emulator
     assert len(announced(payloads)) == 120
     assert set(trigger.requests_per_poll) == {3}  # 120 call logs in the window, 50 a page
     assert emulator.count_requests("GET", LIST_PATH) == 3 * trigger.polls
-    with emulator._lock:
-        assert all("call_ids" not in r.query for r in emulator.requests)  # never one request per id
+    assert all("call_ids" not in r.query for r in emulator.requests_snapshot())  # never one request per id
 
 
 def test_calls_outside_the_lookback_window_are_not_announced(emulator: Any) -> None:
@@ -377,8 +376,7 @@ def test_backs_off_under_5xx_and_429_then_recovers(monkeypatch: pytest.MonkeyPat
     emulator.reset_log()
     payloads = asyncio.run(take(trigger, lambda p: set(announced(p)) >= set(ids), timeout=30))
     assert sorted(announced(payloads)) == sorted(ids)
-    with emulator._lock:
-        times = [r.at for r in emulator.requests if LIST_PATH in r.path]
+    times = [r.at for r in emulator.requests_snapshot() if LIST_PATH in r.path]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     # three 503s, then two 429s within one poll (the hook's own throttle retry), then the good poll:
     # four failed polls in a row, each followed by a doubling wait (0.1, 0.2, 0.4, 0.8 s), not every 0.05 s

@@ -184,8 +184,7 @@ def test_progress_is_reported_again_when_some_ids_finish(emulator: Any) -> None:
         with poller.subscribe(first + later, 0.05, lambda *p: progress.append(p)) as subscription:
             outcome = asyncio.ensure_future(subscription.next_outcome())
             await until(lambda: len(list_requests(emulator)) >= 3)
-            with emulator._lock:
-                emulator._records[first[0]]["_due"] = 0.0  # only this one finishes now
+            emulator.set_evaluation_due(first[0], 0.0)  # only this one finishes now
             await until(lambda: len(progress) >= 2)
             rounds = len(list_requests(emulator))
             await until(lambda: len(list_requests(emulator)) >= rounds + 3)

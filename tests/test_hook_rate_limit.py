@@ -49,8 +49,7 @@ def bulk_observe(batch: list[dict[str, Any]], max_concurrency: int = 8) -> tuple
 
 
 def statuses(emulator: Any) -> list[int | str]:
-    with emulator._lock:
-        return [r.status for r in emulator.requests]
+    return [r.status for r in emulator.requests_snapshot()]
 
 
 def assert_all_stored_once(emulator: Any, batch: list[dict[str, Any]], ids: list[int | None]) -> None:
@@ -180,8 +179,7 @@ def test_retry_after_http_date_pauses_every_request(monkeypatch: pytest.MonkeyPa
         results = list(pool.map(lambda c: hook.observe(c), batch))
     hook.close()
     assert len({r["id"] for r in results}) == 24 and emulator.duplicates() == {}
-    with emulator._lock:
-        log = list(emulator.requests)
+    log = emulator.requests_snapshot()
     (throttle,) = [r for r in log if r.status == 429]
     # The date has whole seconds: the pause lasts until int(resume_at), 1 to 2 s after the 429.
     pause = int(resume_at) - (time.time() - (time.monotonic() - throttle.at))
@@ -210,8 +208,7 @@ def test_one_limiter_per_connection_shared_by_hooks_and_threads(monkeypatch: pyt
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(lambda _: second.get_call_logs([1]), range(6)))
     throttled.join()
-    with emulator._lock:
-        log = list(emulator.requests)
+    log = emulator.requests_snapshot()
     (throttle,) = [r for r in log if r.status == 429]
     after = [r for r in log if r.at > throttle.at]
     assert len(after) == 7 and all(r.at >= throttle.at + 0.95 for r in after)
@@ -289,8 +286,7 @@ def test_the_shared_poller_and_a_bulk_observe_share_one_limiter(monkeypatch: pyt
     assert failures == {} and [e.payload["status"] for e in events] == ["success"]
     stored = {c["call_id"]: c["id"] for c in emulator.call_logs() if c["call_id"].startswith("both-")}
     assert emulator.duplicates() == {} and ids_stored == [stored[c["call_id"]] for c in batch]
-    with emulator._lock:
-        log = list(emulator.requests)
+    log = emulator.requests_snapshot()
     (throttle,) = [r for r in log if r.status == 429]
     polls = [r for r in log if r.method == "GET" and "call-logs" in r.path]
     # Nothing, the poller's polls included, went out during the 1 s pause (but what was already on its way) ...

@@ -28,12 +28,11 @@ def seed(emulator: Any, count: int, *, delay: float, prefix: str = "seed") -> li
 
 def polls_of(emulator: Any, call_log_id: int) -> int:
     """How many list requests asked about ``call_log_id``."""
-    with emulator._lock:
-        return sum(
-            1
-            for r in emulator.requests
-            if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
-        )
+    return sum(
+        1
+        for r in emulator.requests_snapshot()
+        if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
+    )
 
 
 DAG_SOURCE = """

@@ -24,18 +24,16 @@ def trigger(ids: list[int], *, interval: float = 0.2, timeout: float = 60, **kwa
 
 def list_requests(emulator: Any, after: float = 0.0) -> list[set[int]]:
     """The ids asked about by each list request that arrived after ``after`` (monotonic seconds)."""
-    with emulator._lock:
-        return [
-            {int(i) for i in r.query.get("call_ids", "").split(",") if i}
-            for r in emulator.requests
-            if LIST_PATH in r.path and r.at > after
-        ]
+    return [
+        {int(i) for i in r.query.get("call_ids", "").split(",") if i}
+        for r in emulator.requests_snapshot()
+        if LIST_PATH in r.path and r.at > after
+    ]
 
 
 def rounds_of(emulator: Any, gap: float = 0.05) -> list[list[set[int]]]:
     """The list requests grouped into poll rounds: a round's requests are sent together, rounds ``gap`` apart."""
-    with emulator._lock:
-        asked = [(r.at, r.query.get("call_ids", "")) for r in emulator.requests if LIST_PATH in r.path]
+    asked = [(r.at, r.query.get("call_ids", "")) for r in emulator.requests_snapshot() if LIST_PATH in r.path]
     rounds: list[list[set[int]]] = []
     last = float("-inf")
     for at, ids in sorted(asked):

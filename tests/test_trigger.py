@@ -62,12 +62,11 @@ def run_one(trigger: CekuraCallLogTrigger) -> dict[str, Any]:
 
 def polls_of(emulator: Any, call_log_id: int) -> int:
     """How many list requests asked about ``call_log_id``."""
-    with emulator._lock:
-        return sum(
-            1
-            for r in emulator.requests
-            if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
-        )
+    return sum(
+        1
+        for r in emulator.requests_snapshot()
+        if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
+    )
 
 
 def test_serialize_round_trip_carries_plain_values_and_no_key() -> None:
