@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.payloads import parse_timestamp
 from airflow_provider_cekura.version_compat import BaseHook, BaseOperator
 
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
 
 IDS_PER_REQUEST = 100
 """Call log ids per list request when exporting given ``call_log_ids`` (keeps URLs short)."""
+
+
+def _concurrency(value: Any) -> int:
+    """``max_concurrency`` as a positive int (a rendered template may be text)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {value!r}")
+    return value
 
 
 def _templated(value: Any) -> bool:
@@ -159,6 +169,11 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         final and exported).
     :param page_size: call logs per list request (the API may cap it); default the connection's
         ``page_size`` extra (100).
+    :param max_concurrency: list requests in flight at once (default 8): the pages after a window's
+        first are fetched concurrently, every request through the connection's shared rate limiter (a 429
+        slows them all; ``max_requests_per_second`` is never exceeded), and written as they arrive, each
+        in its own transaction. At most ``max_concurrency`` pages are held ahead of the writer. ``1``
+        fetches one page ahead, as before. An int or a template rendering to one (templated).
     """
 
     template_fields: Sequence[str] = (
@@ -173,6 +188,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         "project_id",
         "call_log_ids",
         "filters_v2",
+        "max_concurrency",
     )
     template_fields_renderers = {"filters_v2": "json"}
     ui_color = "#e8f5e9"
@@ -196,6 +212,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         create_table: bool = True,
         only_evaluated: bool = False,
         page_size: int | None = None,
+        max_concurrency: int | str = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         from airflow_provider_cekura.transfers._sql import validate_columns, validate_table_name
@@ -228,6 +245,9 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         self.create_table = create_table
         self.only_evaluated = only_evaluated
         self.page_size = page_size
+        if not _templated(max_concurrency):
+            _concurrency(max_concurrency)
+        self.max_concurrency = max_concurrency
         self._select_ids = call_log_ids is not None
 
     # ------------------------------------------------------------------ hooks
@@ -237,7 +257,7 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         """The Cekura hook (one HTTP session for the whole export)."""
         from airflow_provider_cekura.hooks.cekura import CekuraHook
 
-        return CekuraHook(cekura_conn_id=self.cekura_conn_id)
+        return CekuraHook(cekura_conn_id=self.cekura_conn_id, pool_size=max(10, _concurrency(self.max_concurrency)))
 
     @cached_property
     def sql_hook(self) -> DbApiHook:
@@ -347,12 +367,15 @@ class CekuraCallLogsToSqlOperator(BaseOperator):
         bounds: dict[str, Any] = {}
         if window is not None:
             bounds = {"timestamp_from": window[0], "timestamp_to": window[1]}
+        concurrency = _concurrency(self.max_concurrency)
         if ids is None:
-            yield from self.hook.iter_call_log_pages(prefetch=True, **bounds, **filters)
+            yield from self.hook.iter_call_log_pages(prefetch=True, max_concurrency=concurrency, **bounds, **filters)
             return
         for start in range(0, len(ids), IDS_PER_REQUEST):
             chunk = ids[start : start + IDS_PER_REQUEST]
-            yield from self.hook.iter_call_log_pages(prefetch=True, call_ids=chunk, **bounds, **filters)
+            yield from self.hook.iter_call_log_pages(
+                prefetch=True, max_concurrency=concurrency, call_ids=chunk, **bounds, **filters
+            )
 
     def _export(self, writer: PageWriter, pages: Iterator[list[dict[str, Any]]], ids: list[int] | None) -> int:
         from airflow_provider_cekura.evaluation import EvaluationState, evaluation_state, parse_metrics
