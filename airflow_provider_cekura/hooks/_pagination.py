@@ -222,6 +222,8 @@ class PageWalker:
     :param max_concurrency: pages in flight at once (``1``: one page ahead of the caller in a thread).
     :param threaded: ``False`` fetches every page in the caller's thread, one at a time.
     :param log: where warnings go.
+    :param most_rows: the most rows the list can hold (a look-up by ids: as many as ids), whatever ``count``
+        says; bounds the walk too.
     """
 
     def __init__(
@@ -235,6 +237,7 @@ class PageWalker:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         threaded: bool = True,
         log: Any = None,
+        most_rows: int | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
@@ -245,6 +248,7 @@ class PageWalker:
         self.max_concurrency = max_concurrency
         self.threaded = threaded
         self.log: Any = log or logging.getLogger(__name__)
+        self.most_rows = most_rows
         self.requests = 0
         self.rewalks = 0
         self._pending: deque[_Task] = deque(self._first(_WindowWalk(w)) for w in windows)
@@ -348,20 +352,21 @@ class PageWalker:
 
     def _bound(self, walk: _WindowWalk) -> None:
         """Fail a walk that does not end: more rows or pages than the window's ``count`` allows."""
-        if walk.max_count is None:
+        known = [n for n in (walk.max_count, self.most_rows) if n is not None]
+        if not known:
             if walk.pages > MAX_PAGES_WITHOUT_COUNT:
                 raise CekuraResponseError(
                     f"Cekura's call log list did not end after {walk.pages} pages and reports no count; stopping"
                 )
             return
+        most = min(known)
         served = max(walk.served, 1)
-        row_limit = walk.max_count + row_margin(walk.max_count, served)
-        page_limit = 2 * math.ceil(max(walk.max_count, 1) / served) + PAGE_SLACK
+        row_limit = most + row_margin(most, served)
+        page_limit = 2 * math.ceil(max(most, 1) / served) + PAGE_SLACK
         if walk.rows > row_limit or walk.pages > page_limit:
             raise CekuraResponseError(
-                f"Cekura's call log list did not end: {walk.rows} call logs over {walk.pages} pages where its "
-                f"count said at most {walk.max_count}{self._where(walk)}; stopping (the server's 'next' links "
-                "never end)"
+                f"Cekura's call log list did not end: {walk.rows} call logs over {walk.pages} pages where "
+                f"at most {most} were expected{self._where(walk)}; stopping (the server's 'next' links never end)"
             )
 
     @staticmethod
@@ -440,6 +445,7 @@ def walk_pages(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     threaded: bool = True,
     log: Any = None,
+    most_rows: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Pages of call logs over ``windows`` (see :class:`PageWalker` and this module's docstring).
 
@@ -451,6 +457,7 @@ def walk_pages(
     :param max_concurrency: pages in flight at once.
     :param threaded: ``False`` fetches in the caller's thread, one page at a time.
     :param log: where warnings go.
+    :param most_rows: the most rows the list can hold (a look-up by ids), whatever ``count`` says.
     """
     walker = PageWalker(
         fetch,
@@ -461,6 +468,7 @@ def walk_pages(
         max_concurrency=max_concurrency,
         threaded=threaded,
         log=log,
+        most_rows=most_rows,
     )
     return iter(walker)
 

@@ -448,7 +448,7 @@ class CekuraHook(BaseHook):
         found: list[dict[str, Any]] = []
         for chunk in _chunks(_int_ids(call_log_ids), chunk_size):
             params = self._list_params({"call_ids": chunk, "page_size": len(chunk)})
-            for page in self._walk(params, [None], decode=decode):
+            for page in self._walk(params, [None], decode=decode, most_rows=len(chunk)):
                 found.extend(page)
         return found
 
@@ -563,7 +563,8 @@ class CekuraHook(BaseHook):
         windows = split_windows(timestamp_from, timestamp_to, self._settings["window"])
         if prefetch and "_session" not in self.__dict__:
             self._pool_size = max(self._pool_size, max_concurrency if isinstance(max_concurrency, int) else 1)
-        yield from self._walk(params, windows, max_concurrency=max_concurrency, threaded=prefetch)
+        most_rows = len(params["call_ids"].split(",")) if "call_ids" in params else None
+        yield from self._walk(params, windows, max_concurrency=max_concurrency, threaded=prefetch, most_rows=most_rows)
 
     def iter_call_logs(
         self,
@@ -614,6 +615,7 @@ class CekuraHook(BaseHook):
         decode: Callable[[bytes], Any] | None = None,
         max_concurrency: int = 1,
         threaded: bool = False,
+        most_rows: int | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """Pages of the list endpoint over ``windows``, each request through :meth:`_request`."""
 
@@ -629,6 +631,7 @@ class CekuraHook(BaseHook):
             max_concurrency=max_concurrency,
             threaded=threaded,
             log=self.log,
+            most_rows=most_rows,
         )
 
     # ------------------------------------------------------------------ rerun
