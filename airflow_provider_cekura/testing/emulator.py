@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import email.policy
+import functools
 import hashlib
 import json
 import math
@@ -81,6 +82,12 @@ def _iso(value: datetime) -> str:
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
+    return _parse_text_time(value)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _parse_text_time(value: str) -> datetime | None:
+    """Parsed once per distinct text: a list request filters every stored call log by its timestamp."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -687,7 +694,7 @@ class CekuraEmulator:
             if wanted is not None:  # look the ids up instead of scanning every record (same order: newest id first)
                 candidates = [self._records[i] for i in sorted(wanted, reverse=True) if i in self._records]
             else:
-                candidates = [r for _, r in sorted(self._records.items(), reverse=True)]
+                candidates = [self._records[i] for i in sorted(self._records, reverse=True)]
             matching = [r for r in candidates if all(p(r) for p in predicates)]
             count = len(matching)
             first = (page - 1) * size
