@@ -229,6 +229,30 @@ def test_list_growing_during_the_walk_misses_nothing() -> None:
     assert walker.rewalks >= 1
 
 
+def test_a_few_rows_arriving_on_a_last_page_with_room_are_noticed() -> None:
+    """95 call logs in pages of 10, 3 more arrive mid-walk: the last page still has no next link, but its
+    count differs from the first page's: the window is walked again and nothing is missed."""
+    server = ListServer(rows_over(95, T0, timedelta(hours=1)), cap=10)
+    late = rows_over(3, T0 + timedelta(minutes=10), timedelta(minutes=1), first_id=500)
+
+    def insert(number: int) -> None:
+        if number == 10:  # just before the last page (95 -> 98 still fits in 10 pages: no next link)
+            with server.lock:
+                server.rows.extend(late)
+
+    server.before_answer = insert
+    walker = PageWalker(
+        server,
+        base_url=BASE,
+        path=CALL_LOGS_PATH,
+        params={"page_size": 10},
+        windows=[(T0, T0 + timedelta(hours=1))],
+        max_concurrency=1,
+    )
+    assert set(ids(list(walker))) == set(range(1, 96)) | {500, 501, 502}
+    assert walker.rewalks == 1
+
+
 def test_list_that_never_settles_ends_with_a_walk_page_by_page() -> None:
     """A list without a window (it cannot be halved) that grows at every request: walked again
     MAX_REWALKS times, then once page after page, which ends."""

@@ -314,9 +314,11 @@ class PageWalker:
         if task.kind == "first":
             walk.count, walk.served = count, len(results)
         self._bound(walk)
+        if task.kind == "fan" and (
+            count != walk.count or (task.number < walk.last_page and (next_url is None or len(results) != walk.served))
+        ):
+            walk.changed = True  # rows moved across pages while they were fetched: walk the window again
         if next_url is None:
-            if task.kind == "fan" and task.number < walk.last_page:
-                walk.changed = True  # a page before the last one ends the list: it shrank
             return rows
         walk.empty_run = 0 if results else walk.empty_run + 1
         if walk.empty_run >= MAX_EMPTY_PAGES:
@@ -325,13 +327,10 @@ class PageWalker:
             )
         if task.kind == "first":
             self._fan_out(walk, next_url)
-        elif task.kind == "fan":
-            if count != walk.count or len(results) != walk.served:
-                walk.changed = True
-            elif task.number >= walk.last_page and not walk.changed:
-                self._next(walk, next_url)  # more rows than count said: continue link by link (bounded)
-        else:
+        elif task.kind == "next":
             self._next(walk, next_url)
+        elif task.number >= walk.last_page and not walk.changed:
+            self._next(walk, next_url)  # more rows than count said: continue link by link (bounded)
         return rows
 
     def _fan_out(self, walk: _WindowWalk, next_url: str) -> None:
