@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import email.parser
 import email.policy
+import functools
 import hashlib
 import json
 import math
@@ -81,6 +82,12 @@ def _iso(value: datetime) -> str:
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
+    return _parse_text_time(value)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _parse_text_time(value: str) -> datetime | None:
+    """Parsed once per distinct text: a list request filters every stored call log by its timestamp."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -202,6 +209,8 @@ class CekuraEmulator:
         metric keys, JSON values where the documented form is JSON text and JSON text where it is a value.
     :param host: interface to bind (loopback by default).
     :param port: port to bind (0 = a free one).
+    :param latency: seconds every request waits before it is answered (a realistic round trip: the
+        real API answers in 100-300 ms); stacks with injected faults; settable later as :attr:`latency`.
     :param request_log: when set, one line per request is written to it once answered:
         ``METHOD path status`` (and ``fault=<kind>`` when one was injected, ``call_ids=<how many>`` for a
         list request by ids); never headers or bodies.
@@ -222,7 +231,11 @@ class CekuraEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         request_log: IO[str] | None = None,
+        latency: float = 0.0,
     ) -> None:
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0, got {latency!r}")
+        self.latency = latency
         self.api_key = api_key
         self.request_log = request_log
         self.evaluation_delay = evaluation_delay
@@ -685,7 +698,7 @@ class CekuraEmulator:
             if wanted is not None:  # look the ids up instead of scanning every record (same order: newest id first)
                 candidates = [self._records[i] for i in sorted(wanted, reverse=True) if i in self._records]
             else:
-                candidates = [r for _, r in sorted(self._records.items(), reverse=True)]
+                candidates = [self._records[i] for i in sorted(self._records, reverse=True)]
             matching = [r for r in candidates if all(p(r) for p in predicates)]
             count = len(matching)
             first = (page - 1) * size
@@ -878,6 +891,8 @@ class _Handler(BaseHTTPRequestHandler):
             if fault is None:
                 fault = next((f for f in emulator._faults if f.matches(method, split.path, query)), None)
         body = self._read_body()
+        if emulator.latency > 0:
+            time.sleep(emulator.latency)
         if emulator.record_requests:
             entry.headers, entry.body = dict(self.headers.items()), self._raw_body
         entry.fault = fault.kind if fault else None
