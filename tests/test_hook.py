@@ -356,7 +356,9 @@ def test_long_range_is_split_into_windows(hook: CekuraHook, emulator: Any) -> No
     ids = emulator.seed(90, start=T0, end=T0 + timedelta(days=90))
     got = [c["id"] for c in hook.iter_call_logs(timestamp_from=T0, timestamp_to=T0 + timedelta(days=90))]
     assert sorted(got) == sorted(ids) and len(set(got)) == 90
-    windows = [(q["timestamp_from"], q["timestamp_to"]) for q in list_queries(emulator) if q.get("page", "1") == "1"]
+    windows = sorted(
+        (q["timestamp_from"], q["timestamp_to"]) for q in list_queries(emulator) if q.get("page", "1") == "1"
+    )
     assert len(windows) == 3  # default window_days=30
     assert windows[0][0] == "2026-03-01T00:00:00Z" and windows[-1][1] == "2026-05-30T00:00:00Z"
     assert all(a[1] == b[0] for a, b in itertools.pairwise(windows))  # contiguous, no gap or overlap
