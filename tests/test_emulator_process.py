@@ -160,3 +160,31 @@ def test_cli_prints_the_connection_line_to_export(tmp_path: Path) -> None:
         check=True,
     )
     assert done.stdout.split()[-2:] == ["cekura", url], done.stdout
+
+
+def test_latency_and_page_size_cap_from_the_command_line() -> None:
+    headers = {"X-CEKURA-API-KEY": TEST_API_KEY}
+    with EmulatorProcess(TEST_API_KEY, latency_ms=150, max_page_size=3) as emulator:
+        observe = f"{emulator.base_url}/observability/v1/observe/"
+        for n in range(4):
+            created = requests.post(observe, json={**CALL, "call_id": f"lat-{n}"}, headers=headers, timeout=10)
+            assert created.status_code == 201
+            assert created.elapsed.total_seconds() >= 0.15  # every request waits --latency-ms
+        listed = requests.get(
+            f"{emulator.base_url}/observability/v1/call-logs/", params={"page_size": 10}, headers=headers, timeout=10
+        )
+        page = listed.json()
+        assert listed.elapsed.total_seconds() >= 0.15
+        assert (page["count"], len(page["results"])) == (4, 3) and page["next"]  # capped at --max-page-size
+
+
+@pytest.mark.parametrize("option", [["--latency-ms", "-1"], ["--max-page-size", "0"]])
+def test_bad_latency_or_page_size_is_refused(option: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_cekura.testing", "--port", "0", *option],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2 and "--latency-ms must be >= 0" in done.stderr

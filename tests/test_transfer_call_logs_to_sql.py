@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -247,7 +248,7 @@ KILL_SCRIPT = textwrap.dedent(
 
     op = CekuraCallLogsToSqlOperator(
         task_id="export", sql_conn_id="warehouse", table=sys.argv[1], metrics_table=sys.argv[2],
-        timestamp_from=sys.argv[3], timestamp_to=sys.argv[4], page_size=100,
+        timestamp_from=sys.argv[3], timestamp_to=sys.argv[4], page_size=100, max_concurrency=int(sys.argv[5]),
     )
     op.execute({})
     print("FINISHED")
@@ -255,10 +256,13 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
+KILL_CONCURRENCY = 4
+
+
 def test_killed_export_leaves_complete_pages_and_rerun_completes(emulator: Any, warehouse: Warehouse) -> None:
-    total = 1500
+    total = 3000
     emulator.seed(total, start=START, end=START + timedelta(hours=3))
-    emulator.add_fault("latency", delay=0.1, path=CALL_LOGS)
+    emulator.add_fault("latency", delay=0.2, path=CALL_LOGS)
     bounds = window(0, 3)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -271,6 +275,7 @@ def test_killed_export_leaves_complete_pages_and_rerun_completes(emulator: Any, 
             warehouse.metrics_table,
             bounds["timestamp_from"],
             bounds["timestamp_to"],
+            str(KILL_CONCURRENCY),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -279,9 +284,10 @@ def test_killed_export_leaves_complete_pages_and_rerun_completes(emulator: Any, 
 
     def progress() -> int:
         """Call logs committed so far. A DuckDB file is locked by the process writing it: there, count the
-        pages requested instead (with one page prefetched, page n is requested after page n - 2 was written)."""
+        pages requested instead (at most KILL_CONCURRENCY pages are in flight or waiting, one is being
+        written: once page n is requested, n - KILL_CONCURRENCY - 2 pages were committed)."""
         if warehouse.kind == "duckdb":
-            return 100 * (emulator.count_requests("GET", CALL_LOGS) - 3)
+            return 100 * (emulator.count_requests("GET", CALL_LOGS) - KILL_CONCURRENCY - 2)
         try:
             return warehouse.count()
         except Exception:  # the table does not exist yet
@@ -303,13 +309,68 @@ def test_killed_export_leaves_complete_pages_and_rerun_completes(emulator: Any, 
     assert TEST_API_KEY.encode() not in out + err
 
     partial = warehouse.count()
-    assert (100 if warehouse.kind == "duckdb" else 300) <= partial < total
+    assert 300 <= partial < total
     assert partial % 100 == 0, "only complete pages were committed"
     assert warehouse.count(warehouse.metrics_table) == 3 * partial  # each page with its metric rows
 
     emulator.clear_faults()
     assert export(warehouse, **bounds) == total
     check_exact(warehouse, api_call_logs(emulator))
+
+
+def test_concurrent_export_of_a_skewed_day_with_a_page_cap_and_a_429_storm(emulator: Any, warehouse: Warehouse) -> None:
+    """Pages of a dense hour fetched 6 at a time, out of order, through 429s: the table equals the API,
+    a call log stamped exactly at the window's end is left to the next window."""
+    emulator.page_size_cap = 25
+    emulator.seed(540, start=START + timedelta(hours=5), end=START + timedelta(hours=6), call_id_prefix="dense")
+    emulator.seed(60, start=START, end=START + timedelta(hours=24), call_id_prefix="even")
+    emulator.seed(1, start=START + timedelta(hours=24), end=START + timedelta(hours=25), call_id_prefix="edge")
+    emulator.add_fault("429", every=3, times=8, path=CALL_LOGS, retry_after="0")
+    assert export(warehouse, page_size=100, max_concurrency=6, **window(0, 24)) == 600
+    assert sum(1 for r in list(emulator.requests) if r.status == 429) == 8
+    check_exact(warehouse, api_call_logs(emulator, START, START + timedelta(hours=24)))
+    assert export(warehouse, max_concurrency="6", **window(24, 25)) == 1  # the edge call log: once, here
+    check_exact(warehouse, api_call_logs(emulator))
+
+
+def test_a_page_failing_after_retries_fails_the_task_and_a_rerun_completes(emulator: Any, warehouse: Warehouse) -> None:
+    emulator.page_size_cap = 10
+    emulator.seed(400, start=START, end=START + timedelta(hours=1))
+    emulator.latency = 0.05  # every request (stacks with the 5xx fault below)
+    broken = threading.Event()
+
+    def break_the_list_mid_export() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and emulator.count_requests("GET", CALL_LOGS) < 6:
+            time.sleep(0.005)
+        emulator.add_fault("5xx", path=CALL_LOGS)  # from now on every list request fails, retries included
+        broken.set()
+
+    watcher = threading.Thread(target=break_the_list_mid_export)
+    watcher.start()
+    try:
+        with pytest.raises(CekuraError, match="503"):
+            export(warehouse, page_size=10, max_concurrency=3, **window(0, 1))
+    finally:
+        watcher.join()
+    assert broken.is_set()
+    partial = warehouse.count()
+    assert partial < 400 and partial % 10 == 0, "only complete pages were committed"
+    assert warehouse.count(warehouse.metrics_table) == 3 * partial
+    emulator.clear_faults()
+    assert export(warehouse, page_size=10, max_concurrency=3, **window(0, 1)) == 400
+    check_exact(warehouse, api_call_logs(emulator))
+
+
+def test_max_concurrency_is_checked_and_templated() -> None:
+    for bad in (0, -2, True, "many", 1.5):
+        with pytest.raises(CekuraError, match="max_concurrency"):
+            CekuraCallLogsToSqlOperator(task_id="x", sql_conn_id="warehouse", table="t", max_concurrency=bad)
+    assert "max_concurrency" in CekuraCallLogsToSqlOperator.template_fields
+    op = CekuraCallLogsToSqlOperator(
+        task_id="x", sql_conn_id="warehouse", table="t", max_concurrency="{{ params.pages_in_flight }}"
+    )
+    assert op.max_concurrency == "{{ params.pages_in_flight }}"  # checked once rendered
 
 
 @pytest.mark.parametrize(

@@ -50,13 +50,14 @@ EVALUATION_FIELDS: tuple[str, ...] = _CallLogFields.__struct_fields__
 class _Page(msgspec.Struct, gc=False):
     results: list[_CallLogFields] | msgspec.UnsetType = msgspec.UNSET
     next: Any = None
+    count: Any = None
 
 
 _DECODER = msgspec.json.Decoder(_Page)
 
 
 def decode_page(content: bytes) -> Any:
-    """A list page as ``{"results": [...], "next": ...}`` with only :data:`EVALUATION_FIELDS` in each result.
+    """A list page as ``{"results": [...], "next": ..., "count": ...}`` with only :data:`EVALUATION_FIELDS` in each result.
 
     :raises ValueError: when ``content`` is not JSON (``msgspec.DecodeError`` is one).
     """
@@ -64,7 +65,7 @@ def decode_page(content: bytes) -> Any:
         page = _DECODER.decode(content)
     except msgspec.ValidationError:  # valid JSON in another shape: decode it all, let the caller judge it
         return json.loads(content)
-    body: dict[str, Any] = {"next": page.next}
+    body: dict[str, Any] = {"next": page.next, "count": page.count}
     if page.results is not msgspec.UNSET:
         # to_builtins: the structs as dicts, without the fields the body did not have (C speed)
         body["results"] = msgspec.to_builtins(page.results)

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
 
 from airflow_provider_cekura._coerce import (
     IDS_PER_REQUEST,
@@ -18,7 +17,6 @@ from airflow_provider_cekura._coerce import (
     json_or_value,
     parse_id,
     parse_ids,
-    parse_timestamp,
     require_timestamp,
 )
 from airflow_provider_cekura.evaluation import normalize_call_log
@@ -26,6 +24,7 @@ from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraR
 from airflow_provider_cekura.hooks._config import DEFAULT_DASHBOARD_URL as DEFAULT_DASHBOARD_URL  # re-exported
 from airflow_provider_cekura.hooks._config import DEFAULT_HOST as DEFAULT_HOST  # re-exported
 from airflow_provider_cekura.hooks._config import CekuraConnectionConfig
+from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY, Window, split_windows, walk_pages
 from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
 from airflow_provider_cekura.hooks._transport import Redactor, RetryPolicy, Transport
 from airflow_provider_cekura.payloads import multipart_fields
@@ -41,7 +40,6 @@ OBSERVE_PATH = "/observability/v1/observe/"
 CALL_LOGS_PATH = "/observability/v1/call-logs/"
 RERUN_PATH = "/observability/v1/call-logs/rerun_evaluation/"
 LOOKUP_CHUNK = 50
-MAX_EMPTY_PAGES = 3
 
 
 _to_datetime = require_timestamp  # the coercion module's rules (one timestamp parser, one format)
@@ -415,7 +413,7 @@ class CekuraHook(BaseHook):
         found: list[dict[str, Any]] = []
         for chunk in _chunks(parse_ids(call_log_ids), min(chunk_size, IDS_PER_REQUEST)):
             params = self._list_params({"call_ids": chunk, "page_size": len(chunk)})
-            for page in self._pages(params, [None], decode=decode):
+            for page in self._walk(params, [None], decode=decode, most_rows=len(chunk)):
                 found.extend(page)
         return found
 
@@ -477,117 +475,125 @@ class CekuraHook(BaseHook):
         params["page_size"] = page_size
         return params
 
-    def _windows(
-        self, timestamp_from: datetime | str | None, timestamp_to: datetime | str | None
-    ) -> list[tuple[datetime, datetime] | None]:
-        if timestamp_from is None and timestamp_to is None:
-            return [None]
-        if timestamp_from is None:
-            raise CekuraValidationError("timestamp_from", "is required when timestamp_to is given")
-        start = _to_datetime(timestamp_from, "timestamp_from")
-        end = _to_datetime(timestamp_to, "timestamp_to") if timestamp_to is not None else datetime.now(UTC)
-        if end < start:
-            raise CekuraValidationError("timestamp_to", f"{_iso(end)} is before timestamp_from {_iso(start)}")
-        if end == start:
-            return []
-        step: timedelta = self._config.window
-        windows: list[tuple[datetime, datetime] | None] = []
-        cursor = start
-        while cursor < end:
-            upper = min(cursor + step, end)
-            windows.append((cursor, upper))
-            cursor = upper
-        return windows
-
     def iter_call_log_pages(
         self,
         *,
         timestamp_from: datetime | str | None = None,
         timestamp_to: datetime | str | None = None,
+        agent_id: int | str | None = None,
+        assistant_id: str | None = None,
+        project_id: int | str | None = None,
+        call_ids: Any = None,
+        filters_v2: Mapping[str, Any] | str | None = None,
+        page_size: int | None = None,
         prefetch: bool = True,
-        **filters: Any,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of call logs matching the filters, following ``next`` until it is null.
+        """Pages of call logs matching the filters (see :mod:`~airflow_provider_cekura.hooks._pagination`).
 
         The time range is half-open ``[timestamp_from, timestamp_to)`` and is
         split into windows of ``window_days``; a call log stamped exactly at
-        ``timestamp_to`` belongs to the next window. With ``prefetch`` the
-        next page is fetched while the caller works on the current one, so at
-        most two pages are held in memory.
-        """
-        params = self._list_params(filters)
-        windows = self._windows(timestamp_from, timestamp_to)
-        pages = self._pages(params, windows)
-        if not prefetch:
-            yield from pages
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cekura-prefetch") as pool:
-            future = pool.submit(next, pages, None)
-            while True:
-                page = future.result()
-                if page is None:
-                    return
-                future = pool.submit(next, pages, None)
-                yield page
+        ``timestamp_to`` belongs to the next window. The pages after a window's
+        first are fetched concurrently (``max_concurrency`` in flight, each
+        request through the connection's shared rate limiter) and handed out as
+        they arrive, so **pages may come out of order**; at most
+        ``max_concurrency`` pages are held ahead of the caller. Every walk is
+        bounded: a list whose ``next`` links never end fails with
+        :class:`~airflow_provider_cekura.exceptions.CekuraResponseError`.
 
-    def iter_call_logs(self, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Call logs matching the filters, one at a time (see :meth:`iter_call_log_pages`).
-
-        Filters: ``timestamp_from``/``timestamp_to`` (datetime or ISO 8601),
-        ``agent_id``, ``assistant_id``, ``project_id``, ``call_ids``,
-        ``filters_v2`` (dict or JSON text), ``page_size``.
+        :param timestamp_from: inclusive start (datetime or ISO 8601).
+        :param timestamp_to: exclusive end (datetime or ISO 8601); default now when ``timestamp_from`` is given.
+        :param agent_id: only call logs of this Cekura agent.
+        :param assistant_id: only call logs of this voice-platform assistant.
+        :param project_id: Cekura project; default the connection's ``project_id`` extra.
+        :param call_ids: only these Cekura call log ids.
+        :param filters_v2: a ``filters_v2`` condition (dict or JSON text).
+        :param page_size: call logs per request (the server may serve fewer); default the ``page_size`` extra.
+        :param prefetch: ``False`` fetches page after page in the caller's thread (no thread, in order).
+        :param max_concurrency: requests in flight at once (default 8; ``1`` fetches one page ahead).
         """
-        for page in self.iter_call_log_pages(**filters):
+        chosen = {
+            "agent_id": agent_id,
+            "assistant_id": assistant_id,
+            "project_id": project_id,
+            "call_ids": call_ids,
+            "filters_v2": filters_v2,
+            "page_size": page_size,
+        }
+        params = self._list_params({key: value for key, value in chosen.items() if value is not None})
+        windows = split_windows(timestamp_from, timestamp_to, self._config.window)
+        if prefetch and "_transport" not in self.__dict__:
+            self._pool_size = max(self._pool_size, max_concurrency if isinstance(max_concurrency, int) else 1)
+        most_rows = len(params["call_ids"].split(",")) if "call_ids" in params else None
+        yield from self._walk(params, windows, max_concurrency=max_concurrency, threaded=prefetch, most_rows=most_rows)
+
+    def iter_call_logs(
+        self,
+        *,
+        timestamp_from: datetime | str | None = None,
+        timestamp_to: datetime | str | None = None,
+        agent_id: int | str | None = None,
+        assistant_id: str | None = None,
+        project_id: int | str | None = None,
+        call_ids: Any = None,
+        filters_v2: Mapping[str, Any] | str | None = None,
+        page_size: int | None = None,
+        prefetch: bool = True,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    ) -> Iterator[dict[str, Any]]:
+        """Call logs matching the filters, one at a time; same arguments as :meth:`iter_call_log_pages`.
+
+        :param timestamp_from: inclusive start (datetime or ISO 8601).
+        :param timestamp_to: exclusive end (datetime or ISO 8601).
+        :param agent_id: only call logs of this Cekura agent.
+        :param assistant_id: only call logs of this voice-platform assistant.
+        :param project_id: Cekura project; default the connection's ``project_id`` extra.
+        :param call_ids: only these Cekura call log ids.
+        :param filters_v2: a ``filters_v2`` condition (dict or JSON text).
+        :param page_size: call logs per request; default the ``page_size`` extra.
+        :param prefetch: ``False`` fetches page after page in the caller's thread, in order.
+        :param max_concurrency: requests in flight at once (pages, hence call logs, may come out of order).
+        """
+        for page in self.iter_call_log_pages(
+            timestamp_from=timestamp_from,
+            timestamp_to=timestamp_to,
+            agent_id=agent_id,
+            assistant_id=assistant_id,
+            project_id=project_id,
+            call_ids=call_ids,
+            filters_v2=filters_v2,
+            page_size=page_size,
+            prefetch=prefetch,
+            max_concurrency=max_concurrency,
+        ):
             yield from page
 
-    def _pages(
+    def _walk(
         self,
         params: dict[str, Any],
-        windows: list[tuple[datetime, datetime] | None],
+        windows: list[Window],
+        *,
         decode: Callable[[bytes], Any] | None = None,
+        max_concurrency: int = 1,
+        threaded: bool = False,
+        most_rows: int | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
-        base = urlsplit(self.base_url)
-        for window in windows:
-            query = dict(params)
-            if window is not None:
-                query["timestamp_from"], query["timestamp_to"] = _iso(window[0]), _iso(window[1])
-            url: str | None = f"{self.base_url}{CALL_LOGS_PATH}"
-            seen: set[str] = set()
-            empty_pages = 0
-            first = True
-            while url:
-                body = self._request("GET", url, params=query if first else None, decode=decode)
-                first = False
-                page = self._expect(body, dict, "a page of call logs")
-                results = page.get("results")
-                if not isinstance(results, list):
-                    raise CekuraResponseError("Cekura's call log page has no 'results' list")
-                rows = [normalize_call_log(r) for r in results if isinstance(r, dict) and "id" in r]
-                if len(rows) < len(results):
-                    self.log.warning("Skipped %d list result(s) without a call log id", len(results) - len(rows))
-                if window is not None:
-                    rows = [r for r in rows if _before(r, window[1])]
-                next_url = page.get("next")
-                if next_url is not None:
-                    if not isinstance(next_url, str):
-                        raise CekuraResponseError("Cekura's 'next' link is not a string")
-                    next_url = urljoin(url, next_url)
-                    target = urlsplit(next_url)
-                    if (target.scheme, target.netloc) != (base.scheme, base.netloc):
-                        raise CekuraResponseError(
-                            f"Cekura's 'next' link points to another host ({target.netloc}); not following it "
-                            "with the API key"
-                        )
-                    if next_url in seen:
-                        raise CekuraResponseError("Cekura's 'next' links loop; stopping pagination")
-                    seen.add(next_url)
-                    empty_pages = 0 if results else empty_pages + 1
-                    if empty_pages >= MAX_EMPTY_PAGES:
-                        raise CekuraResponseError(
-                            f"Cekura returned {MAX_EMPTY_PAGES} empty pages in a row that still have a 'next' link"
-                        )
-                url = next_url
-                yield rows
+        """Pages of the list endpoint over ``windows``, each request through :meth:`_request`."""
+
+        def fetch(url: str, query: Mapping[str, Any] | None) -> Any:
+            return self._request("GET", url, params=query, decode=decode)
+
+        return walk_pages(
+            fetch,
+            base_url=self.base_url,
+            path=CALL_LOGS_PATH,
+            params=params,
+            windows=windows,
+            max_concurrency=max_concurrency,
+            threaded=threaded,
+            log=self.log,
+            most_rows=most_rows,
+        )
 
     # ------------------------------------------------------------------ rerun
 
@@ -649,18 +655,6 @@ def _batch_error(
     ordered = [payload["call_id"] for payload, _ in batch if payload["call_id"] in failures]
     messages = {cid: describe(failures[cid]) for cid in ordered}
     return CekuraObserveBatchError(messages, ids, errors={cid: failures[cid] for cid in ordered})
-
-
-def _before(call_log: Mapping[str, Any], end: datetime) -> bool:
-    """Half-open window check on the call log's timestamp (kept when it has none or it does not parse)."""
-    stamp = call_log.get("timestamp")
-    if not isinstance(stamp, str):
-        return True
-    try:
-        when = parse_timestamp(stamp)
-    except CekuraValidationError:
-        return True
-    return when is None or when < end
 
 
 __all__ = ["CekuraHook"]

@@ -67,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--evaluation-delay", type=float, default=2.0, help="seconds a call log stays evaluating")
     parser.add_argument("--evaluation-failure-rate", type=float, default=0.0, help="share of failed evaluations")
-    parser.add_argument("--page-size-cap", type=int, default=100, help="largest page served")
+    parser.add_argument(
+        "--max-page-size", "--page-size-cap", dest="page_size_cap", type=int, default=100, help="largest page served"
+    )
+    parser.add_argument(
+        "--latency-ms", type=float, default=0.0, help="milliseconds every request waits before its answer (e.g. 150)"
+    )
     parser.add_argument("--state-file", help="load call logs from this JSON file at start, save them at exit")
     parser.add_argument("--port-file", help="write the bound port to this file once listening")
     parser.add_argument(
@@ -85,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-requests", action="store_true", help="print one line per request (method, path, status)")
     args = parser.parse_args(argv)
+    if args.latency_ms < 0 or args.page_size_cap < 1:
+        parser.error("--latency-ms must be >= 0 and --max-page-size >= 1")
     emulator = CekuraEmulator(
         api_key=args.api_key,
         evaluation_delay=args.evaluation_delay,
@@ -93,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         request_log=sys.stdout if args.log_requests else None,
+        latency=args.latency_ms / 1000,
     )
     for kind, options in args.fault:
         try:

@@ -38,6 +38,8 @@ class EmulatorProcess:
     :param faults: faults injected for the whole run, as ``--fault`` specs
         (``"latency:method=POST,path=/observe/,delay=0.5"``).
     :param log_requests: the child prints one line per request (method, path, status) to ``stdout``.
+    :param latency_ms: milliseconds every request waits before its answer (``--latency-ms``).
+    :param max_page_size: the largest page served (``--max-page-size``).
     """
 
     def __init__(
@@ -50,6 +52,8 @@ class EmulatorProcess:
         new_session: bool = False,
         faults: Sequence[str] = (),
         log_requests: bool = False,
+        latency_ms: float = 0.0,
+        max_page_size: int = 100,
     ) -> None:
         self.api_key = api_key
         self.evaluation_delay = evaluation_delay
@@ -58,6 +62,8 @@ class EmulatorProcess:
         self.new_session = new_session
         self.faults = tuple(faults)
         self.log_requests = log_requests
+        self.latency_ms = latency_ms
+        self.max_page_size = max_page_size
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
         self._scratch: Path | None = None
@@ -84,6 +90,7 @@ class EmulatorProcess:
             command += ["--fault", fault]
         if self.log_requests:
             command.append("--log-requests")
+        command += ["--latency-ms", str(self.latency_ms), "--max-page-size", str(self.max_page_size)]
         self.process = subprocess.Popen(
             command,
             env={**os.environ, "CEKURA_EMULATOR_API_KEY": self.api_key},

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura._coerce import IDS_PER_REQUEST, is_template, parse_id, parse_ids, parse_timestamp
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.version_compat import BaseOperator
 
 if TYPE_CHECKING:
@@ -34,8 +35,18 @@ SELECTION_TEMPLATE_FIELDS: tuple[str, ...] = (
     "project_id",
     "call_log_ids",
     "filters_v2",
+    "max_concurrency",
 )
 """Templated selection arguments of both transfers."""
+
+
+def check_concurrency(value: Any) -> int:
+    """``max_concurrency`` as a positive int (a rendered template may be text)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {value!r}")
+    return value
 
 
 templated = is_template
@@ -159,6 +170,10 @@ class CallLogExportOperator(BaseOperator):
     :param include_transcript: also write ``transcript`` and ``transcript_object``.
     :param only_evaluated: skip call logs whose evaluation is still pending.
     :param page_size: call logs per list request; default the connection's ``page_size`` extra.
+    :param max_concurrency: list requests in flight at once (default 8, templated): the pages after a
+        window's first are fetched concurrently, each through the connection's shared rate limiter, and
+        written as they arrive (in any order: the writes are upserts). At most ``max_concurrency`` pages
+        are held in memory. ``1`` fetches one page ahead, as before.
     """
 
     def __init__(
@@ -176,6 +191,7 @@ class CallLogExportOperator(BaseOperator):
         include_transcript: bool = False,
         only_evaluated: bool = False,
         page_size: int | None = None,
+        max_concurrency: int | str = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         from airflow_provider_cekura.transfers._schema import validate_columns
@@ -195,6 +211,9 @@ class CallLogExportOperator(BaseOperator):
         self.include_transcript = include_transcript
         self.only_evaluated = only_evaluated
         self.page_size = page_size
+        if not is_template(max_concurrency):
+            check_concurrency(max_concurrency)
+        self.max_concurrency = max_concurrency
         self._select_ids = call_log_ids is not None
 
     @cached_property
@@ -202,7 +221,9 @@ class CallLogExportOperator(BaseOperator):
         """The Cekura hook (one HTTP session for the whole export)."""
         from airflow_provider_cekura.hooks.cekura import CekuraHook
 
-        return CekuraHook(cekura_conn_id=self.cekura_conn_id)
+        return CekuraHook(
+            cekura_conn_id=self.cekura_conn_id, pool_size=max(10, check_concurrency(self.max_concurrency))
+        )
 
     def close_hook(self) -> None:
         """Close the hook's HTTP session if one was opened."""
@@ -243,19 +264,24 @@ class CallLogExportOperator(BaseOperator):
         return Selection(ids, window, filters)
 
     def pages(self, selection: Selection) -> Iterator[list[dict[str, Any]]]:
-        """The selection's pages of call logs, as the hook lists them (the next page prefetched).
+        """The selection's pages of call logs, as the hook lists them (``max_concurrency`` pages in flight).
 
         :param selection: from :meth:`select`.
         """
         bounds: dict[str, Any] = {}
         if selection.window is not None:
             bounds = {"timestamp_from": selection.window[0], "timestamp_to": selection.window[1]}
+        concurrency = check_concurrency(self.max_concurrency)
         if selection.ids is None:
-            yield from self.hook.iter_call_log_pages(prefetch=True, **bounds, **selection.filters)
+            yield from self.hook.iter_call_log_pages(
+                prefetch=True, max_concurrency=concurrency, **bounds, **selection.filters
+            )
             return
         for start in range(0, len(selection.ids), IDS_PER_REQUEST):
             chunk = selection.ids[start : start + IDS_PER_REQUEST]
-            yield from self.hook.iter_call_log_pages(prefetch=True, call_ids=chunk, **bounds, **selection.filters)
+            yield from self.hook.iter_call_log_pages(
+                prefetch=True, max_concurrency=concurrency, call_ids=chunk, **bounds, **selection.filters
+            )
 
     def page_rows(self, page: list[dict[str, Any]], exported_at: str, with_metrics: bool) -> PageRows:
         """One page as rows of the export schema (see :mod:`._schema`).

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
@@ -128,6 +129,8 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
     :param include_transcript: also write ``transcript`` and ``transcript_object`` (personal data; off by default).
     :param only_evaluated: skip call logs whose evaluation is still pending.
     :param page_size: call logs per list request; default the connection's ``page_size`` extra.
+    :param max_concurrency: list requests in flight at once (default 8, templated); pages are written
+        as they arrive, in any order (see :class:`~airflow_provider_cekura.transfers._selection.CallLogExportOperator`).
     """
 
     template_fields: Sequence[str] = (*SELECTION_TEMPLATE_FIELDS, "path", "conn_id", "metrics_path", "partition")
@@ -157,6 +160,7 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
         include_transcript: bool = False,
         only_evaluated: bool = False,
         page_size: int | None = None,
+        max_concurrency: int | str = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         from airflow_provider_cekura.transfers._files import validate_format
@@ -182,6 +186,7 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
             include_transcript=include_transcript,
             only_evaluated=only_evaluated,
             page_size=page_size,
+            max_concurrency=max_concurrency,
             **kwargs,
         )
         for name, number in (("max_rows_per_file", max_rows_per_file), ("row_group_rows", row_group_rows)):

@@ -9,6 +9,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
+from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
@@ -156,6 +157,8 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
         final and exported).
     :param page_size: call logs per list request (the API may cap it); default the connection's
         ``page_size`` extra (100).
+    :param max_concurrency: list requests in flight at once (default 8, templated); pages are written
+        as they arrive, in any order (see :class:`~airflow_provider_cekura.transfers._selection.CallLogExportOperator`).
     """
 
     template_fields: Sequence[str] = (*SELECTION_TEMPLATE_FIELDS, "sql_conn_id", "table", "metrics_table")
@@ -181,6 +184,7 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
         create_table: bool = True,
         only_evaluated: bool = False,
         page_size: int | None = None,
+        max_concurrency: int | str = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         from airflow_provider_cekura.transfers._sql import validate_table_name
@@ -204,6 +208,7 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
             include_transcript=include_transcript,
             only_evaluated=only_evaluated,
             page_size=page_size,
+            max_concurrency=max_concurrency,
             **kwargs,
         )
         for name, value in (("table", table), ("metrics_table", metrics_table)):

@@ -405,7 +405,7 @@ class CekuraCallLogsEvaluatedTrigger(BaseEventTrigger):
 
             hook = holder["hook"] = CekuraHook(cekura_conn_id=self.cekura_conn_id)
         end = datetime.now(UTC) + FUTURE_SLACK
-        filters = {
+        filters: dict[str, Any] = {
             key: value
             for key, value in (
                 ("agent_id", self.agent_id),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,12 @@ def _iso(value: datetime) -> str:
 def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str) or not value:
         return None
+    return _parse_text_time(value)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _parse_text_time(value: str) -> datetime | None:
+    """Parsed once per distinct text: a list request filters every stored call log by its timestamp."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -46,6 +46,8 @@ class CekuraEmulator:
         metric keys, JSON values where the documented form is JSON text and JSON text where it is a value.
     :param host: interface to bind (loopback by default).
     :param port: port to bind (0 = a free one).
+    :param latency: seconds every request waits before it is answered (a realistic round trip: the
+        real API answers in 100-300 ms); stacks with injected faults; settable later as :attr:`latency`.
     :param request_log: when set, one line per request is written to it once answered:
         ``METHOD path status`` (and ``fault=<kind>`` when one was injected, ``call_ids=<how many>`` for a
         list request by ids); never headers or bodies.
@@ -69,7 +71,11 @@ class CekuraEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         request_log: IO[str] | None = None,
+        latency: float = 0.0,
     ) -> None:
+        if latency < 0:
+            raise ValueError(f"latency must be >= 0, got {latency!r}")
+        self.latency = latency
         self.api_key = api_key
         self.request_log = request_log
         self.evaluation_delay = evaluation_delay

@@ -57,6 +57,8 @@ class _Handler(BaseHTTPRequestHandler):
         entry, fault = emulator.begin_request(method, split.path, query)
         self._entry = entry
         body = self._read_body()
+        if emulator.latency > 0:
+            time.sleep(emulator.latency)
         if emulator.record_requests:
             entry.headers, entry.body = dict(self.headers.items()), self._raw_body
         entry.fault = fault.kind if fault else None

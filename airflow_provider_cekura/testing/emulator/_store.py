@@ -221,7 +221,7 @@ class CallLogStore:
             if ids is not None:  # look the ids up instead of scanning every record (same order: newest id first)
                 candidates = [self._records[i] for i in sorted(ids, reverse=True) if i in self._records]
             else:
-                candidates = [r for _, r in sorted(self._records.items(), reverse=True)]
+                candidates = [self._records[i] for i in sorted(self._records, reverse=True)]
             matching = [r for r in candidates if all(p(r) for p in predicates)]
             return len(matching), [self._list_view(r) for r in matching[first : first + size]]
 
