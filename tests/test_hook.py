@@ -377,7 +377,7 @@ def test_window_days_extra(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> No
     with pytest.raises(CekuraBadRequestError) as info:
         list(CekuraHook().iter_call_logs(timestamp_from=T0, timestamp_to=T0 + timedelta(days=90)))
     assert "timestamp_to" in info.value.errors and "31 days" in str(info.value)
-    assert emulator.count_requests() == 2  # both windows' first pages were in flight at once; no retry of a 400
+    assert emulator.count_requests() in (1, 2)  # at most both windows' first pages (sent at once); no retry of a 400
 
 
 def test_filter_call_ids(hook: CekuraHook, emulator: Any) -> None:
