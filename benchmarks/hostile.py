@@ -48,7 +48,7 @@ def export(rev: str, into: Path) -> Path:
 def probe(case: str, source: Path, bound: float, home: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(source), "AIRFLOW_HOME": home, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "hostile_probe.py"), case, str(bound)],
+        [sys.executable, str(ROOT / "tests" / "support" / "hostile_probe.py"), case, str(bound)],
         capture_output=True,
         text=True,
         env=env,

@@ -1,4 +1,4 @@
-"""Run the reliability scenarios (the same code as tests/test_reliability.py) and write docs/reliability.md.
+"""Run the reliability scenarios (the same code as tests/system/test_reliability.py) and write docs/reliability.md.
 
 Usage: ``make reliability`` (starts the test Postgres), or with ``CEKURA_TEST_POSTGRES_URI`` set::
 
@@ -26,7 +26,7 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 sys.path.insert(0, str(ROOT))
 
 from scripts.readme_sections import docs_link, replace_section  # noqa: E402
-from tests.reliability_scenarios import (  # noqa: E402  (Airflow reads its environment at import)
+from tests.support.reliability_scenarios import (  # noqa: E402  (Airflow reads its environment at import)
     EXTRAS,
     N_CALLS,
     SCENARIOS,
@@ -79,7 +79,7 @@ def render(outcomes: list[Outcome], calls: int) -> str:
         "*outcome* ok means: the API holds exactly the input `call_id`s, the table holds exactly the API's call logs",
         "(all evaluated) and one metric row per metric, and no step raised.",
         "",
-        "What the test suite adds (`tests/test_reliability.py`, `tests/test_secrets.py`):",
+        "What the test suite adds (`tests/system/test_reliability.py`, `tests/system/test_secrets.py`):",
         "",
         "- the mixed scenario also as one real DAG run (observe >> sensor >> export): every task succeeds;",
         "- the observe batch and the export killed with SIGKILL at ~25%, ~50% and ~75% (each rerun killed later),",

@@ -12,4 +12,4 @@ echo "== ruff"; uv run --frozen ruff check . && uv run --frozen ruff format --ch
 echo "== mypy"; uv run --frozen mypy
 echo "== pytest"
 export CEKURA_REQUIRE_POSTGRES=1
-exec bash scripts/with_test_servers.sh uv run --frozen pytest ${PYTEST_ARGS:-}
+exec bash scripts/with_test_servers.sh uv run --frozen pytest -m "" ${PYTEST_ARGS:-tests}

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from _transfer_support import START
 from openapi_core import OpenAPI
 from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest
 from werkzeug.test import EnvironBuilder
@@ -28,6 +27,7 @@ from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.payloads import build_observe_payload
 from airflow_provider_cekura.testing import CekuraEmulator
 from airflow_provider_cekura.testing.emulator import LoggedRequest
+from support.transfer import START
 from tests.conftest import TEST_API_KEY
 from tests.contract.allowances import contract
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _transfer_support import START, sqlite_warehouse
 
 from airflow_provider_cekura.evaluation import (
     EvaluationState,
@@ -29,6 +28,7 @@ from airflow_provider_cekura.evaluation import (
 from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.testing import CekuraEmulator
 from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+from support.transfer import START, sqlite_warehouse
 from tests.conftest import TEST_API_KEY
 
 STYLES = ("documented", "loose")

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tests.secrets_sweep import files_under, leaks, postgres_tables
+from support.secrets_sweep import files_under, leaks, postgres_tables
 
 from .deployment import DEPLOY_API_KEY, CeleryDeployment
 
