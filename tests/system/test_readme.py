@@ -77,12 +77,16 @@ def test_project_urls_are_the_ones_the_readme_uses() -> None:
 
 
 @pytest.mark.parametrize(
-    "heading",
-    ["## The Cekura connection", "### Rate limits", "## Export: `CekuraCallLogsToSqlOperator`", "## Compatibility",
-     "### Reliability", "### Benchmarks", "## Testing your DAGs offline with the emulator"],
+    ("page", "heading"),
+    [("README.md", "## Compatibility"), ("README.md", "### Reliability"), ("README.md", "### Benchmarks"),
+     ("README.md", "## Testing your DAGs offline with the emulator"), ("README.md", "## User guide"),
+     ("README.md", "### What a DAG run can make a worker send"),
+     ("docs/connection.md", "## The Cekura connection"), ("docs/connection.md", "### Rate limits"),
+     ("docs/export.md", "## Export: `CekuraCallLogsToSqlOperator`"), ("docs/export.md", "### Concurrent fetching"),
+     ("docs/events.md", "## `CekuraCallLogsEvaluatedTrigger` (Airflow 3)")],
 )  # fmt: skip
-def test_sections_other_pages_and_scripts_link_to_are_kept(heading: str) -> None:
-    assert f"\n{heading}\n" in README
+def test_sections_other_pages_and_scripts_link_to_are_kept(page: str, heading: str) -> None:
+    assert f"\n{heading}\n" in (ROOT / page).read_text(encoding="utf-8")
 
 
 def test_the_observe_call_is_complete_and_valid() -> None:
