@@ -75,7 +75,7 @@ from contextlib import contextmanager
 
 BETA = 0.8
 """Share of the rate at a throttle the rate restarts at after the pause."""
-TOP_SHARE = 0.9
+TOP_SHARE = 0.95
 """Share of the rate at a throttle taken as the last good rate ``W`` (the limit was just passed)."""
 SEARCH_SHARE = 0.7
 """The same after a throttle met while searching (doubling overshoots further)."""
@@ -100,8 +100,13 @@ MIN_RATE = 1.0
 INITIAL_IN_FLIGHT = 2.0
 """Requests in flight at first; one more per round trip until the first throttle (or 64)."""
 MAX_IN_FLIGHT = 64.0
-CATCH_UP = 0.25
-"""Share of one interval a request woken late may take back from the next (bursts stay under 1.25 requests)."""
+HOLD_INTERVALS = 1.0
+"""After a 429 the connection holds this many intervals at the rate it restarts at, if shorter than ``Retry-After``."""
+STRICT_AFTER = 2
+"""429s, with nothing admitted, for requests sent between the hold's end and ``Retry-After``'s that show a server
+enforcing ``Retry-After`` for every request: the connection then holds the whole ``Retry-After``."""
+CATCH_UP = 0.1
+"""Share of one interval a request woken late may take back from the next (bursts stay under 1.1 requests)."""
 
 
 class TurnUnavailable(Exception):
@@ -125,12 +130,13 @@ class Turn:
         """The server answered with anything but 429 (it counted the request)."""
         self._limiter._on_admitted(self.sent_at)
 
-    def throttled(self, pause: float) -> None:
-        """The server answered 429: every request of the connection waits ``pause`` seconds.
+    def throttled(self, pause: float) -> float:
+        """The server answered 429: every request of the connection waits, at most ``pause`` seconds.
 
-        :param pause: seconds to wait (``Retry-After``, bounded and finite, chosen by the retry policy).
+        :param pause: ``Retry-After`` in seconds, bounded and finite (chosen by the retry policy).
+        :return: the seconds the connection holds (``pause``, or less: see :class:`RateLimiter`).
         """
-        self._limiter._on_throttled(self.sent_at, pause)
+        return self._limiter._on_throttled(self.sent_at, pause)
 
 
 class RateLimiter:
@@ -155,7 +161,8 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self.max_rate = max_rate
-        self._searching = False
+        self._searching = False  # doubling above the first guess, until the next throttle
+        self._guessing = False  # W is still the first guess or below it (no throttle above W yet)
         self._peak, self._peak_at = 0.0, 0.0  # the highest W lately, and when
         self._streak = 0  # throttles in a row met on the way back to W
         self._plateau = 0.0  # seconds the rate stays at W before probing above it
@@ -171,6 +178,11 @@ class RateLimiter:
         self._admitted = 0  # requests sent since _window_start that were admitted
         self._episode_start = float("-inf")  # requests sent before this belong to the last throttle
         self._pending: tuple[float, float, float | None] | None = None  # (sent at, pause, rate then)
+        self._hold_end, self._retry_end = float("-inf"), float("-inf")  # the last throttle's hold and Retry-After
+        self._early = [0, 0]  # requests sent between the two: [admitted, throttled]
+        self.strict = False
+        """Whether the server was seen enforcing ``Retry-After`` (the connection then holds all of it)."""
+        self._hold = 0.0  # the connection's hold after the last throttle
         self.throttles = 0
         """429 answers seen (every request, every hook of the connection)."""
 
@@ -256,55 +268,84 @@ class RateLimiter:
             self._rtt = min(self._rtt, self._clock() - sent_at)
             if self._window_start is not None and sent_at >= self._window_start:
                 self._admitted += 1
+            if self._hold_end <= sent_at < self._retry_end:
+                self._early[0] += 1
             if self._window is not None:
                 self._window += 1 / self._window  # about one more per round trip
                 if self._window >= MAX_IN_FLIGHT:
                     self._window = None
                 self._cond.notify_all()
 
-    def _on_throttled(self, sent_at: float, pause: float) -> None:
+    def _on_throttled(self, sent_at: float, pause: float) -> float:
         with self._cond:
             now = self._clock()
             self.throttles += 1
-            self._blocked_until = max(self._blocked_until, now + pause)
-            self._next_slot = max(self._next_slot, self._blocked_until)
+            self._rtt = min(self._rtt, now - sent_at)
+            if self._hold_end <= sent_at < self._retry_end:
+                self._early[1] += 1
+                if self._early[0] == 0 and self._early[1] >= STRICT_AFTER:
+                    self.strict = True  # requests sent before Retry-After are all refused: honour it whole
             if sent_at < self._episode_start or self._pending is not None:
-                return  # sent before the pause began: the same throttle, already accounted for
+                # sent before the pause began: the same throttle, already accounted for
+                self._blocked_until = max(self._blocked_until, now + min(pause, self._hold))
+                self._next_slot = max(self._next_slot, self._blocked_until)
+                return self._blocked_until - now
             self._episode_start = now
-            self._pending = (sent_at, pause, self.rate(sent_at))
+            paced = self.rate(sent_at)
+            self._pending = (sent_at, pause, paced)
+            self._hold = pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
+            self._blocked_until = max(self._blocked_until, now + self._hold)
+            self._next_slot = max(self._next_slot, self._blocked_until)
+            self._hold_end, self._retry_end, self._early = self._blocked_until, now + pause, [0, 0]
+            return self._blocked_until - now
 
-    def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
-        """Set the last good rate and restart the climb, at the end of a pause; called under the lock."""
+    def _restart_rate(self, sent_at: float, pause: float, paced: float | None) -> float:
+        """About the rate the connection restarts at after this throttle (what the hold is measured in)."""
+        if paced is not None and self._last_good is not None:
+            return max(BETA * paced, MIN_RATE)
+        return max(self._first_estimate(sent_at, pause)[1], MIN_RATE)
+
+    def _first_estimate(self, sent_at: float, pause: float) -> tuple[float, float]:
+        """``(W, the rate to restart at)`` at the first throttle, from the requests admitted until then."""
         start = self._window_start if self._window_start is not None else sent_at
         span = max(sent_at - start, 1e-3)
         admitted = self._admitted
+        sent = max(admitted, 1) + 1  # (the throttled request included)
+        round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
+        upper, lower = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
+        top = (upper * lower) ** 0.5
+        return top, max(lower, BETA * top)
+
+    def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
+        """Set the last good rate and restart the climb, at the end of a pause; called under the lock."""
         previous = self._last_good
         if paced is not None and previous is not None:
             # throttled again on the way back to W: the limit fell far, cut deeper each time
-            self._streak = self._streak + 1 if sent_at - self._epoch < RECOVERY else 0
+            # (only below BETA x W: just under W, a jittery arrival or a late reply is as likely)
+            back = sent_at - self._epoch < RECOVERY and paced < BETA * previous
+            self._streak = self._streak + 1 if back else 0
             beta = BETA ** (1 + self._streak)
             floor = beta * paced
-            if self._searching:
-                top, self._plateau = SEARCH_SHARE * paced, 0.0
+            if self._searching and paced > previous:  # doubling above the first guess overshot
+                top, self._plateau = max(SEARCH_SHARE * paced, min(previous, TOP_SHARE * paced)), 0.0
+            elif paced <= previous and self._guessing:  # on the way back to a guess never held: too high
+                top, self._plateau = BETA * paced, 0.0
+                floor = BETA * top
             elif paced <= previous:  # fast convergence: throttled below W, the share shrank; leave room
-                top, self._plateau = paced * (1 + beta) / 2, 0.0
+                top, self._plateau = paced * (1 + BETA) / 2, 0.0
             elif paced <= previous * RAISED:  # above W again, not far: the limit is stable
                 top = (previous + TOP_SHARE * paced) / 2
                 self._plateau = min(2 * self._plateau + PLATEAU_STEP, MAX_PLATEAU)
                 floor = max(floor, BETA * previous)
             else:  # far above W: the limit rose
                 top, self._plateau = TOP_SHARE * paced, 0.0
-            self._searching = False
+            self._searching, self._guessing = False, self._guessing and paced <= previous
         else:  # the first throttle: a bucket of unknown size was emptied
-            sent = max(admitted, 1) + 1  # (the throttled request included)
-            round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
-            upper, floor = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
-            top = (upper * floor) ** 0.5
-            floor = max(floor, BETA * top)
+            top, floor = self._first_estimate(sent_at, pause)
             if paced is not None:  # max_requests_per_second paced it
                 top = min(top, paced)
             self._window = None
-            self._searching = True
+            self._searching = self._guessing = True
         # Never below a share of the highest W of the last PEAK_MEMORY seconds: a server that throttles
         # at random (whatever the rate) is obeyed, not chased down to a crawl.
         now = self._blocked_until
