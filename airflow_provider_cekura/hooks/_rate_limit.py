@@ -1,11 +1,25 @@
 """One adaptive rate limiter per Cekura connection and process, shared by every request of every hook.
 
 A 429 means "slow down", not "this call failed". When a request is throttled,
-:class:`RateLimiter` pauses *every* request of the connection for the pause the
-retry policy chose (the server's ``Retry-After``, bounded), then paces them all
-at a rate that follows a CUBIC curve, like the AWS SDKs' *adaptive* retry mode
-(itself after TCP CUBIC). ``W`` is the *last good rate*; ``t`` counts seconds
-since the pause ended.
+:class:`RateLimiter` *holds* every request of the connection (the throttled one
+included), then paces them all at a rate that follows a CUBIC curve, like the
+AWS SDKs' *adaptive* retry mode (itself after TCP CUBIC). ``W`` is the *last
+good rate*; ``t`` counts seconds since the hold ended.
+
+**The hold and ``Retry-After``.** Servers give ``Retry-After`` in whole seconds
+(at least 1), while a token bucket of R requests/s has a token back in 1/R s:
+holding every request for the whole second costs a second of the allowance per
+429 (most of it, with a small burst). So ``Retry-After`` (bounded by the retry
+policy) is an *upper bound*: the hold is :data:`HOLD_INTERVALS` interval at the
+rate the connection restarts at (``1 / (BETA * r)``: 0.12 s at 10/s), or
+``Retry-After`` when that is shorter. Every request then goes through the pacing
+below, which stays under the rate the server was measured to admit, so the
+server sees fewer requests than before the 429, never a burst. A server that
+*enforces* ``Retry-After`` (refuses every request until it has passed) is
+recognised: when :data:`STRICT_AFTER` requests sent between the hold's end and
+``Retry-After``'s are refused and none admitted, the limiter is ``strict`` for
+good and holds the whole ``Retry-After`` from then on (costing that server at
+most those few early requests, once).
 
 * **Until the first throttle** nothing is paced (``max_requests_per_second``,
   when the connection sets it, paces from the start and is never exceeded,
@@ -15,10 +29,14 @@ since the pause ended.
   of unknown size, is empty. The requests it admitted divided by their sending
   time overstate its rate by that burst (an upper bound ``U``); divided by the
   sending time *plus the pause* they understate it unless the bucket held a
-  whole pause's worth (a lower bound ``L``). The rate climbs from
+  whole ``Retry-After``'s worth (a lower bound ``L``). The rate climbs from
   ``max(L, BETA * W)`` to ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
   every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
-  sets ``W`` to :data:`SEARCH_SHARE` x the rate it came at.
+  sets ``W`` to :data:`TOP_SHARE` x the rate it came at (at least :data:`SEARCH_SHARE` x, at most the
+  guess). A throttle met *below* that first guess (the guess was too high:
+  with a burst of one token, two requests tell little) restarts at ``BETA`` x
+  the rate it came at, with ``W`` there too, until a throttle comes above ``W``:
+  a too-high guess is left in a few short holds.
 * **Every later throttle** comes at a known paced rate ``r``; the rate restarts
   at :data:`BETA` x ``r`` and climbs back to the new ``W`` along a concave
   cubic in :data:`RECOVERY` seconds (fast at first, flat near ``W``):
@@ -33,8 +51,10 @@ since the pause ended.
   - ``r > RAISED * W``: the limit rose; ``W = TOP_SHARE * r`` and no plateau.
 
   A throttle met on the way back (within :data:`RECOVERY` seconds of the
-  pause's end) means the limit fell far: the decrease compounds, ``BETA**2``,
-  ``BETA**3``... of ``r``, so a limit divided by 4 is reached in 3 pauses, not 7.
+  hold's end) below ``BETA * W`` means the limit fell far: the restart rate
+  compounds, ``BETA**2``, ``BETA**3``... of ``r``, so a limit divided by 4 is
+  reached in 3 holds, not 7 (just below ``W``, a jittery arrival is as likely:
+  no compounding).
   Whatever the throttles, the rate stays above :data:`PEAK_SHARE` (1/8) of the
   highest ``W`` of the last :data:`PEAK_MEMORY` seconds: a server that
   throttles at random, whatever the rate, is obeyed, not chased to a crawl.
@@ -44,20 +64,21 @@ since the pause ended.
   +12.5 after 5 s, +100 after 10 s), so a limit that was raised, or a throttle
   caused by someone else, is forgotten within seconds.
 
-Why: a throttle costs a whole ``Retry-After`` of every request of the
-connection (often 1 s, whatever the bucket), so the limit must be met rarely:
-hence the plateau, which lengthens while the limit stays put, and
-:data:`BETA` = 0.8 rather than CUBIC's 0.7 (the pause already costs more than a
-dropped packet does). The rate at a throttle is a little above the limit, more
-so the larger the bucket's burst (which hides an excess for a while), hence
-:data:`TOP_SHARE`. The probe grows in requests per second, not as a share of
+Why: a throttle costs a hold of every request of the connection and a
+request answered 429, so the limit must be met rarely: hence the plateau,
+which lengthens while the limit stays put, and :data:`BETA` = 0.8 rather than
+CUBIC's 0.7 (the hold already costs more than a dropped packet does). The rate
+at a throttle is a little above the limit, more so the larger the bucket's
+burst (which hides an excess for a while), hence :data:`TOP_SHARE` (0.95: with
+a burst of one token, the rate at a throttle is within a few per cent of the
+limit, and every per cent below it is lost for the whole plateau). The probe grows in requests per second, not as a share of
 ``W``: as in TCP, that is what lets several processes spending one key converge
 to fair shares without sharing anything (each cuts its own rate by a share of
 it on its own 429s and grows back by the same amount as the others; the larger
-share gives up more). The pause is never counted as time the server was slow:
+share gives up more). The hold is never counted as time the server was slow:
 rates are measured over the time requests were being sent, by send time (a
 request in flight when another was throttled belongs to the same episode: one
-decrease per episode), and the rate is re-estimated when the pause ends, once
+decrease per episode), and the rate is re-estimated when the hold ends, once
 those have answered.
 
 The limiter only waits in the thread that sends; the trigger runs the sync hook
@@ -296,7 +317,9 @@ class RateLimiter:
             self._hold = pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
             self._blocked_until = max(self._blocked_until, now + self._hold)
             self._next_slot = max(self._next_slot, self._blocked_until)
-            self._hold_end, self._retry_end, self._early = self._blocked_until, now + pause, [0, 0]
+            if sent_at >= self._retry_end:  # (a refusal before the last Retry-After keeps counting)
+                self._early = [0, 0]
+            self._hold_end, self._retry_end = self._blocked_until, max(self._retry_end, now + pause)
             return self._blocked_until - now
 
     def _restart_rate(self, sent_at: float, pause: float, paced: float | None) -> float:
