@@ -34,9 +34,10 @@ most those few early requests, once).
   every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
   sets ``W`` to :data:`TOP_SHARE` x the rate it came at (at least :data:`SEARCH_SHARE` x, at most the
   guess). A throttle met *below* that first guess (the guess was too high:
-  with a burst of one token, two requests tell little) restarts at ``BETA`` x
-  the rate it came at, with ``W`` there too, until a throttle comes above ``W``:
-  a too-high guess is left in a few short holds.
+  with a burst of one token, two requests tell little) sets ``W`` to
+  ``(1 + BETA) / 2`` x the rate it came at and restarts at ``BETA * W`` (no
+  plateau, no compounding), until a throttle comes above ``W``: a too-high
+  guess is left in a few short holds, without falling far below the limit.
 * **Every later throttle** comes at a known paced rate ``r``; the rate restarts
   at :data:`BETA` x ``r`` and climbs back to the new ``W`` along a concave
   cubic in :data:`RECOVERY` seconds (fast at first, flat near ``W``):
@@ -308,13 +309,15 @@ class RateLimiter:
                     self.strict = True  # requests sent before Retry-After are all refused: honour it whole
             if sent_at < self._episode_start or self._pending is not None:
                 # sent before the pause began: the same throttle, already accounted for
-                self._blocked_until = max(self._blocked_until, now + min(pause, self._hold))
+                self._blocked_until = max(self._blocked_until, now + (pause if self.strict else min(pause, self._hold)))
                 self._next_slot = max(self._next_slot, self._blocked_until)
                 return self._blocked_until - now
             self._episode_start = now
             paced = self.rate(sent_at)
             self._pending = (sent_at, pause, paced)
-            self._hold = pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
+            self._hold = (
+                pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
+            )
             self._blocked_until = max(self._blocked_until, now + self._hold)
             self._next_slot = max(self._next_slot, self._blocked_until)
             if sent_at >= self._retry_end:  # (a refusal before the last Retry-After keeps counting)
@@ -352,7 +355,7 @@ class RateLimiter:
             if self._searching and paced > previous:  # doubling above the first guess overshot
                 top, self._plateau = max(SEARCH_SHARE * paced, min(previous, TOP_SHARE * paced)), 0.0
             elif paced <= previous and self._guessing:  # on the way back to a guess never held: too high
-                top, self._plateau = BETA * paced, 0.0
+                top, self._plateau = paced * (1 + BETA) / 2, 0.0
                 floor = BETA * top
             elif paced <= previous:  # fast convergence: throttled below W, the share shrank; leave room
                 top, self._plateau = paced * (1 + BETA) / 2, 0.0
