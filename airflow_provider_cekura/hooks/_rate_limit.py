@@ -329,7 +329,8 @@ class RateLimiter:
         """About the rate the connection restarts at after this throttle (what the hold is measured in)."""
         if paced is not None and self._last_good is not None:
             return max(BETA * paced, MIN_RATE)
-        return max(self._first_estimate(sent_at, pause)[1], MIN_RATE)
+        restart = self._first_estimate(sent_at, pause)[1]
+        return max(restart if self.max_rate is None else min(restart, self.max_rate), MIN_RATE)
 
     def _first_estimate(self, sent_at: float, pause: float) -> tuple[float, float]:
         """``(W, the rate to restart at)`` at the first throttle, from the requests admitted until then."""

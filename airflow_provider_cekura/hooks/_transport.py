@@ -527,7 +527,8 @@ class Transport:
         if pause is None:
             turn.throttled(config.retry_policy.delay(throttles + 1, retry_after))  # the connection still pauses
             self._give_up_throttled(error, throttles + 1, throttled_since if throttles else time.monotonic())
-        hold = turn.throttled(pause)
+        hold = turn.throttled(pause)  # (a limiter of one's own may return None: it held for the pause)
+        hold = pause if hold is None else hold
         self.log.warning("%s; every request of the connection waits %.2fs", error, hold)
         return error
 
