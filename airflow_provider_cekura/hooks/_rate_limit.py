@@ -28,7 +28,7 @@ most those few early requests, once).
 * **The first throttle** comes when the server's bucket, full at the start and
   of unknown size, is empty. The requests it admitted divided by their sending
   time overstate its rate by that burst (an upper bound ``U``); divided by the
-  sending time *plus the pause* they understate it unless the bucket held a
+  sending time *plus ``Retry-After``* they understate it unless the bucket held a
   whole ``Retry-After``'s worth (a lower bound ``L``). The rate climbs from
   ``max(L, BETA * W)`` to ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
   every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
@@ -96,7 +96,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 BETA = 0.8
-"""Share of the rate at a throttle the rate restarts at after the pause."""
+"""Share of the rate at a throttle the rate restarts at after the hold."""
 TOP_SHARE = 0.95
 """Share of the rate at a throttle taken as the last good rate ``W`` (the limit was just passed)."""
 SEARCH_SHARE = 0.7
@@ -162,7 +162,7 @@ class Turn:
 
 
 class RateLimiter:
-    """Shared pause and pacing for the requests of one connection; thread-safe.
+    """Shared hold and pacing for the requests of one connection; thread-safe.
 
     ``with limiter.turn(deadline) as turn:`` send, then ``turn.admitted()`` or
     ``turn.throttled(pause)`` (neither on a transport error).
@@ -191,7 +191,7 @@ class RateLimiter:
         self._rtt = float("inf")
         self._last_good: float | None = None  # W: the rate at the last throttle
         self._floor = 0.0  # the rate the current climb starts at
-        self._epoch = 0.0  # when the current climb started (the end of the last pause)
+        self._epoch = 0.0  # when the current climb started (the end of the last hold)
         self._next_slot = 0.0
         self._blocked_until = float("-inf")
         self._in_flight = 0
@@ -236,7 +236,7 @@ class RateLimiter:
 
     @contextmanager
     def turn(self, deadline: float | None = None) -> Iterator[Turn]:
-        """Wait until a request may be sent (shared pause, then pacing) and hold its in-flight slot.
+        """Wait until a request may be sent (shared hold, then pacing) and hold its in-flight slot.
 
         :param deadline: a ``clock()`` time; :class:`TurnUnavailable` is raised (nothing waited
             beyond it) when the request could not start before it.
@@ -344,7 +344,7 @@ class RateLimiter:
         return top, max(lower, BETA * top)
 
     def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
-        """Set the last good rate and restart the climb, at the end of a pause; called under the lock."""
+        """Set the last good rate and restart the climb, at the end of a hold; called under the lock."""
         previous = self._last_good
         if paced is not None and previous is not None:
             # throttled again on the way back to W: the limit fell far, cut deeper each time
