@@ -1,11 +1,25 @@
 """One adaptive rate limiter per Cekura connection and process, shared by every request of every hook.
 
 A 429 means "slow down", not "this call failed". When a request is throttled,
-:class:`RateLimiter` pauses *every* request of the connection for the pause the
-retry policy chose (the server's ``Retry-After``, bounded), then paces them all
-at a rate that follows a CUBIC curve, like the AWS SDKs' *adaptive* retry mode
-(itself after TCP CUBIC). ``W`` is the *last good rate*; ``t`` counts seconds
-since the pause ended.
+:class:`RateLimiter` *holds* every request of the connection (the throttled one
+included), then paces them all at a rate that follows a CUBIC curve, like the
+AWS SDKs' *adaptive* retry mode (itself after TCP CUBIC). ``W`` is the *last
+good rate*; ``t`` counts seconds since the hold ended.
+
+**The hold and ``Retry-After``.** Servers give ``Retry-After`` in whole seconds
+(at least 1), while a token bucket of R requests/s has a token back in 1/R s:
+holding every request for the whole second costs a second of the allowance per
+429 (most of it, with a small burst). So ``Retry-After`` (bounded by the retry
+policy) is an *upper bound*: the hold is :data:`HOLD_INTERVALS` interval at the
+rate the connection restarts at (``1 / (BETA * r)``: 0.12 s at 10/s), or
+``Retry-After`` when that is shorter. Every request then goes through the pacing
+below, which stays under the rate the server was measured to admit, so the
+server sees fewer requests than before the 429, never a burst. A server that
+*enforces* ``Retry-After`` (refuses every request until it has passed) is
+recognised: when :data:`STRICT_AFTER` requests sent between the hold's end and
+``Retry-After``'s are refused and none admitted, the limiter is ``strict`` for
+good and holds the whole ``Retry-After`` from then on (costing that server at
+most those few early requests, once).
 
 * **Until the first throttle** nothing is paced (``max_requests_per_second``,
   when the connection sets it, paces from the start and is never exceeded,
@@ -14,11 +28,16 @@ since the pause ended.
 * **The first throttle** comes when the server's bucket, full at the start and
   of unknown size, is empty. The requests it admitted divided by their sending
   time overstate its rate by that burst (an upper bound ``U``); divided by the
-  sending time *plus the pause* they understate it unless the bucket held a
-  whole pause's worth (a lower bound ``L``). The rate climbs from
+  sending time *plus ``Retry-After``* they understate it unless the bucket held a
+  whole ``Retry-After``'s worth (a lower bound ``L``). The rate climbs from
   ``max(L, BETA * W)`` to ``W = sqrt(L * U)`` in :data:`RECOVERY` seconds, then *searches*, doubling
   every :data:`SEARCH_DOUBLING` seconds, until the next throttle, which then
-  sets ``W`` to :data:`SEARCH_SHARE` x the rate it came at.
+  sets ``W`` to :data:`TOP_SHARE` x the rate it came at (at least :data:`SEARCH_SHARE` x, at most the
+  guess). A throttle met *below* that first guess (the guess was too high:
+  with a burst of one token, two requests tell little) sets ``W`` to
+  ``(1 + BETA) / 2`` x the rate it came at and restarts at ``BETA * W`` (no
+  plateau, no compounding), until a throttle comes above ``W``: a too-high
+  guess is left in a few short holds, without falling far below the limit.
 * **Every later throttle** comes at a known paced rate ``r``; the rate restarts
   at :data:`BETA` x ``r`` and climbs back to the new ``W`` along a concave
   cubic in :data:`RECOVERY` seconds (fast at first, flat near ``W``):
@@ -33,8 +52,10 @@ since the pause ended.
   - ``r > RAISED * W``: the limit rose; ``W = TOP_SHARE * r`` and no plateau.
 
   A throttle met on the way back (within :data:`RECOVERY` seconds of the
-  pause's end) means the limit fell far: the decrease compounds, ``BETA**2``,
-  ``BETA**3``... of ``r``, so a limit divided by 4 is reached in 3 pauses, not 7.
+  hold's end) below ``BETA * W`` means the limit fell far: the restart rate
+  compounds, ``BETA**2``, ``BETA**3``... of ``r``, so a limit divided by 4 is
+  reached in 3 holds, not 7 (just below ``W``, a jittery arrival is as likely:
+  no compounding).
   Whatever the throttles, the rate stays above :data:`PEAK_SHARE` (1/8) of the
   highest ``W`` of the last :data:`PEAK_MEMORY` seconds: a server that
   throttles at random, whatever the rate, is obeyed, not chased to a crawl.
@@ -44,20 +65,21 @@ since the pause ended.
   +12.5 after 5 s, +100 after 10 s), so a limit that was raised, or a throttle
   caused by someone else, is forgotten within seconds.
 
-Why: a throttle costs a whole ``Retry-After`` of every request of the
-connection (often 1 s, whatever the bucket), so the limit must be met rarely:
-hence the plateau, which lengthens while the limit stays put, and
-:data:`BETA` = 0.8 rather than CUBIC's 0.7 (the pause already costs more than a
-dropped packet does). The rate at a throttle is a little above the limit, more
-so the larger the bucket's burst (which hides an excess for a while), hence
-:data:`TOP_SHARE`. The probe grows in requests per second, not as a share of
+Why: a throttle costs a hold of every request of the connection and a
+request answered 429, so the limit must be met rarely: hence the plateau,
+which lengthens while the limit stays put, and :data:`BETA` = 0.8 rather than
+CUBIC's 0.7 (the hold already costs more than a dropped packet does). The rate
+at a throttle is a little above the limit, more so the larger the bucket's
+burst (which hides an excess for a while), hence :data:`TOP_SHARE` (0.95: with
+a burst of one token, the rate at a throttle is within a few per cent of the
+limit, and every per cent below it is lost for the whole plateau). The probe grows in requests per second, not as a share of
 ``W``: as in TCP, that is what lets several processes spending one key converge
 to fair shares without sharing anything (each cuts its own rate by a share of
 it on its own 429s and grows back by the same amount as the others; the larger
-share gives up more). The pause is never counted as time the server was slow:
+share gives up more). The hold is never counted as time the server was slow:
 rates are measured over the time requests were being sent, by send time (a
 request in flight when another was throttled belongs to the same episode: one
-decrease per episode), and the rate is re-estimated when the pause ends, once
+decrease per episode), and the rate is re-estimated when the hold ends, once
 those have answered.
 
 The limiter only waits in the thread that sends; the trigger runs the sync hook
@@ -74,8 +96,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 BETA = 0.8
-"""Share of the rate at a throttle the rate restarts at after the pause."""
-TOP_SHARE = 0.9
+"""Share of the rate at a throttle the rate restarts at after the hold."""
+TOP_SHARE = 0.95
 """Share of the rate at a throttle taken as the last good rate ``W`` (the limit was just passed)."""
 SEARCH_SHARE = 0.7
 """The same after a throttle met while searching (doubling overshoots further)."""
@@ -100,8 +122,13 @@ MIN_RATE = 1.0
 INITIAL_IN_FLIGHT = 2.0
 """Requests in flight at first; one more per round trip until the first throttle (or 64)."""
 MAX_IN_FLIGHT = 64.0
-CATCH_UP = 0.25
-"""Share of one interval a request woken late may take back from the next (bursts stay under 1.25 requests)."""
+HOLD_INTERVALS = 1.0
+"""After a 429 the connection holds this many intervals at the rate it restarts at, if shorter than ``Retry-After``."""
+STRICT_AFTER = 2
+"""429s, with nothing admitted, for requests sent between the hold's end and ``Retry-After``'s that show a server
+enforcing ``Retry-After`` for every request: the connection then holds the whole ``Retry-After``."""
+CATCH_UP = 0.1
+"""Share of one interval a request woken late may take back from the next (bursts stay under 1.1 requests)."""
 
 
 class TurnUnavailable(Exception):
@@ -125,16 +152,17 @@ class Turn:
         """The server answered with anything but 429 (it counted the request)."""
         self._limiter._on_admitted(self.sent_at)
 
-    def throttled(self, pause: float) -> None:
-        """The server answered 429: every request of the connection waits ``pause`` seconds.
+    def throttled(self, pause: float) -> float:
+        """The server answered 429: every request of the connection waits, at most ``pause`` seconds.
 
-        :param pause: seconds to wait (``Retry-After``, bounded and finite, chosen by the retry policy).
+        :param pause: ``Retry-After`` in seconds, bounded and finite (chosen by the retry policy).
+        :return: the seconds the connection holds (``pause``, or less: see :class:`RateLimiter`).
         """
-        self._limiter._on_throttled(self.sent_at, pause)
+        return self._limiter._on_throttled(self.sent_at, pause)
 
 
 class RateLimiter:
-    """Shared pause and pacing for the requests of one connection; thread-safe.
+    """Shared hold and pacing for the requests of one connection; thread-safe.
 
     ``with limiter.turn(deadline) as turn:`` send, then ``turn.admitted()`` or
     ``turn.throttled(pause)`` (neither on a transport error).
@@ -155,14 +183,15 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self.max_rate = max_rate
-        self._searching = False
+        self._searching = False  # doubling above the first guess, until the next throttle
+        self._guessing = False  # W is still the first guess or below it (no throttle above W yet)
         self._peak, self._peak_at = 0.0, 0.0  # the highest W lately, and when
         self._streak = 0  # throttles in a row met on the way back to W
         self._plateau = 0.0  # seconds the rate stays at W before probing above it
         self._rtt = float("inf")
         self._last_good: float | None = None  # W: the rate at the last throttle
         self._floor = 0.0  # the rate the current climb starts at
-        self._epoch = 0.0  # when the current climb started (the end of the last pause)
+        self._epoch = 0.0  # when the current climb started (the end of the last hold)
         self._next_slot = 0.0
         self._blocked_until = float("-inf")
         self._in_flight = 0
@@ -171,6 +200,11 @@ class RateLimiter:
         self._admitted = 0  # requests sent since _window_start that were admitted
         self._episode_start = float("-inf")  # requests sent before this belong to the last throttle
         self._pending: tuple[float, float, float | None] | None = None  # (sent at, pause, rate then)
+        self._hold_end, self._retry_end = float("-inf"), float("-inf")  # the last throttle's hold and Retry-After
+        self._early = [0, 0]  # requests sent between the two: [admitted, throttled]
+        self.strict = False
+        """Whether the server was seen enforcing ``Retry-After`` (the connection then holds all of it)."""
+        self._hold = 0.0  # the connection's hold after the last throttle
         self.throttles = 0
         """429 answers seen (every request, every hook of the connection)."""
 
@@ -202,7 +236,7 @@ class RateLimiter:
 
     @contextmanager
     def turn(self, deadline: float | None = None) -> Iterator[Turn]:
-        """Wait until a request may be sent (shared pause, then pacing) and hold its in-flight slot.
+        """Wait until a request may be sent (shared hold, then pacing) and hold its in-flight slot.
 
         :param deadline: a ``clock()`` time; :class:`TurnUnavailable` is raised (nothing waited
             beyond it) when the request could not start before it.
@@ -256,55 +290,89 @@ class RateLimiter:
             self._rtt = min(self._rtt, self._clock() - sent_at)
             if self._window_start is not None and sent_at >= self._window_start:
                 self._admitted += 1
+            if self._hold_end <= sent_at < self._retry_end:
+                self._early[0] += 1
             if self._window is not None:
                 self._window += 1 / self._window  # about one more per round trip
                 if self._window >= MAX_IN_FLIGHT:
                     self._window = None
                 self._cond.notify_all()
 
-    def _on_throttled(self, sent_at: float, pause: float) -> None:
+    def _on_throttled(self, sent_at: float, pause: float) -> float:
         with self._cond:
             now = self._clock()
             self.throttles += 1
-            self._blocked_until = max(self._blocked_until, now + pause)
-            self._next_slot = max(self._next_slot, self._blocked_until)
+            self._rtt = min(self._rtt, now - sent_at)
+            if self._hold_end <= sent_at < self._retry_end:
+                self._early[1] += 1
+                if self._early[0] == 0 and self._early[1] >= STRICT_AFTER:
+                    self.strict = True  # requests sent before Retry-After are all refused: honour it whole
             if sent_at < self._episode_start or self._pending is not None:
-                return  # sent before the pause began: the same throttle, already accounted for
+                # sent before the pause began: the same throttle, already accounted for
+                self._blocked_until = max(self._blocked_until, now + (pause if self.strict else min(pause, self._hold)))
+                self._next_slot = max(self._next_slot, self._blocked_until)
+                return self._blocked_until - now
             self._episode_start = now
-            self._pending = (sent_at, pause, self.rate(sent_at))
+            paced = self.rate(sent_at)
+            self._pending = (sent_at, pause, paced)
+            self._hold = (
+                pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
+            )
+            self._blocked_until = max(self._blocked_until, now + self._hold)
+            self._next_slot = max(self._next_slot, self._blocked_until)
+            if sent_at >= self._retry_end:  # (a refusal before the last Retry-After keeps counting)
+                self._early = [0, 0]
+            self._hold_end, self._retry_end = self._blocked_until, max(self._retry_end, now + pause)
+            return self._blocked_until - now
 
-    def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
-        """Set the last good rate and restart the climb, at the end of a pause; called under the lock."""
+    def _restart_rate(self, sent_at: float, pause: float, paced: float | None) -> float:
+        """About the rate the connection restarts at after this throttle (what the hold is measured in)."""
+        if paced is not None and self._last_good is not None:
+            return max(BETA * paced, MIN_RATE)
+        restart = self._first_estimate(sent_at, pause)[1]
+        return max(restart if self.max_rate is None else min(restart, self.max_rate), MIN_RATE)
+
+    def _first_estimate(self, sent_at: float, pause: float) -> tuple[float, float]:
+        """``(W, the rate to restart at)`` at the first throttle, from the requests admitted until then."""
         start = self._window_start if self._window_start is not None else sent_at
         span = max(sent_at - start, 1e-3)
         admitted = self._admitted
+        sent = max(admitted, 1) + 1  # (the throttled request included)
+        round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
+        upper, lower = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
+        top = (upper * lower) ** 0.5
+        return top, max(lower, BETA * top)
+
+    def _estimate(self, sent_at: float, pause: float, paced: float | None) -> None:
+        """Set the last good rate and restart the climb, at the end of a hold; called under the lock."""
         previous = self._last_good
         if paced is not None and previous is not None:
             # throttled again on the way back to W: the limit fell far, cut deeper each time
-            self._streak = self._streak + 1 if sent_at - self._epoch < RECOVERY else 0
+            # (only below BETA x W: just under W, a jittery arrival or a late reply is as likely)
+            back = sent_at - self._epoch < RECOVERY and paced < BETA * previous
+            self._streak = self._streak + 1 if back else 0
             beta = BETA ** (1 + self._streak)
             floor = beta * paced
-            if self._searching:
-                top, self._plateau = SEARCH_SHARE * paced, 0.0
+            if self._searching and paced > previous:  # doubling above the first guess overshot
+                top, self._plateau = max(SEARCH_SHARE * paced, min(previous, TOP_SHARE * paced)), 0.0
+            elif paced <= previous and self._guessing:  # on the way back to a guess never held: too high
+                top, self._plateau = paced * (1 + BETA) / 2, 0.0
+                floor = BETA * top
             elif paced <= previous:  # fast convergence: throttled below W, the share shrank; leave room
-                top, self._plateau = paced * (1 + beta) / 2, 0.0
+                top, self._plateau = paced * (1 + BETA) / 2, 0.0
             elif paced <= previous * RAISED:  # above W again, not far: the limit is stable
                 top = (previous + TOP_SHARE * paced) / 2
                 self._plateau = min(2 * self._plateau + PLATEAU_STEP, MAX_PLATEAU)
                 floor = max(floor, BETA * previous)
             else:  # far above W: the limit rose
                 top, self._plateau = TOP_SHARE * paced, 0.0
-            self._searching = False
+            self._searching, self._guessing = False, self._guessing and paced <= previous
         else:  # the first throttle: a bucket of unknown size was emptied
-            sent = max(admitted, 1) + 1  # (the throttled request included)
-            round_trip = self._rtt if self._rtt < float("inf") else span  # (none answered yet: unknown)
-            upper, floor = sent / max(span, round_trip), max(admitted, 1) / (span + pause)
-            top = (upper * floor) ** 0.5
-            floor = max(floor, BETA * top)
+            top, floor = self._first_estimate(sent_at, pause)
             if paced is not None:  # max_requests_per_second paced it
                 top = min(top, paced)
             self._window = None
-            self._searching = True
+            self._searching = self._guessing = True
         # Never below a share of the highest W of the last PEAK_MEMORY seconds: a server that throttles
         # at random (whatever the rate) is obeyed, not chased down to a crawl.
         now = self._blocked_until

@@ -414,7 +414,7 @@ class Transport:
                 if found is not None:
                     self.log.info("%s %s took effect before it failed; using the existing result", *where)
                     return found
-            try:
+            try:  # after a 429 the limiter holds this request with the others (see _rate_limit on Retry-After)
                 with self.limiter.turn(throttled_since + budget if throttles else None) as turn:
                     outcome = self._exchange(turn, where, url, decode, send, throttles, throttled_since)
             except TurnUnavailable:
@@ -527,8 +527,9 @@ class Transport:
         if pause is None:
             turn.throttled(config.retry_policy.delay(throttles + 1, retry_after))  # the connection still pauses
             self._give_up_throttled(error, throttles + 1, throttled_since if throttles else time.monotonic())
-        turn.throttled(pause)
-        self.log.warning("%s; every request of the connection waits %.2fs", error, pause)
+        hold = turn.throttled(pause)  # (a limiter of one's own may return None: it held for the pause)
+        hold = pause if hold is None else hold
+        self.log.warning("%s; every request of the connection waits %.2fs", error, hold)
         return error
 
     def _lost(self, where: tuple[str, str], kind: str) -> CekuraTransportError:

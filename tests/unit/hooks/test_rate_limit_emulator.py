@@ -20,6 +20,7 @@ import pytest
 from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraRateLimitError
+from airflow_provider_cekura.hooks._rate_limit import STRICT_AFTER
 from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.operators.observe import CekuraObserveOperator
 from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
@@ -171,24 +172,31 @@ def test_5xx_keep_the_attempt_budget(monkeypatch: pytest.MonkeyPatch, emulator: 
 
 
 @pytest.mark.slow
-def test_retry_after_http_date_pauses_every_request(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
+def test_retry_after_http_date_is_honoured_whole_by_a_server_that_enforces_it(
+    monkeypatch: pytest.MonkeyPatch, emulator: Any
+) -> None:
+    """Every POST is refused until a date (``Retry-After`` as an HTTP date): after a few refusals sent before
+    it, the connection holds every request until the date instead of one interval."""
     use_connection(monkeypatch, emulator, retry_after_max=10)
-    resume_at = time.time() + 2
-    emulator.add_fault("429", times=1, method="POST", retry_after=email.utils.formatdate(resume_at, usegmt=True))
+    resume_at = float(int(time.time()) + 2)  # a whole second: the date says it exactly
+    date = email.utils.formatdate(resume_at, usegmt=True)
+    refusal = emulator.add_fault("429", method="POST", retry_after=date)
     emulator.add_fault("latency", delay=0.02)
+    lift = threading.Timer(resume_at - time.time() - 0.05, lambda: setattr(refusal, "times", 0))  # lifted
+    lift.start()
     hook = CekuraHook(pool_size=4)
     batch = calls(24, "date")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda c: hook.observe(c), batch))
-    hook.close()
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            results = list(pool.map(lambda c: hook.observe(c), batch))
+    finally:
+        lift.cancel()
+        hook.close()
     assert len({r["id"] for r in results}) == 24 and emulator.duplicates() == {}
-    log = emulator.requests_snapshot()
-    (throttle,) = [r for r in log if r.status == 429]
-    # The date has whole seconds: the pause lasts until int(resume_at), 1 to 2 s after the 429.
-    pause = int(resume_at) - (time.time() - (time.monotonic() - throttle.at))
-    later = [r for r in log if r.at > throttle.at + 0.1]  # not the requests already on their way
-    assert len(later) >= 24 - 4
-    assert all(r.at >= throttle.at + pause - 0.05 for r in later), "a request was sent during the pause"
+    assert hook.rate_limiter.strict
+    # the first refusals (requests in flight, then STRICT_AFTER sent after a short hold), then none: the
+    # connection waited for the date rather than asking again every interval
+    assert 1 + STRICT_AFTER <= refusal.hits <= 4 + STRICT_AFTER + 4, refusal.hits
 
 
 # ---------------------------------------------------------------- one limiter per connection and process
@@ -208,14 +216,15 @@ def test_one_limiter_per_connection_shared_by_hooks_and_threads(monkeypatch: pyt
     throttled.start()
     while second.rate_limiter.throttles == 0 and throttled.is_alive():
         time.sleep(0.005)
-    # The other hook, from other threads, waits too: no request of the connection during the pause.
+    # The other hook, from other threads, waits too: no request of the connection during the hold (one
+    # interval at the rate it restarts at, at most 50/s here: 20 ms or more, Retry-After being 1 s).
     with ThreadPoolExecutor(max_workers=3) as pool:
         list(pool.map(lambda _: second.get_call_logs([1]), range(6)))
     throttled.join()
     log = emulator.requests_snapshot()
     (throttle,) = [r for r in log if r.status == 429]
     after = [r for r in log if r.at > throttle.at]
-    assert len(after) == 7 and all(r.at >= throttle.at + 0.95 for r in after)
+    assert len(after) == 7 and all(r.at >= throttle.at + 1 / 50 - 0.002 for r in after)
     assert second.rate_limiter.throttles == 1
     # A different connection is not paused by it.
     assert CekuraHook("cekura_other").rate_limiter.throttles == 0
@@ -228,6 +237,7 @@ def test_the_trigger_poller_shares_the_limiter_without_blocking_the_loop(
     now = datetime.now(UTC)
     ids = emulator.seed(3, start=now - timedelta(hours=1), end=now, evaluated=True)
     limiter = CekuraHook().rate_limiter
+    limiter.strict = True  # (a server seen enforcing Retry-After: the connection holds all of it)
     with limiter.turn() as turn:
         turn.throttled(1.0)  # another task of this process was just told to wait 1 s
     paused_at = time.monotonic()
@@ -275,6 +285,7 @@ def test_the_shared_poller_and_a_bulk_observe_share_one_limiter(monkeypatch: pyt
     now = datetime.now(UTC)
     ids = emulator.seed(2, start=now - timedelta(hours=1), end=now, evaluated=False)
     emulator.add_fault("429", times=1, method="POST", retry_after="1")
+    CekuraHook().rate_limiter.strict = True  # (the whole Retry-After, so that the shared hold is easy to see)
     trigger = CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.05, deadline=time.time() + 30)
     events: list[Any] = []
 
