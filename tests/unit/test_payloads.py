@@ -411,9 +411,16 @@ def test_recordings_only_from_allowed_roots(tmp_path: Path) -> None:
     with pytest.raises(CekuraValidationError, match="/proc, /sys or /dev"):
         check_recording(root / "environ", "c-1", everything)
 
-    # a remote ObjectStoragePath is not a local file: not limited by the roots
+
+def test_a_remote_recording_is_not_limited_by_the_roots() -> None:
+    """A remote ObjectStoragePath is not a local file: the roots do not apply to it."""
+    from airflow_provider_cekura.version_compat import ObjectStoragePath
+
     remote = ObjectStoragePath("memory://recordings/r.wav")
-    remote.write_bytes(b"RIFFremote")
+    try:
+        remote.write_bytes(b"RIFFremote")
+    except ValueError as err:  # Airflow 2.11 and 3.0 register no "memory" file system
+        pytest.skip(str(err))
     check_recording(remote, "c-1", ())  # (Airflow's own fs registry has no "memory" scheme to open it by)
 
 
