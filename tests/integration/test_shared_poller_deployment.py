@@ -56,7 +56,7 @@ def test_mapped_deferrable_sensor_shares_one_poll_in_the_triggerer(airflow_deplo
     d.wait_for_dag(DAG_ID, timeout=180)
     d.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
 
-    transcript = [{"role": "Main Agent", "content": "Hello, how can I help?"}]
+    transcript = [{"role": "Main Agent", "content": "Hello, how can I help?", "start_time": 0.0, "end_time": 1.5}]
     ids = [
         int(
             emulator_post(d, "observe/", {"call_id": f"mapped-{n}", "agent": AGENT, "transcript_json": transcript})[
