@@ -188,8 +188,9 @@ def build_observe_payload(call: Mapping[str, Any]) -> dict[str, Any]:
     if agent is None and isinstance(assistant_id, str) and not assistant_id.strip():
         raise _fail("assistant_id", "must be a non-empty string", call_id)
     owner = agent_or_assistant(agent, assistant_id, agent_field="agent", call_id=_call_id(call_id))
-    if "agent" in owner:
-        payload["agent"] = owner["agent"]
+    payload.pop("agent", None)  # a blank other one ("") is "not given": it never reaches the API beside the owner
+    payload.pop("assistant_id", None)
+    payload.update(owner)
 
     transcript_type = payload.get("transcript_type", "cekura")
     if not isinstance(transcript_type, str) or transcript_type not in TRANSCRIPT_TYPES:

@@ -342,6 +342,12 @@ def test_build_observe_payload_never_raises_anything_else(candidate: dict[str, A
     assert set(payload) <= set(OBSERVE_FIELDS)
 
 
+def test_a_blank_assistant_id_beside_an_agent_is_left_out() -> None:
+    """Found by the property test above: ``assistant_id=""`` with an agent sent both fields to the API."""
+    assert "assistant_id" not in build_observe_payload(call(agent=7, assistant_id=""))
+    assert "agent" not in build_observe_payload(call(agent="", assistant_id="asst-1"))
+
+
 def test_call_log_ids_from_the_sensors_result_dict() -> None:
     result = {"1042": {"state": "evaluated"}, "1045": {"state": "failed"}}
     assert parse_call_log_ids(result) == [1042, 1045]
