@@ -55,6 +55,11 @@ MAX_ID = 2**63 - 1
 IDS_PER_REQUEST = 100
 """Ids per request: the API's limit for ``rerun_evaluation`` and the size of one ``call_ids=`` list request."""
 
+DEFAULT_MAX_CONCURRENCY = 8
+"""List requests in flight at once by default (hook walks, both transfers): enough to keep 100-300 ms round
+trips busy, few enough for a plan's limit. Here, not in ``hooks/_pagination``, so that a DAG file importing a
+transfer does not import the page walker (threads, URL handling) at parse time."""
+
 MAX_JSON_DEPTH = 64
 """Deepest nesting of JSON a user may give (``call_log_ids``, ``filters_v2``, ``calls``, ``checks``...)."""
 

@@ -49,6 +49,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
+from airflow_provider_cekura._coerce import DEFAULT_MAX_CONCURRENCY as _DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.evaluation import normalize_call_log
 from airflow_provider_cekura.exceptions import CekuraAPIError, CekuraResponseError, CekuraValidationError
 from airflow_provider_cekura.payloads import parse_timestamp
@@ -58,8 +59,8 @@ Fetch = Callable[[str, "Mapping[str, Any] | None"], Any]
 Window = tuple[datetime, datetime] | None
 """A half-open ``[start, end)`` time window, or ``None`` for a list request without one."""
 
-DEFAULT_MAX_CONCURRENCY = 8
-"""Pages in flight at once by default: enough to keep 100-300 ms round trips busy, few enough for a plan limit."""
+DEFAULT_MAX_CONCURRENCY = _DEFAULT_MAX_CONCURRENCY
+"""Pages in flight at once by default (defined in :mod:`~airflow_provider_cekura._coerce`, which DAG files import anyway)."""
 MAX_EMPTY_PAGES = 3
 """Empty pages in a row that still carry a ``next`` link before the walk gives up."""
 MAX_REWALKS = 3

@@ -18,9 +18,15 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cekura._coerce import IDS_PER_REQUEST, is_template, parse_id, parse_ids, parse_timestamp
+from airflow_provider_cekura._coerce import (
+    DEFAULT_MAX_CONCURRENCY,
+    IDS_PER_REQUEST,
+    is_template,
+    parse_id,
+    parse_ids,
+    parse_timestamp,
+)
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
-from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.version_compat import BaseOperator
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cekura._coerce import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
-from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
