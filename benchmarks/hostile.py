@@ -30,6 +30,7 @@ CASES = (
     "retry_after_huge",
     "gzip_bomb",
     "trickle",
+    "trickle_headers",
     "echo_key_401",
     "redirect_elsewhere",
 )

@@ -6,8 +6,8 @@ before the next attempt, and what a server's ``Retry-After`` is worth (a value t
 non-negative, sane number of seconds is replaced by the policy's own backoff). :class:`Transport` runs the
 loop: a turn from the connection's rate limiter, one exchange, the policy's verdict.
 
-Every exchange is bounded: a total deadline per attempt (connect, headers and the whole body, checked
-between reads, not per byte), a cap on the decoded body (gzip inflation counted as it streams), no
+Every exchange is bounded: a total deadline per attempt (connect, send and headers watched by
+:mod:`._deadline`, the whole body checked between reads, not per byte), a cap on the decoded body (gzip inflation counted as it streams), no
 redirect followed, and every message that could quote the server passes through the key's redaction and
 Airflow's secret masker before it becomes an exception.
 """
@@ -37,6 +37,7 @@ from airflow_provider_cekura.exceptions import (
     CekuraServerError,
     CekuraTransportError,
 )
+from airflow_provider_cekura.hooks._deadline import watch, watched_adapter
 from airflow_provider_cekura.hooks._rate_limit import TurnUnavailable
 
 if TYPE_CHECKING:
@@ -366,15 +367,13 @@ class Transport:
 
     @cached_property
     def session(self) -> requests.Session:
-        from requests.adapters import HTTPAdapter
-
         from airflow_provider_cekura import __version__
 
         session = _session_class()()
         session.auth = ApiKeyAuth(self.config.api_key)
         session.headers["User-Agent"] = f"airflow-provider-cekura/{__version__}"
         session.headers["Accept"] = "application/json"
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(self.pool_size, 1), max_retries=0)
+        adapter = watched_adapter(pool_connections=2, pool_maxsize=max(self.pool_size, 1), max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         return session
@@ -456,10 +455,18 @@ class Transport:
             min(config.read_timeout, config.request_timeout),
         )
         try:
-            # Never follow redirects: a redirect elsewhere would get the key (see KeyPinnedSession).
-            response = self.session.request(method, url, timeout=timeout, allow_redirects=False, stream=True, **send)
+            with watch(deadline) as watched:  # connect, send and headers end at the deadline too
+                # Never follow redirects: a redirect elsewhere would get the key (see KeyPinnedSession).
+                response = self.session.request(
+                    method, url, timeout=timeout, allow_redirects=False, stream=True, **send
+                )  # fmt: skip
         except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as err:
+            if watched.expired:
+                return self._lost(where, self._past_deadline)
             return self._lost(where, "timed out" if isinstance(err, requests.Timeout) else "lost its connection")
+        if watched.expired:  # cut short, the headers may have parsed as something: never trust them
+            response.close()
+            return self._lost(where, self._past_deadline)
         try:
             status = response.status_code
             if 300 <= status < 400:
@@ -493,7 +500,7 @@ class Transport:
         except (_Deadline, ReadTimeoutError, TimeoutError):
             if time.monotonic() < deadline:
                 return self._lost(where, "timed out")
-            return self._lost(where, f"timed out (no whole answer within request_timeout={config.request_timeout:g}s)")
+            return self._lost(where, self._past_deadline)
         except _TooLarge:
             if status >= 400:
                 return None
@@ -508,6 +515,10 @@ class Transport:
             return self._lost(where, "lost its connection")
         response.raw.release_conn()  # read to the end: the connection goes back to the pool
         return body
+
+    @property
+    def _past_deadline(self) -> str:
+        return f"timed out (no whole answer within request_timeout={self.config.request_timeout:g}s)"
 
     def _throttled(
         self,

@@ -1,7 +1,7 @@
 """Hostile HTTP servers on loopback addresses, for tests and the hostile-server measurements.
 
 Each server answers every request with one scripted behaviour (``Retry-After: nan``, a gzip bomb, a body
-trickled a byte a second, a 401 that echoes the key, a redirect elsewhere), counts the requests and keeps
+trickled a byte a second, headers trickled likewise, a 401 that echoes the key, a redirect elsewhere), counts the requests and keeps
 the headers it received. Started and stopped by the caller (a context manager); every handler loop ends
 when the server stops.
 """
@@ -139,6 +139,26 @@ def trickle(seconds: float = 60.0, every: float = 1.0) -> Callable[[Handler], No
                 return
             try:
                 h.wfile.write(bytes([byte]))
+                h.wfile.flush()
+            except OSError:
+                return  # the client gave up
+
+    return respond
+
+
+def trickle_headers(seconds: float = 60.0, every: float = 0.5) -> Callable[[Handler], None]:
+    """Every request: the status line at once, then one header byte every ``every`` s for up to ``seconds``
+    (each byte within any read timeout: only a total deadline ends the wait for the headers)."""
+
+    def respond(h: Handler) -> None:
+        owner = h.server.owner
+        h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        h.wfile.flush()
+        for _ in range(int(seconds / every)):
+            if owner.stopped.wait(every):
+                return
+            try:
+                h.wfile.write(b"X")  # an endless header name: http.client waits for its line
                 h.wfile.flush()
             except OSError:
                 return  # the client gave up

@@ -54,6 +54,9 @@ def run(case: str, bound: float) -> dict[str, Any]:
     elif case == "trickle":
         server = hostile.HostileServer(hostile.trickle(seconds=120))
         extra = {**fast, "read_timeout": 2, "max_attempts": 1}
+    elif case == "trickle_headers":
+        server = hostile.HostileServer(hostile.trickle_headers(seconds=120, every=0.5))
+        extra = {**fast, "read_timeout": 2, "max_attempts": 1}
     elif case == "echo_key_401":
         server = hostile.HostileServer(hostile.echo_key_401())
         extra = fast

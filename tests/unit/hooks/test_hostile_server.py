@@ -151,6 +151,43 @@ def test_request_timeout_defaults_to_connect_plus_read(monkeypatch: pytest.Monke
     assert time.monotonic() - started < 3.0
 
 
+@pytest.mark.slow
+def test_headers_trickled_a_byte_at_a_time_end_at_the_request_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = hostile.HostileServer(hostile.trickle_headers(seconds=60, every=0.3))
+    with server as url:
+        use(monkeypatch, url, read_timeout=1, request_timeout=2, max_attempts=2)
+        started = time.monotonic()
+        with pytest.raises(CekuraTransportError, match=r"request_timeout=2s\) \(attempt 2/2\)"):
+            CekuraHook().get_call_logs([1])
+        elapsed = time.monotonic() - started
+    # each byte came within read_timeout: the watched deadline ended each attempt (was: ~20 s per 60 bytes)
+    assert 4.0 <= elapsed < 7.0, elapsed
+    assert server.count == 2
+
+
+@pytest.mark.slow
+def test_a_kept_alive_connection_is_watched_on_its_next_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    trickle = hostile.trickle_headers(seconds=60, every=0.3)
+    server: hostile.HostileServer
+
+    def first_fine_then_trickle(h: hostile.Handler) -> None:
+        if server.count == 1:
+            h.reply(200, hostile.PAGE)
+        else:
+            trickle(h)
+
+    server = hostile.HostileServer(first_fine_then_trickle)
+    with server as url:
+        use(monkeypatch, url, read_timeout=1, request_timeout=1.5, max_attempts=1)
+        hook = CekuraHook()
+        assert hook.get_call_logs([1]) == []
+        started = time.monotonic()
+        with pytest.raises(CekuraTransportError, match=r"request_timeout=1\.5s"):
+            hook.get_call_logs([2])
+        assert time.monotonic() - started < 4.0
+    assert server.count == 2
+
+
 # ---------------------------------------------------------------- (4) an error body that echoes the key
 
 
