@@ -326,6 +326,8 @@ CALLS = st.builds(
     max_examples=300,
     deadline=None,
     database=None,
+    derandomize=bool(os.environ.get("CI")),  # CI runs the same examples each time; a local run explores new ones
+    print_blob=True,  # a failure prints how to replay it
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(CALLS)
