@@ -224,9 +224,7 @@ def _failing_gate(gate_data: GateData) -> tuple[CekuraEvaluationCheckError, Task
     return info.value, ti
 
 
-def test_every_failed_check_is_named_with_its_measured_value_in_one_message(
-    emulator: Any, gate_data: GateData
-) -> None:
+def test_every_failed_check_is_named_with_its_measured_value_in_one_message(emulator: Any, gate_data: GateData) -> None:
     s = gate_data.s
     error, ti = _failing_gate(gate_data)
     message = str(error)
