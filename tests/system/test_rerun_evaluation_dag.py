@@ -1,4 +1,9 @@
-"""CekuraRerunEvaluationOperator in a real DAG run (dag.test())."""
+"""CekuraRerunEvaluationOperator in a real DAG run (dag.test()): what needs the task runner.
+
+Ids from an upstream XCom and from a rendered template, ``agent_id`` from a template, the extra link and a wait
+deferred to the (inline) triggerer. What ``execute`` does on its own (batches of 100, duplicates dropped, the
+polling wait, nothing to rerun, the XComs it pushes) is tested in tests/unit/operators/test_rerun_evaluation.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,6 @@ from typing import Any
 
 from conftest import TEST_API_KEY, errors, run_state  # not tests.conftest: that would import (and run) it twice
 
-from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
 from unit.operators.test_rerun_evaluation import DASHBOARD, RERUN_PATH
 
 DAG_SOURCE = """
@@ -34,18 +38,13 @@ with DAG(
     rerun_all = CekuraRerunEvaluationOperator(
         task_id="rerun_all", call_log_ids=find_ids(), agent_id="{{{{ params.agent }}}}"
     )
-    wait_poll = CekuraRerunEvaluationOperator(
-        task_id="wait_poll", call_log_ids="{ids[0]},{ids[1]},{ids[0]}", agent_id=1,
-        wait_for_evaluation=True, deferrable=False, poll_interval=0.2, timeout=30,
-    )
     wait_deferred = CekuraRerunEvaluationOperator(
         task_id="wait_deferred",
         call_log_ids="{{{{ ti.xcom_pull(task_ids='rerun_all')[-3:] | tojson }}}}",
         assistant_id="asst-1",
         wait_for_evaluation=True, deferrable=True, poll_interval=0.3, timeout=60,
     )
-    nothing = CekuraRerunEvaluationOperator(task_id="nothing", call_log_ids=[], agent_id=1)
-    rerun_all >> wait_poll >> wait_deferred >> nothing
+    rerun_all >> wait_deferred
 """
 
 
@@ -66,23 +65,17 @@ def test_rerun_operator_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, ca
 
     # 250 ids from an upstream XCom, agent_id from a template: three POSTs (100 + 100 + 50)
     assert ret("rerun_all") == ids
-    # a comma string (duplicates dropped), waiting by polling
-    assert ret("wait_poll") == ids[:2]
     # a JSON list rendered from an XCom, assistant_id, waiting in the (inline) triggerer
     assert ret("wait_deferred") == ids[-3:]
     assert "deferring to the triggerer" in logs and "running trigger in line" in logs
-    assert ret("nothing") == []
-    assert emulator.count_requests("POST", RERUN_PATH) == 3 + 1 + 1
-    assert emulator.count_requests("POST") == 5
+    assert emulator.count_requests("POST", RERUN_PATH) == 3 + 1
+    assert emulator.count_requests("POST") == 4
 
     # every waited-for call log is evaluated again (round 1) after the wait
     by_id = {c["id"]: c for c in emulator.call_logs()}
-    assert all(by_id[i]["status"] != "evaluating" for i in ids[:2] + ids[-3:])
+    assert all(by_id[i]["status"] != "evaluating" for i in ids[-3:])
 
-    # ids and dashboard link pushed; no key anywhere
-    assert xcoms[("rerun_all", -1, "call_log_ids")] == ids
-    assert xcoms[("rerun_all", -1, CALL_LOG_URL_XCOM_KEY)] == f"{DASHBOARD}{ids[0]}"
+    # the extra link (computed at the end of the try) shows the dashboard URL; no key anywhere
     assert xcoms[("wait_deferred", -1, "_link_CekuraCallLogLink")] == f"{DASHBOARD}{ids[-3]}"
-    assert ("nothing", -1, CALL_LOG_URL_XCOM_KEY) not in xcoms
     assert TEST_API_KEY not in logs
     assert TEST_API_KEY not in json.dumps({str(k): v for k, v in xcoms.items()}, default=str)

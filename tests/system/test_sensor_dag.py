@@ -1,4 +1,8 @@
-"""CekuraCallLogSensor in a real DAG run (dag.test()): poke, reschedule and deferrable."""
+"""CekuraCallLogSensor in a real DAG run (dag.test()): reschedule and deferrable mode, templates and mapping.
+
+The poke loop, its timeout, failed evaluations and the check before deferring run on ``execute`` in
+tests/unit/sensors/test_call_log.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from typing import Any
 
 from conftest import TEST_API_KEY, key_leaks, run_state  # not tests.conftest: that would import (and run) it twice
 
-from unit.sensors.test_call_log import LIST_PATH, METRIC_NAMES, polls_of, seed
+from unit.sensors.test_call_log import LIST_PATH, assert_summary, polls_of, seed
 
 DAG_SOURCE = """
 import pendulum
@@ -17,7 +21,7 @@ from airflow.providers.common.compat.sdk import DAG, task
 from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
 
-A, B, C, D = {ids!r}
+B, C, D = {ids!r}
 
 
 @task
@@ -34,22 +38,20 @@ with DAG(
     max_active_tasks=1,
     default_args={{"poke_interval": 0.5, "timeout": 60}},
 ) as dag:
-    poke = CekuraCallLogSensor(task_id="poke", call_log_ids=A, mode="poke")
     reschedule = CekuraCallLogSensor(task_id="reschedule", call_log_ids=[B], mode="reschedule")
     deferred = CekuraCallLogSensor(task_id="deferred", call_log_ids=[C, D], deferrable=True)
 
     @task
     def ids():
-        return [A, B]
+        return [B, C]
 
     templated = CekuraCallLogSensor(
         task_id="templated", call_log_ids="{{{{ ti.xcom_pull(task_ids='ids') }}}}", deferrable=False
     )
-    mapped = CekuraCallLogSensor.partial(task_id="mapped", deferrable=False).expand(call_log_ids=[[A], [B, C]])
+    mapped = CekuraCallLogSensor.partial(task_id="mapped", deferrable=False).expand(call_log_ids=[[B], [C, D]])
 
     (
-        rerun.override(task_id="rerun_a")([A]) >> poke
-        >> rerun.override(task_id="rerun_b")([B]) >> reschedule
+        rerun.override(task_id="rerun_b")([B]) >> reschedule
         >> rerun.override(task_id="rerun_cd")([C, D]) >> deferred
         >> ids() >> templated >> mapped
     )
@@ -59,9 +61,9 @@ with DAG(
 def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS
 
-    a, b, c, d = ids = seed(emulator, 4, delay=0)
+    b, c, d = ids = seed(emulator, 3, delay=0)
     # Each rerun task makes its call logs pending "forever"; they are released only once their sensor has
-    # polled them enough (poke: 3 pokes; reschedule: a poke, a reschedule, a poke; deferrable: the check
+    # polled them enough (reschedule: a poke, a reschedule, a poke; deferrable: the check
     # before deferring and a trigger poll). No race with however long the next task takes to start (8 s
     # between tasks were seen on Airflow 3.2 on a loaded machine).
     # Airflow 3.0's dag.test() cannot run the second try of a rescheduled sensor (get_first_reschedule_date
@@ -75,7 +77,6 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
         return any(c["id"] == call_log_id and c["status"] == "evaluating" for c in emulator.call_logs())
 
     stages: list[tuple[str, Any]] = [
-        ("poke", lambda: polls_of(emulator, a) >= 3),
         ("reschedule", (lambda: polls_of(emulator, b) >= 2) if reschedules else (lambda: evaluating(b))),
         ("deferred", lambda: polls_of(emulator, c) >= 2 and polls_of(emulator, d) >= 2),
     ]
@@ -103,18 +104,6 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
     def ret(task_id: str, map_index: int = -1) -> Any:
         return xcoms[(task_id, map_index, "return_value")]
 
-    def assert_summary(result: dict[str, Any], expected: list[int]) -> None:
-        assert set(result) == {str(i) for i in expected}
-        for entry in result.values():
-            assert entry["state"] == "evaluated"
-            assert entry["status"] in ("success", "failure")
-            assert isinstance(entry["success"], bool)
-            assert [m["name"] for m in entry["metrics"]] == METRIC_NAMES
-
-    # poke mode: one worker slot, several pokes 0.5 s apart while evaluating
-    assert_summary(ret("poke"), [a])
-    assert polls_of(emulator, a) >= 3
-
     # reschedule mode: the task went through up_for_reschedule between pokes (the same log line on every
     # Airflow line; TaskReschedule rows are not a witness: dag.test on 3.0/3.1 deletes them on the next try)
     assert_summary(ret("reschedule"), [b])
@@ -127,10 +116,10 @@ def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, capl
     assert "deferring to the triggerer" in logs and "running trigger in line" in logs
     assert polls_of(emulator, c) >= 2
 
-    # the rendered XCom text "[a, b]" and dynamic task mapping
-    assert_summary(ret("templated"), [a, b])
-    assert_summary(ret("mapped", 0), [a])
-    assert_summary(ret("mapped", 1), [b, c])
+    # the rendered XCom text "[b, c]" and dynamic task mapping
+    assert_summary(ret("templated"), [b, c])
+    assert_summary(ret("mapped", 0), [b])
+    assert_summary(ret("mapped", 1), [c, d])
 
     # one list request per poll however many ids it covers; no key anywhere
     assert emulator.count_requests("GET") == emulator.count_requests("GET", LIST_PATH)

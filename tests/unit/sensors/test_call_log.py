@@ -1,9 +1,12 @@
-"""CekuraCallLogSensor in poke, reschedule and deferrable mode, in DAG runs against the emulator."""
+"""CekuraCallLogSensor's ``execute`` (poke loop, check before deferring) against the in-process emulator (reschedule
+mode, the resumed deferral, templates and mapping in a DAG run are in tests/system/test_sensor_dag.py)."""
 
 from __future__ import annotations
 
 import json
 import math
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,6 +35,62 @@ def polls_of(emulator: Any, call_log_id: int) -> int:
         for r in emulator.requests_snapshot()
         if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
     )
+
+
+def assert_summary(result: dict[str, Any], expected: list[int]) -> None:
+    """``result`` is the sensor's result dict for exactly ``expected``, every one evaluated."""
+    assert set(result) == {str(i) for i in expected}
+    for entry in result.values():
+        assert entry["state"] == "evaluated"
+        assert entry["status"] in ("success", "failure")
+        assert isinstance(entry["success"], bool)
+        assert [m["name"] for m in entry["metrics"]] == METRIC_NAMES
+
+
+@pytest.fixture
+def release_after_polls(emulator: Any) -> Iterator[Any]:
+    """``release(call_log_id, polls)``: finish every evaluation once ``call_log_id`` was polled ``polls`` times.
+
+    No race with the wall clock: the call logs stay pending however slow the machine is, until then.
+    """
+    done = threading.Event()
+    threads: list[threading.Thread] = []
+
+    def release(call_log_id: int, polls: int) -> None:
+        def wait_then_finish() -> None:
+            while not done.wait(0.02):
+                if polls_of(emulator, call_log_id) >= polls:
+                    emulator.finish_evaluations()
+                    return
+
+        thread = threading.Thread(target=wait_then_finish, daemon=True)
+        thread.start()
+        threads.append(thread)
+
+    yield release
+    done.set()
+    for thread in threads:
+        thread.join()
+
+
+def test_poke_mode_pokes_until_evaluated_and_returns_the_summary(emulator: Any, release_after_polls: Any) -> None:
+    (a,) = seed(emulator, 1, delay=600)
+    emulator.reset_log()
+    release_after_polls(a, 3)
+    result = CekuraCallLogSensor(task_id="poke", call_log_ids=a, mode="poke", poke_interval=0.1, timeout=60).execute(
+        {}  # type: ignore[arg-type]
+    )
+    assert_summary(result, [a])
+    assert polls_of(emulator, a) >= 3
+    # one list request per poll however many ids it covers
+    assert emulator.count_requests("GET") == emulator.count_requests("GET", LIST_PATH)
+
+
+def test_ids_as_the_rendered_text_of_an_xcom_list(emulator: Any) -> None:
+    """What ``"{{ ti.xcom_pull(task_ids='ids') }}"`` renders to: the list's text ``"[a, b]"``."""
+    a, b = seed(emulator, 2, delay=0)
+    result = CekuraCallLogSensor(task_id="templated", call_log_ids=f"[{a}, {b}]").execute({})  # type: ignore[arg-type]
+    assert_summary(result, [a, b])
 
 
 def test_poke_mode_timeout_names_the_pending_ids(emulator: Any) -> None:

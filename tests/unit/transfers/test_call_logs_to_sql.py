@@ -399,3 +399,41 @@ def test_not_a_sql_connection(emulator: Any, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(CekuraError, match="not a DbApiHook"):
         op.execute({})  # type: ignore[arg-type]
     assert emulator.count_requests() == 0
+
+
+def test_the_data_interval_is_the_window_and_is_logged(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``execute`` with the context a run on ``DeltaDataIntervalTimetable(timedelta(hours=1))`` gives at 05:00."""
+    wh = sqlite_warehouse(tmp_path / "w.db", monkeypatch)
+    emulator.seed(48, start=START, end=START + timedelta(hours=8))
+    start, end = START + timedelta(hours=4), START + timedelta(hours=5)
+    op = CekuraCallLogsToSqlOperator(
+        task_id="export", sql_conn_id=wh.conn_id, table="call_logs", metrics_table="call_metrics"
+    )
+    written = op.execute({"data_interval_start": start, "data_interval_end": end})  # type: ignore[arg-type]
+    expected = api_call_logs(emulator, start, end)
+    assert written == len(expected) == 6
+    assert wh.ids() == set(expected)
+    assert wh.count("call_metrics") == 18
+    out = capfd.readouterr()
+    assert (
+        "Export window [2026-03-01T04:00:00+00:00, 2026-03-01T05:00:00+00:00) (the run's data interval)"
+        in out.out + out.err
+    )
+
+
+def test_an_empty_interval_without_previous_success_fails_before_any_request_or_table(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``execute`` with the context of a cron or delta *trigger* timetable's run: an empty data interval."""
+    wh = sqlite_warehouse(tmp_path / "w.db", monkeypatch)
+    emulator.seed(10, start=START, end=START + timedelta(hours=2))
+    op = CekuraCallLogsToSqlOperator(
+        task_id="export", sql_conn_id=wh.conn_id, table="call_logs", metrics_table="call_metrics"
+    )
+    stamp = START + timedelta(hours=5)
+    with pytest.raises(CekuraError, match="empty data interval"):
+        op.execute({"data_interval_start": stamp, "data_interval_end": stamp})  # type: ignore[arg-type]
+    assert emulator.count_requests("GET", CALL_LOGS) == 0
+    assert wh.query("SELECT name FROM sqlite_master WHERE type = 'table'") == []
