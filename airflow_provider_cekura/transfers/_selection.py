@@ -161,6 +161,10 @@ class PageRows:
 class CallLogExportOperator(BaseOperator):
     """Base of the call log transfers: the selection, the page walk and the rows; subclasses write them.
 
+    It owns the arguments both transfers share (the selection, below): a subclass takes its own
+    arguments, documents them, and passes the rest on as ``**kwargs``, as common.sql's operators do with
+    ``BaseSQLOperator``. ``template_fields`` of a subclass start with :data:`SELECTION_TEMPLATE_FIELDS`.
+
     :param cekura_conn_id: connection id of type ``cekura`` (templated).
     :param timestamp_from: start of the window, inclusive: ISO 8601 text or datetime; default the
         run's ``data_interval_start`` (templated).
@@ -170,16 +174,27 @@ class CallLogExportOperator(BaseOperator):
     :param assistant_id: only call logs of this voice-platform assistant (templated).
     :param project_id: Cekura project (needed with an organisation key); default the connection's
         ``project_id`` extra (templated).
-    :param call_log_ids: export exactly these call logs (templated).
+    :param call_log_ids: export exactly these call logs (ids, a comma string or a JSON list, e.g. an
+        upstream task's output); no time window is applied unless timestamps are given. An empty
+        list exports nothing (templated).
     :param filters_v2: a ``filters_v2`` condition (dict or JSON text) applied by the API (templated).
-    :param columns: call log columns to write (``id`` is always written).
-    :param include_transcript: also write ``transcript`` and ``transcript_object``.
-    :param only_evaluated: skip call logs whose evaluation is still pending.
-    :param page_size: call logs per list request; default the connection's ``page_size`` extra.
+    :param columns: call log columns to write (``id`` is always written); default: ``id, call_id,
+        agent, agent_name, status, success, is_reviewed, timestamp, duration, call_ended_reason,
+        customer_number, error_message, topic, dropoff_point, trace_id, created_at, updated_at,
+        metrics, metadata, exported_at``. Also available: ``transcript``, ``transcript_object``,
+        ``assistant_id``, ``project``, ``transcript_type``, ``voice_recording_url``,
+        ``critical_categories``, ``dynamic_variables``, ``feedback``.
+    :param include_transcript: also write ``transcript`` (text) and ``transcript_object`` (JSON).
+        Transcripts may hold personal data; off by default.
+    :param only_evaluated: skip call logs whose evaluation is still pending (failed evaluations are
+        final and exported).
+    :param page_size: call logs per list request (the API may cap it); default the connection's
+        ``page_size`` extra (100).
     :param max_concurrency: list requests in flight at once (default 8, templated): the pages after a
-        window's first are fetched concurrently, each through the connection's shared rate limiter, and
-        written as they arrive (in any order: the writes are upserts). At most ``max_concurrency`` pages
-        are held in memory. ``1`` fetches one page ahead, as before.
+        window's first (and the requests of ``call_log_ids``, 100 ids each) are fetched concurrently,
+        each through the connection's shared rate limiter, and written as they arrive (in any order: the
+        writes are upserts). At most ``max_concurrency`` pages are held in memory. ``1`` fetches one
+        page ahead, as before.
     """
 
     def __init__(

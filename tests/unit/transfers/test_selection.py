@@ -1,0 +1,61 @@
+"""The transfers' shared base (``transfers/_selection.py``): it owns the selection arguments of both transfers.
+
+The subclasses take only their own arguments and pass the rest on; Airflow's argument handling (``default_args``,
+mapping, unknown arguments) must treat the base's arguments as the operators' own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+import pytest
+
+from airflow_provider_cekura.exceptions import CekuraError
+from airflow_provider_cekura.transfers._selection import SELECTION_TEMPLATE_FIELDS, CallLogExportOperator
+from airflow_provider_cekura.transfers.call_logs_to_object_storage import CekuraCallLogsToObjectStorageOperator
+from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+OWN_ARGUMENTS: dict[type, dict[str, Any]] = {
+    CekuraCallLogsToSqlOperator: {"sql_conn_id": "warehouse", "table": "call_logs"},
+    CekuraCallLogsToObjectStorageOperator: {"path": "file:///tmp/cekura-selection-test/"},
+}
+TRANSFERS = list(OWN_ARGUMENTS)
+
+
+@pytest.mark.parametrize("operator", TRANSFERS, ids=lambda c: c.__name__)
+def test_default_args_reach_the_selection_arguments(operator: type) -> None:
+    from airflow.providers.common.compat.sdk import DAG
+
+    default_args = {"cekura_conn_id": "cekura_eu", "max_concurrency": 3, "page_size": 20, "agent_id": 7}
+    with DAG("selection", schedule=None, start_date=pendulum.datetime(2026, 1, 1), default_args=default_args):
+        op = operator(task_id="export", **OWN_ARGUMENTS[operator])
+        given = operator(task_id="given", cekura_conn_id="cekura_us", **OWN_ARGUMENTS[operator])
+    assert (op.cekura_conn_id, op.max_concurrency, op.page_size, op.agent_id) == ("cekura_eu", 3, 20, 7)
+    assert given.cekura_conn_id == "cekura_us"  # an explicit argument wins over default_args
+
+
+@pytest.mark.parametrize("operator", TRANSFERS, ids=lambda c: c.__name__)
+def test_the_base_checks_its_arguments_for_every_transfer(operator: type) -> None:
+    with pytest.raises(CekuraError, match="max_concurrency"):
+        operator(task_id="export", max_concurrency=0, **OWN_ARGUMENTS[operator])
+    with pytest.raises(CekuraError, match="page_size"):
+        operator(task_id="export", page_size=True, **OWN_ARGUMENTS[operator])
+    with pytest.raises(CekuraError, match="columns"):
+        operator(task_id="export", columns=["id", "no_such_column"], **OWN_ARGUMENTS[operator])
+    with pytest.raises(TypeError, match="timestamp_form"):  # a misspelt selection argument is not swallowed
+        operator(task_id="export", timestamp_form="2026-01-01", **OWN_ARGUMENTS[operator])
+
+
+@pytest.mark.filterwarnings("ignore:Task 'typo' was never mapped")
+@pytest.mark.parametrize("operator", TRANSFERS, ids=lambda c: c.__name__)
+def test_selection_arguments_can_be_mapped_and_are_templated(operator: type) -> None:
+    from airflow.providers.common.compat.sdk import DAG
+
+    with DAG("mapped", schedule=None, start_date=pendulum.datetime(2026, 1, 1)):
+        mapped = operator.partial(task_id="export", **OWN_ARGUMENTS[operator]).expand(call_log_ids=[[1], [2, 3]])
+        with pytest.raises(TypeError, match="call_log_idz"):
+            operator.partial(task_id="typo", **OWN_ARGUMENTS[operator]).expand(call_log_idz=[[1]])
+    assert mapped is not None
+    assert tuple(operator.template_fields[: len(SELECTION_TEMPLATE_FIELDS)]) == SELECTION_TEMPLATE_FIELDS
+    assert issubclass(operator, CallLogExportOperator)
