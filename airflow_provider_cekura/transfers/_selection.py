@@ -285,24 +285,18 @@ class CallLogExportOperator(BaseOperator):
         return Selection(ids, window, filters)
 
     def pages(self, selection: Selection) -> Iterator[list[dict[str, Any]]]:
-        """The selection's pages of call logs, as the hook lists them (``max_concurrency`` pages in flight).
+        """The selection's pages of call logs, as the hook lists them (``max_concurrency`` requests in flight).
 
         :param selection: from :meth:`select`.
         """
         bounds: dict[str, Any] = {}
         if selection.window is not None:
             bounds = {"timestamp_from": selection.window[0], "timestamp_to": selection.window[1]}
-        concurrency = check_concurrency(self.max_concurrency)
-        if selection.ids is None:
-            yield from self.hook.iter_call_log_pages(
-                prefetch=True, max_concurrency=concurrency, **bounds, **selection.filters
-            )
-            return
-        for start in range(0, len(selection.ids), IDS_PER_REQUEST):
-            chunk = selection.ids[start : start + IDS_PER_REQUEST]
-            yield from self.hook.iter_call_log_pages(
-                prefetch=True, max_concurrency=concurrency, call_ids=chunk, **bounds, **selection.filters
-            )
+        if selection.ids is not None:
+            bounds["call_ids"] = selection.ids  # 100 per request, max_concurrency requests at once, in order
+        yield from self.hook.iter_call_log_pages(
+            prefetch=True, max_concurrency=check_concurrency(self.max_concurrency), **bounds, **selection.filters
+        )
 
     def page_rows(self, page: list[dict[str, Any]], exported_at: str, with_metrics: bool) -> PageRows:
         """One page as rows of the export schema (see :mod:`._schema`).
