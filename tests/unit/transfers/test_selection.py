@@ -1,11 +1,14 @@
 """The transfers' shared base (``transfers/_selection.py``): it owns the selection arguments of both transfers.
 
 The subclasses take only their own arguments and pass the rest on; Airflow's argument handling (``default_args``,
-mapping, unknown arguments) must treat the base's arguments as the operators' own.
+mapping, unknown arguments) must treat the base's arguments as the operators' own. The base also walks the
+selection: an export by ids is as concurrent as an export of a window.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -15,6 +18,8 @@ from airflow_provider_cekura.exceptions import CekuraError
 from airflow_provider_cekura.transfers._selection import SELECTION_TEMPLATE_FIELDS, CallLogExportOperator
 from airflow_provider_cekura.transfers.call_logs_to_object_storage import CekuraCallLogsToObjectStorageOperator
 from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+from support.request_log import most_in_flight
+from support.transfer import CALL_LOGS, START, api_call_logs, check_exact, export, sqlite_warehouse
 
 OWN_ARGUMENTS: dict[type, dict[str, Any]] = {
     CekuraCallLogsToSqlOperator: {"sql_conn_id": "warehouse", "table": "call_logs"},
@@ -59,3 +64,26 @@ def test_selection_arguments_can_be_mapped_and_are_templated(operator: type) -> 
     assert mapped is not None
     assert tuple(operator.template_fields[: len(SELECTION_TEMPLATE_FIELDS)]) == SELECTION_TEMPLATE_FIELDS
     assert issubclass(operator, CallLogExportOperator)
+
+
+@pytest.mark.slow
+def test_call_log_ids_are_fetched_max_concurrency_requests_at_once(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export by ids asks 100 ids per list request, ``max_concurrency`` requests open at once (as a window's
+    pages are), and writes exactly those call logs; ``max_concurrency=1`` keeps one request open."""
+    warehouse = sqlite_warehouse(tmp_path / "warehouse.db", monkeypatch)
+    created = emulator.seed(520, start=START, end=START + timedelta(days=60))
+    chosen = created[::-1][:430]
+    emulator.latency = 0.15
+    most = most_in_flight(emulator, lambda: export(warehouse, call_log_ids=chosen, max_concurrency=4), CALL_LOGS)
+    assert warehouse.ids() == set(chosen) and warehouse.count() == 430
+    check_exact(warehouse, {cid: c for cid, c in api_call_logs(emulator).items() if cid in set(chosen)})
+    asked = [len(r.query["call_ids"].split(",")) for r in emulator.requests_snapshot() if r.path == CALL_LOGS]
+    assert sorted(asked, reverse=True) == [100, 100, 100, 100, 30]  # one request per 100 ids (sent in any order)
+    assert 1 < most <= 4  # requests overlapped, never more than max_concurrency (the connection's limiter
+    # starts with fewer in flight and opens up as answers come: it may keep the first round below 4)
+
+    emulator.reset_log()
+    one = most_in_flight(emulator, lambda: export(warehouse, call_log_ids=chosen, max_concurrency=1), CALL_LOGS)
+    assert one == 1 and warehouse.count() == 430
