@@ -46,6 +46,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -53,7 +54,13 @@ from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from airflow_provider_cekura._coerce import DEFAULT_MAX_CONCURRENCY as _DEFAULT_MAX_CONCURRENCY
-from airflow_provider_cekura._coerce import json_or_value, parse_ids, parse_optional_id, require_timestamp
+from airflow_provider_cekura._coerce import (
+    json_or_value,
+    parse_ids,
+    parse_optional_id,
+    positive_int,
+    require_timestamp,
+)
 from airflow_provider_cekura.evaluation import normalize_call_log
 from airflow_provider_cekura.exceptions import CekuraAPIError, CekuraResponseError, CekuraValidationError
 
@@ -143,9 +150,8 @@ class CallLogFilters:
             if not isinstance(query, dict) or not ({"field", "op"} <= set(query) or "conditions" in query):
                 raise CekuraValidationError("filters_v2", "must be {field, op, value} or {operator, conditions: [...]}")
             checked["filters_v2"] = json.dumps(query, separators=(",", ":"))
-        size = self.page_size
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise CekuraValidationError("page_size", f"must be a positive integer, got {size!r}")
+        if self.page_size is not None:
+            positive_int(self.page_size, "page_size")
         if self.timestamp_from is None and self.timestamp_to is not None:
             raise CekuraValidationError("timestamp_from", "is required when timestamp_to is given")
         for name in ("timestamp_from", "timestamp_to"):
@@ -348,8 +354,7 @@ class PageWalker:
         log: Any = None,
         most_rows: int | None = None,
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
+        positive_int(max_concurrency, "max_concurrency")
         self.fetch = fetch
         self.base_url = base_url.rstrip("/")
         self.path = path
@@ -513,9 +518,8 @@ class PageWalker:
                 body, error = self._run(task)
                 yield self._handle(task, body, error)
             return
-        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="cekura-pages")
         in_flight: dict[Future[tuple[Any, CekuraAPIError | None]], _Task] = {}
-        try:
+        with workers(self.max_concurrency, "cekura-pages") as pool:
             while True:
                 self._submit(pool, in_flight)
                 if not in_flight:
@@ -530,10 +534,6 @@ class PageWalker:
                 del body
                 self._submit(pool, in_flight)  # keep fetching while the caller works on this page
                 yield rows
-        finally:
-            for future in in_flight:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(
         self, pool: ThreadPoolExecutor, in_flight: dict[Future[tuple[Any, CekuraAPIError | None]], _Task]
@@ -570,16 +570,14 @@ def walk_chunks(
     :param max_concurrency: chunks walked at once (``1``: one chunk ahead of the caller in a thread).
     :param threaded: ``False`` walks every chunk in the caller's thread, one after the other.
     """
-    if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-        raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
+    positive_int(max_concurrency, "max_concurrency")
     if not threaded:
         for chunk in chunks:
             yield from walk(chunk)
         return
     waiting = iter(chunks)
-    pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="cekura-ids")
     ahead: deque[Future[list[list[dict[str, Any]]]]] = deque()
-    try:
+    with workers(max_concurrency, "cekura-ids") as pool:
         for chunk in islice(waiting, max_concurrency):
             ahead.append(pool.submit(_collect, walk, chunk))
         while ahead:
@@ -588,9 +586,20 @@ def walk_chunks(
                 ahead.append(pool.submit(_collect, walk, chunk))
             yield from pages
             del pages
+
+
+@contextmanager
+def workers(count: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``count`` threads; on leaving (the walk ended, failed or its caller stopped early) the work
+    not started yet is dropped and the threads are joined.
+
+    :param count: threads.
+    :param name: their name's prefix.
+    """
+    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix=name)
+    try:
+        yield pool
     finally:
-        for future in ahead:
-            future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
 
 

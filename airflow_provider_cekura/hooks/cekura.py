@@ -15,6 +15,7 @@ from airflow_provider_cekura._coerce import (
     format_timestamp,
     parse_id,
     parse_ids,
+    positive_int,
     require_timestamp,
 )
 from airflow_provider_cekura.evaluation import normalize_call_log
@@ -315,8 +316,7 @@ class CekuraHook(BaseHook):
         """
         from airflow_provider_cekura.payloads import load_calls, validate_calls
 
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
+        positive_int(max_concurrency, "max_concurrency")
         calls = load_calls(calls)
         has_recording = any(call.get("voice_recording") is not None for call in calls)
         roots = self.recording_roots(recording_roots) if has_recording else ()

@@ -12,6 +12,7 @@ schema (:mod:`._schema`). The subclasses only write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from airflow_provider_cekura._coerce import (
     parse_id,
     parse_ids,
     parse_timestamp,
+    positive_int,
 )
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.version_compat import BaseOperator
@@ -50,9 +52,7 @@ def check_concurrency(value: Any) -> int:
     """``max_concurrency`` as a positive int (a rendered template may be text)."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {value!r}")
-    return value
+    return positive_int(value, "max_concurrency")
 
 
 templated = is_template
@@ -158,6 +158,66 @@ class PageRows:
     """Call logs left out as still evaluating (``only_evaluated``)."""
 
 
+@dataclass
+class ExportProgress:
+    """The counts of one export and its log lines: every page among the first three, then one every
+    ``every`` seconds, and a summary (counts, pages, timings; never row contents)."""
+
+    log: Any
+    """Where the lines go (the operator's ``self.log``)."""
+    verb: str
+    """What happened to a page (``committed``, ``written``)."""
+    every: float = 10.0
+    started: float = field(default_factory=time.monotonic)
+    pages: int = 0
+    rows: int = 0
+    metric_rows: int = 0
+    skipped: int = 0
+    _logged: float = 0.0
+
+    def page(self, rows: int, metric_rows: int, skipped: int) -> None:
+        """Count one page and log it when due.
+
+        :param rows: call log rows written from it.
+        :param metric_rows: metric rows written from it.
+        :param skipped: call logs left out as still evaluating.
+        """
+        self.pages += 1
+        self.rows += rows
+        self.metric_rows += metric_rows
+        self.skipped += skipped
+        now = time.monotonic()
+        if self.pages <= 3 or now - self._logged >= self.every:
+            self._logged = now
+            self.log.info(
+                "Page %d %s: %d call log(s); %d written so far (%d metric rows), %.0f rows/s",
+                self.pages,
+                self.verb,
+                rows,
+                self.rows,
+                self.metric_rows,
+                self.rows / max(now - self.started, 1e-9),
+            )
+
+    def done(self, into: str = "", metrics_into: str | None = None) -> None:
+        """Log the summary.
+
+        :param into: where the call logs went (`` into <table>``), or nothing.
+        :param metrics_into: where the metric rows went; ``None`` when none were asked for.
+        """
+        elapsed = time.monotonic() - self.started
+        self.log.info(
+            "Exported %d call log(s)%s in %d page(s), %.1fs (%.0f rows/s)%s%s",
+            self.rows,
+            into,
+            self.pages,
+            elapsed,
+            self.rows / max(elapsed, 1e-9),
+            f", {self.metric_rows} metric row(s){metrics_into}" if metrics_into is not None else "",
+            f"; {self.skipped} call log(s) skipped as still evaluating" if self.skipped else "",
+        )
+
+
 class CallLogExportOperator(BaseOperator):
     """Base of the call log transfers: the selection, the page walk and the rows; subclasses write them.
 
@@ -219,8 +279,8 @@ class CallLogExportOperator(BaseOperator):
 
         super().__init__(**kwargs)
         self.columns = validate_columns(columns, include_transcript)
-        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
-            raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
+        if page_size is not None:
+            positive_int(page_size, "page_size")
         self.cekura_conn_id = cekura_conn_id
         self.timestamp_from = timestamp_from
         self.timestamp_to = timestamp_to
@@ -353,6 +413,7 @@ __all__ = [
     "IDS_PER_REQUEST",
     "SELECTION_TEMPLATE_FIELDS",
     "CallLogExportOperator",
+    "ExportProgress",
     "PageRows",
     "Selection",
     "resolve_window",

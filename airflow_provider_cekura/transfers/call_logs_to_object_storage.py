@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_cekura._coerce import positive_int
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
+    ExportProgress,
     Selection,
     templated,
 )
@@ -150,9 +151,8 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
 
             kwargs["outlets"] = [Asset(value) for value in paths.values()]
         super().__init__(**kwargs)
-        for name, number in (("max_rows_per_file", max_rows_per_file), ("row_group_rows", row_group_rows)):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise CekuraValidationError(name, f"must be a positive integer, got {number!r}")
+        positive_int(max_rows_per_file, "max_rows_per_file")
+        positive_int(row_group_rows, "row_group_rows")
         self.file_format, self.compression = validate_format(file_format, compression)
         self.path = path
         self.conn_id = conn_id
@@ -281,15 +281,11 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
         return info
 
     def _export(self, writers: list[PartitionWriter], selection: Selection) -> tuple[int, int, set[int]]:
-        started = time.monotonic()
-        last_log = started
-        written = skipped = metric_count = page_count = 0
+        progress = ExportProgress(self.log, "written")
         seen: set[int] = set()
         with_metrics = len(writers) > 1
         for page in self.pages(selection):
-            page_count += 1
             rows = self.page_rows(page, datetime.now(UTC).isoformat(), with_metrics)
-            skipped += rows.skipped
             # A call log repeated across pages (the list moved while it was walked) is written once.
             fresh = [row for row in rows.rows if row[0] not in seen]
             if len(fresh) < len(rows.rows):
@@ -300,32 +296,11 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
             seen.update(row[0] for row in fresh)
             if fresh:
                 writers[0].write(fresh)
-                written += len(fresh)
             if with_metrics and metrics:
                 writers[1].write(metrics)
-                metric_count += len(metrics)
-            now = time.monotonic()
-            if page_count <= 3 or now - last_log >= 10:
-                last_log = now
-                self.log.info(
-                    "Page %d written: %d call log(s); %d so far (%d metric rows), %.0f rows/s",
-                    page_count,
-                    len(fresh),
-                    written,
-                    metric_count,
-                    written / max(now - started, 1e-9),
-                )
-        elapsed = time.monotonic() - started
-        self.log.info(
-            "Exported %d call log(s) in %d page(s), %.1fs (%.0f rows/s)%s%s",
-            written,
-            page_count,
-            elapsed,
-            written / max(elapsed, 1e-9),
-            f", {metric_count} metric row(s)" if with_metrics else "",
-            f"; {skipped} call log(s) skipped as still evaluating" if skipped else "",
-        )
-        return written, metric_count, seen
+            progress.page(len(fresh), len(metrics) if with_metrics else 0, rows.skipped)
+        progress.done(metrics_into="" if with_metrics else None)
+        return progress.rows, progress.metric_rows, seen
 
     # ------------------------------------------------------------------ lineage
 

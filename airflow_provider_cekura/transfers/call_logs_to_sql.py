@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cached_property
@@ -12,6 +11,7 @@ from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraV
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
+    ExportProgress,
     Selection,
     resolve_window,
     templated,
@@ -247,45 +247,19 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
         return writer
 
     def _export(self, writer: PageWriter, selection: Selection) -> int:
-        started = time.monotonic()
-        last_log = started
-        written = skipped = metric_count = page_count = 0
+        progress = ExportProgress(self.log, "committed")
         seen: set[int] = set()
         for page in self.pages(selection):
-            page_count += 1
             exported_at = datetime.now(UTC).isoformat()
             rows = self.page_rows(page, exported_at, writer.metrics is not None)
-            skipped += rows.skipped
             if rows.rows:
                 writer.write_page(rows.rows, rows.metrics)
-                written += len(rows.rows)
-                metric_count += len(rows.metrics)
                 if selection.ids is not None:
                     seen.update(row[0] for row in rows.rows)
-            now = time.monotonic()
-            if page_count <= 3 or now - last_log >= 10:
-                last_log = now
-                self.log.info(
-                    "Page %d committed: %d call log(s); %d written so far (%d metric rows), %.0f rows/s",
-                    page_count,
-                    len(rows.rows),
-                    written,
-                    metric_count,
-                    written / max(now - started, 1e-9),
-                )
-        elapsed = time.monotonic() - started
-        self.log.info(
-            "Exported %d call log(s) into %s in %d page(s), %.1fs (%.0f rows/s)%s%s",
-            written,
-            self.table,
-            page_count,
-            elapsed,
-            written / max(elapsed, 1e-9),
-            f", {metric_count} metric row(s) into {self.metrics_table}" if self.metrics_table else "",
-            f"; {skipped} call log(s) skipped as still evaluating" if skipped else "",
-        )
+            progress.page(len(rows.rows), len(rows.metrics) if rows.rows else 0, rows.skipped)
+        progress.done(f" into {self.table}", f" into {self.metrics_table}" if self.metrics_table else None)
         self.warn_missing(selection, seen)
-        return written
+        return progress.rows
 
     # ------------------------------------------------------------------ lineage
 
