@@ -35,6 +35,14 @@ Exactly the window's call logs
 
 Memory: at most ``max_concurrency`` pages are fetched or held ahead of the caller, plus the page the
 caller is working on.
+
+Lists by ids
+------------
+A list of call log ids is asked for :data:`~airflow_provider_cekura._coerce.IDS_PER_REQUEST` ids per request
+(``call_ids=``). :func:`walk_chunks` walks ``max_concurrency`` chunks at once and hands their pages out in
+the order of the chunks; at most ``max_concurrency`` chunks are fetched or held ahead of the caller.
+
+The filters of a walk are one checked value, :class:`CallLogFilters`.
 """
 
 from __future__ import annotations
