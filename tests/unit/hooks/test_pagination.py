@@ -341,13 +341,9 @@ def test_a_failing_page_ends_the_walk_with_its_error() -> None:
 
 
 def test_call_log_filters_hold_the_checked_values() -> None:
-    filters = CallLogFilters(
-        timestamp_from="2026-03-01T00:00:00Z",
-        agent_id=" 7 ",
-        assistant_id="  asst-1 ",
-        call_ids="3, 1, 3",
-        filters_v2='{"field": "status", "op": "eq", "value": "success"}',
-    )
+    condition = '{"field": "status", "op": "eq", "value": "success"}'
+    given = {"timestamp_from": "2026-03-01T00:00:00Z", "agent_id": " 7 ", "assistant_id": "  asst-1 "}
+    filters = CallLogFilters(**given, call_ids="3, 1, 3", filters_v2=condition)
     assert filters.timestamp_from == T0 and filters.timestamp_to is None
     assert (filters.agent_id, filters.assistant_id, filters.call_ids) == (7, "asst-1", (3, 1))
     assert filters.filters_v2 == '{"field":"status","op":"eq","value":"success"}'
