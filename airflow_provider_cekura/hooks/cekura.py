@@ -514,9 +514,8 @@ class CekuraHook(BaseHook):
         :param prefetch: ``False`` fetches page after page in the caller's thread (no thread, in order).
         :param max_concurrency: requests in flight at once (default 8; ``1`` fetches one page ahead).
         """
-        filters = CallLogFilters(
-            timestamp_from, timestamp_to, agent_id, assistant_id, project_id, call_ids, filters_v2, page_size
-        )
+        given = locals()  # the filter keywords above are the fields of CallLogFilters, by name
+        filters = CallLogFilters(**{name: given[name] for name in CallLogFilters.__dataclass_fields__})
         windows = filters.windows(self._config.window)
         if prefetch and "_transport" not in self.__dict__:
             self._pool_size = max(self._pool_size, max_concurrency if isinstance(max_concurrency, int) else 1)

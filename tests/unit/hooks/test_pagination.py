@@ -366,6 +366,20 @@ def test_call_log_filters_hold_the_checked_values() -> None:
     assert CallLogFilters().id_chunks(100) == [] and CallLogFilters().windows(timedelta(days=1)) == [None]
 
 
+def test_the_iterators_keywords_are_the_filters_fields() -> None:
+    """One list: ``iter_call_log_pages`` builds its filters from its keywords by name, ``iter_call_logs`` and
+    ``walk_pages`` take the arguments of ``iter_call_log_pages`` and ``PageWalker``."""
+    import dataclasses
+    import inspect
+
+    keywords = list(inspect.signature(CekuraHook.iter_call_log_pages).parameters)[1:]
+    assert keywords == [f.name for f in dataclasses.fields(CallLogFilters)] + ["prefetch", "max_concurrency"]
+    assert inspect.signature(CekuraHook.iter_call_logs).parameters == (
+        inspect.signature(CekuraHook.iter_call_log_pages).parameters
+    )
+    assert inspect.signature(walk_pages).parameters == inspect.signature(PageWalker).parameters
+
+
 @pytest.mark.parametrize(
     ("given", "field"),
     [
