@@ -331,7 +331,10 @@ class CallLogExportOperator(BaseOperator):
 
         :param context: the task's Airflow context.
         """
+        from airflow_provider_cekura.hooks._pagination import CallLogFilters
+
         filters = self._filters()
+        CallLogFilters(**filters)  # every filter by the hook's rules, before a table or a file is touched
         ids: list[int] | None = None
         if self._select_ids:
             ids = parse_ids(self.call_log_ids)

@@ -87,3 +87,21 @@ def test_call_log_ids_are_fetched_max_concurrency_requests_at_once(
     emulator.reset_log()
     one = most_in_flight(emulator, lambda: export(warehouse, call_log_ids=chosen, max_concurrency=1), CALL_LOGS)
     assert one == 1 and warehouse.count() == 430
+
+
+@pytest.mark.parametrize(
+    ("filters", "field"),
+    [
+        ({"filters_v2": {"value": 1}}, "filters_v2"),
+        ({"assistant_id": 3}, "assistant_id"),
+        ({"agent_id": "0"}, "agent_id"),
+    ],
+)
+def test_bad_filters_fail_before_the_table_is_created(
+    emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: dict[str, Any], field: str
+) -> None:
+    warehouse = sqlite_warehouse(tmp_path / "warehouse.db", monkeypatch)
+    with pytest.raises(CekuraError, match=field):
+        export(warehouse, timestamp_from="2026-03-01T00:00:00Z", timestamp_to="2026-03-02T00:00:00Z", **filters)
+    assert warehouse.query("SELECT name FROM sqlite_master WHERE type = 'table'") == []
+    assert emulator.count_requests() == 0
