@@ -28,6 +28,9 @@ means is the caller's decision (nothing to do, or an error).
 
 **Durations**: :func:`to_seconds` (seconds as int/float or a ``timedelta``; finite, positive).
 
+**Counts** (page sizes, requests in flight, rows per file): :func:`positive_int` (an ``int`` of at least 1;
+never a bool, a float or text).
+
 **JSON**: :func:`json_or_value` (JSON text parsed, other values kept) and :func:`check_json_depth`; JSON
 nested deeper than :data:`MAX_JSON_DEPTH` is refused with a
 :class:`~airflow_provider_cekura.exceptions.CekuraValidationError`, never a bare ``RecursionError``.
@@ -197,6 +200,18 @@ def agent_or_assistant(
     return {"assistant_id": assistant.strip()}
 
 
+def positive_int(value: Any, field: str) -> int:
+    """A count: an ``int`` of at least 1 (a bool, a float or text is refused).
+
+    :param value: the count as given.
+    :param field: the argument named in the error.
+    :raises CekuraValidationError: when ``value`` is not a positive int.
+    """
+    if _is_bool(value) or not isinstance(value, int) or value < 1:
+        raise CekuraValidationError(field, f"must be a positive integer, got {show(value)}")
+    return value
+
+
 # ---------------------------------------------------------------------------------------------- time
 
 
@@ -342,6 +357,7 @@ __all__ = [
     "parse_ids",
     "parse_optional_id",
     "parse_timestamp",
+    "positive_int",
     "require_timestamp",
     "show",
     "to_seconds",

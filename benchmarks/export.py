@@ -549,6 +549,8 @@ RT_RATE = 20.0
 """The token bucket's requests per second (its burst: one second's worth)."""
 RT_TABLE = "bench_round_trip"
 GOAL_ROUND_TRIP = 5.0
+GOAL_IDS = 4.0
+"""An export by ids, chunks ``max_concurrency`` at a time, against the chunk-after-chunk walk it replaced."""
 GOAL_LIMIT_SHARE = 0.85
 GOAL_THROTTLED = 0.10
 
@@ -651,6 +653,79 @@ def _rt_load_only(day: datetime, sql_conn: str) -> tuple[float, int]:
     started = time.perf_counter()
     operator.execute(minimal_context())
     return time.perf_counter() - started, sum(len(p) for p in pages)
+
+
+def _chunk_after_chunk(operator_class: type) -> type:
+    """The baseline of an export by ids: the transfer as it walked ``call_log_ids`` before, one request of 100
+    ids after the other (each through its own page walk), everything else the same."""
+    from airflow_provider_cekura.transfers._selection import IDS_PER_REQUEST, check_concurrency
+
+    class ChunkAfterChunk(operator_class):
+        def pages(self, selection: Any) -> Any:
+            for start in range(0, len(selection.ids), IDS_PER_REQUEST):
+                chunk = selection.ids[start : start + IDS_PER_REQUEST]
+                yield from self.hook.iter_call_log_pages(
+                    prefetch=True,
+                    max_concurrency=check_concurrency(self.max_concurrency),
+                    call_ids=chunk,
+                    **selection.filters,
+                )
+
+    return ChunkAfterChunk
+
+
+def _rt_ids_export(ids: list[int], baseline: bool) -> float:
+    """The transfer into SQLite by ``call_log_ids`` (``max_concurrency=8``): the chunks concurrently, or
+    (``baseline``) chunk after chunk; fails unless the table holds exactly ``ids``."""
+    _drop(SQLITE_CONN, RT_TABLE)
+    operator_class = _chunk_after_chunk(_transfer_class()) if baseline else _transfer_class()
+    operator = operator_class(
+        task_id="export_ids",
+        cekura_conn_id=RT_CONN,
+        sql_conn_id=SQLITE_CONN,
+        table=RT_TABLE,
+        call_log_ids=ids,
+        page_size=RT_PAGE,
+        max_concurrency=RT_CONCURRENCY,
+    )
+    started = time.perf_counter()
+    operator.execute(minimal_context())
+    elapsed = time.perf_counter() - started
+    _rt_check_table(set(ids))
+    return elapsed
+
+
+def ids_round_trip(section: Section, emulator: RemoteEmulator, ids: list[int], *, repeats: int = 1) -> None:
+    """An export by ``call_log_ids`` at 150 ms per request: chunk after chunk (the walk before) and
+    ``max_concurrency`` chunks at a time, back to back on the same ids, the median of ``repeats`` each."""
+    before, after = [], []
+    for _ in range(repeats):
+        emulator.reset_log()
+        before.append(_rt_ids_export(ids, baseline=True))
+        requests_before = emulator.count_requests("GET")
+        emulator.reset_log()
+        after.append(_rt_ids_export(ids, baseline=False))
+        requests_after = emulator.count_requests("GET")
+    before_s, after_s = median(before), median(after)
+    count = len(ids)
+    section.add(
+        f"150 ms/request: export of {count:,} given `call_log_ids` into SQLite, one request of 100 ids after the "
+        "other (the walk before this change, injected from benchmarks/)",
+        f"{count / before_s:,.0f} rows/s ({before_s:.1f} s, {requests_before} requests)",
+    )
+    section.add(
+        f"150 ms/request: export of {count:,} given `call_log_ids` into SQLite, `max_concurrency={RT_CONCURRENCY}` "
+        "requests of 100 ids at a time, in order",
+        f"{count / after_s:,.0f} rows/s ({after_s:.1f} s, {requests_after} requests)",
+    )
+    section.check(
+        f"150 ms: export by ids, concurrent chunks / chunk after chunk, {count:,} ids",
+        before_s / after_s,
+        GOAL_IDS,
+        higher_is_better=True,
+        fmt=".1f",
+        unit="x",
+    )
 
 
 def _rt_check_table(expected: set[int], sql_conn: str = SQLITE_CONN) -> None:
@@ -775,6 +850,8 @@ def _round_trip(section: Section, smoke: bool) -> None:
                 fmt=".1f",
                 unit="x",
             )
+        # An export by ids: the small even day's call logs, given as ids.
+        ids_round_trip(section, emulator, sorted(seeded[0]), repeats=1 if smoke else 3)
         # A token bucket of 20 requests/s in front of every endpoint, the largest even day.
         count, expected, day = large, seeded[2], _rt_day(2)
         emulator.call("set_rate_limit", rate=RT_RATE)

@@ -35,24 +35,45 @@ Exactly the window's call logs
 
 Memory: at most ``max_concurrency`` pages are fetched or held ahead of the caller, plus the page the
 caller is working on.
+
+Lists by ids
+------------
+A list of call log ids is asked for :data:`~airflow_provider_cekura._coerce.IDS_PER_REQUEST` ids per request
+(``call_ids=``). :func:`walk_chunks` walks ``max_concurrency`` chunks at once and hands their pages out in
+the order of the chunks; at most ``max_concurrency`` chunks are fetched or held ahead of the caller.
+
+The filters of a walk are one checked value, :class:`CallLogFilters`.
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from itertools import islice
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from airflow_provider_cekura._coerce import DEFAULT_MAX_CONCURRENCY as _DEFAULT_MAX_CONCURRENCY
+from airflow_provider_cekura._coerce import (
+    json_or_value,
+    parse_ids,
+    parse_optional_id,
+    positive_int,
+    require_timestamp,
+)
 from airflow_provider_cekura.evaluation import normalize_call_log
 from airflow_provider_cekura.exceptions import CekuraAPIError, CekuraResponseError, CekuraValidationError
-from airflow_provider_cekura.payloads import parse_timestamp
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 Fetch = Callable[[str, "Mapping[str, Any] | None"], Any]
 """``fetch(url, params)``: send one GET (``params`` only on a window's first page) and return the decoded body."""
@@ -78,11 +99,112 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _to_datetime(value: datetime | str, name: str) -> datetime:
-    parsed = parse_timestamp(value, name)
-    if parsed is None:
-        raise CekuraValidationError(name, "must not be empty")
-    return parsed
+def same_arguments(source: Callable[_P, Any]) -> Callable[[Callable[..., _R]], Callable[_P, _R]]:
+    """Give the decorated function ``source``'s arguments (for type checkers and :func:`inspect.signature`),
+    so that a function that only passes its arguments on does not write the list (and its types) again.
+
+    :param source: the function (or class) whose arguments the decorated function takes.
+    """
+
+    def decorate(target: Callable[..., _R]) -> Callable[_P, _R]:
+        signature = inspect.signature(source)
+        returns = inspect.signature(target).return_annotation
+        target.__signature__ = signature.replace(return_annotation=returns)  # type: ignore[attr-defined]
+        return target
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class CallLogFilters:
+    """The filters of one list walk, each checked when built by its rule in :mod:`~airflow_provider_cekura._coerce`.
+
+    Built from what a user gives (the forms below); it holds the checked values (aware datetimes, ints, a
+    tuple of ids, compact JSON text), so a bad value fails here, naming its argument, before any request.
+    What each filter selects is documented on
+    :meth:`CekuraHook.iter_call_log_pages <airflow_provider_cekura.hooks.cekura.CekuraHook.iter_call_log_pages>`.
+    """
+
+    timestamp_from: datetime | str | None = None
+    """A timestamp (:func:`~airflow_provider_cekura._coerce.require_timestamp`: when given, never blank)."""
+    timestamp_to: datetime | str | None = None
+    """A timestamp, only with ``timestamp_from`` (the range is checked by :func:`split_windows`)."""
+    agent_id: int | str | None = None
+    """An id (:func:`~airflow_provider_cekura._coerce.parse_id`)."""
+    assistant_id: str | None = None
+    """Text, stripped; blank is "not given", anything but text is refused."""
+    project_id: int | str | None = None
+    """An id; ``None`` leaves it to the connection's ``project_id`` extra."""
+    call_ids: Any = None
+    """Ids in any form :func:`~airflow_provider_cekura._coerce.parse_ids` reads, not none of them; a tuple once built."""
+    filters_v2: Mapping[str, Any] | str | None = None
+    """``{field, op, value}`` or ``{operator, conditions}``, a dict or JSON text; compact JSON text once built."""
+    page_size: int | None = None
+    """A positive int; ``None`` leaves it to the connection's ``page_size`` extra."""
+
+    def __post_init__(self) -> None:
+        checked: dict[str, Any] = {
+            "agent_id": parse_optional_id(self.agent_id, "agent_id", what="agent id"),
+            "project_id": parse_optional_id(self.project_id, "project_id", what="project id"),
+            "assistant_id": self._assistant(self.assistant_id),
+        }
+        if self.call_ids is not None:
+            ids = tuple(parse_ids(self.call_ids, "call_ids"))
+            if not ids:
+                raise CekuraValidationError("call_ids", "must not be empty")
+            checked["call_ids"] = ids
+        if self.filters_v2 is not None:
+            query = json_or_value(self.filters_v2, "filters_v2")
+            if not isinstance(query, dict) or not ({"field", "op"} <= set(query) or "conditions" in query):
+                raise CekuraValidationError("filters_v2", "must be {field, op, value} or {operator, conditions: [...]}")
+            checked["filters_v2"] = json.dumps(query, separators=(",", ":"))
+        if self.page_size is not None:
+            positive_int(self.page_size, "page_size")
+        if self.timestamp_from is None and self.timestamp_to is not None:
+            raise CekuraValidationError("timestamp_from", "is required when timestamp_to is given")
+        for name in ("timestamp_from", "timestamp_to"):
+            if getattr(self, name) is not None:
+                checked[name] = require_timestamp(getattr(self, name), name)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    @staticmethod
+    def _assistant(value: Any) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):  # the assistant rule of _coerce.agent_or_assistant
+            raise CekuraValidationError("assistant_id", f"must be a string, got {type(value).__name__}")
+        return value.strip()
+
+    def query(self, *, project_id: int | None, page_size: int) -> dict[str, Any]:
+        """The query parameters of a window's first page, without the window and the ids.
+
+        :param project_id: the connection's project, when the filters name none.
+        :param page_size: the connection's page size, when the filters give none.
+        """
+        params: dict[str, Any] = {}
+        for name in ("agent_id", "project_id", "assistant_id", "filters_v2"):
+            if getattr(self, name) is not None:
+                params[name] = getattr(self, name)
+        if self.project_id is None and project_id is not None:
+            params["project_id"] = project_id
+        params["page_size"] = self.page_size if self.page_size is not None else page_size
+        return params
+
+    def windows(self, step: timedelta) -> list[Window]:
+        """The range as windows of at most ``step`` (see :func:`split_windows`).
+
+        :param step: the widest window (the connection's ``window_days``).
+        """
+        return split_windows(self.timestamp_from, self.timestamp_to, step)
+
+    def id_chunks(self, size: int) -> list[tuple[int, ...]]:
+        """The ids in chunks of at most ``size`` (one list request each); ``[]`` without ids.
+
+        :param size: ids per request.
+        """
+        ids: tuple[int, ...] = self.call_ids or ()
+        return [ids[start : start + size] for start in range(0, len(ids), size)]
 
 
 def split_windows(
@@ -103,8 +225,8 @@ def split_windows(
         raise CekuraValidationError("timestamp_from", "is required when timestamp_to is given")
     if step <= timedelta(0):
         raise CekuraValidationError("window_days", f"must be positive, got {step}")
-    start = _to_datetime(timestamp_from, "timestamp_from")
-    end = _to_datetime(timestamp_to, "timestamp_to") if timestamp_to is not None else datetime.now(UTC)
+    start = require_timestamp(timestamp_from, "timestamp_from")
+    end = require_timestamp(timestamp_to, "timestamp_to") if timestamp_to is not None else datetime.now(UTC)
     if end < start:
         raise CekuraValidationError("timestamp_to", f"{iso(end)} is before timestamp_from {iso(start)}")
     windows: list[Window] = []
@@ -240,8 +362,7 @@ class PageWalker:
         log: Any = None,
         most_rows: int | None = None,
     ) -> None:
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
+        positive_int(max_concurrency, "max_concurrency")
         self.fetch = fetch
         self.base_url = base_url.rstrip("/")
         self.path = path
@@ -405,9 +526,8 @@ class PageWalker:
                 body, error = self._run(task)
                 yield self._handle(task, body, error)
             return
-        pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="cekura-pages")
         in_flight: dict[Future[tuple[Any, CekuraAPIError | None]], _Task] = {}
-        try:
+        with workers(self.max_concurrency, "cekura-pages") as pool:
             while True:
                 self._submit(pool, in_flight)
                 if not in_flight:
@@ -422,10 +542,6 @@ class PageWalker:
                 del body
                 self._submit(pool, in_flight)  # keep fetching while the caller works on this page
                 yield rows
-        finally:
-            for future in in_flight:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def _submit(
         self, pool: ThreadPoolExecutor, in_flight: dict[Future[tuple[Any, CekuraAPIError | None]], _Task]
@@ -435,46 +551,75 @@ class PageWalker:
             in_flight[pool.submit(self._run, task)] = task
 
 
-def walk_pages(
-    fetch: Fetch,
+@same_arguments(PageWalker)
+def walk_pages(fetch: Fetch, **options: Any) -> Iterator[list[dict[str, Any]]]:
+    """Pages of call logs over ``windows``: an iterator over a :class:`PageWalker` built with these arguments
+    (see there and this module's docstring)."""
+    return iter(PageWalker(fetch, **options))
+
+
+def walk_chunks(
+    walk: Callable[[tuple[int, ...]], Iterator[list[dict[str, Any]]]],
+    chunks: Sequence[tuple[int, ...]],
     *,
-    base_url: str,
-    path: str,
-    params: Mapping[str, Any],
-    windows: list[Window],
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     threaded: bool = True,
-    log: Any = None,
-    most_rows: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Pages of call logs over ``windows`` (see :class:`PageWalker` and this module's docstring).
+    """The pages of ``walk(chunk)`` for every chunk of ids, chunk after chunk in order.
 
-    :param fetch: ``fetch(url, params)`` returning the decoded body of one GET.
-    :param base_url: the connection's base URL.
-    :param path: the list endpoint's path.
-    :param params: query parameters of a window's first page, without the window.
-    :param windows: the windows to walk.
-    :param max_concurrency: pages in flight at once.
-    :param threaded: ``False`` fetches in the caller's thread, one page at a time.
-    :param log: where warnings go.
-    :param most_rows: the most rows the list can hold (a look-up by ids), whatever ``count`` says.
+    Up to ``max_concurrency`` chunks are walked at once in worker threads (each one's pages one after the
+    other, through the same ``fetch`` and so the same rate limiter); a chunk's pages are handed out once
+    every chunk before it has been. A chunk holds at most :data:`~airflow_provider_cekura._coerce.IDS_PER_REQUEST`
+    call logs (its walk is bounded by its ids), so at most ``max_concurrency`` chunks are fetched or held
+    ahead of the caller. An error ends the walk at its chunk's turn; chunks not started are not sent.
+
+    :param walk: the pages of one chunk's list requests.
+    :param chunks: the chunks of ids, in the order their pages are handed out.
+    :param max_concurrency: chunks walked at once (``1``: one chunk ahead of the caller in a thread).
+    :param threaded: ``False`` walks every chunk in the caller's thread, one after the other.
     """
-    walker = PageWalker(
-        fetch,
-        base_url=base_url,
-        path=path,
-        params=params,
-        windows=windows,
-        max_concurrency=max_concurrency,
-        threaded=threaded,
-        log=log,
-        most_rows=most_rows,
-    )
-    return iter(walker)
+    positive_int(max_concurrency, "max_concurrency")
+    if not threaded:
+        for chunk in chunks:
+            yield from walk(chunk)
+        return
+    waiting = iter(chunks)
+    ahead: deque[Future[list[list[dict[str, Any]]]]] = deque()
+    with workers(max_concurrency, "cekura-ids") as pool:
+        for chunk in islice(waiting, max_concurrency):
+            ahead.append(pool.submit(_collect, walk, chunk))
+        while ahead:
+            pages = ahead.popleft().result()
+            for chunk in islice(waiting, 1):  # keep max_concurrency chunks going while the caller works
+                ahead.append(pool.submit(_collect, walk, chunk))
+            yield from pages
+            del pages
+
+
+@contextmanager
+def workers(count: int, name: str) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``count`` threads; on leaving (the walk ended, failed or its caller stopped early) the work
+    not started yet is dropped and the threads are joined.
+
+    :param count: threads.
+    :param name: their name's prefix.
+    """
+    pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix=name)
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(
+    walk: Callable[[tuple[int, ...]], Iterator[list[dict[str, Any]]]], chunk: tuple[int, ...]
+) -> list[list[dict[str, Any]]]:
+    return list(walk(chunk))
 
 
 __all__ = [
     "DEFAULT_MAX_CONCURRENCY",
+    "CallLogFilters",
     "Fetch",
     "PageWalker",
     "Window",
@@ -482,6 +627,8 @@ __all__ = [
     "follow",
     "iso",
     "page_link",
+    "same_arguments",
     "split_windows",
+    "walk_chunks",
     "walk_pages",
 ]

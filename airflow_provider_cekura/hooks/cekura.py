@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +13,9 @@ from airflow_provider_cekura._coerce import (
     IDS_PER_REQUEST,
     agent_or_assistant,
     format_timestamp,
-    json_or_value,
     parse_id,
     parse_ids,
+    positive_int,
     require_timestamp,
 )
 from airflow_provider_cekura.evaluation import normalize_call_log
@@ -24,7 +23,14 @@ from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraR
 from airflow_provider_cekura.hooks._config import DEFAULT_DASHBOARD_URL as DEFAULT_DASHBOARD_URL  # re-exported
 from airflow_provider_cekura.hooks._config import DEFAULT_HOST as DEFAULT_HOST  # re-exported
 from airflow_provider_cekura.hooks._config import CekuraConnectionConfig
-from airflow_provider_cekura.hooks._pagination import DEFAULT_MAX_CONCURRENCY, Window, split_windows, walk_pages
+from airflow_provider_cekura.hooks._pagination import (
+    DEFAULT_MAX_CONCURRENCY,
+    CallLogFilters,
+    Window,
+    same_arguments,
+    walk_chunks,
+    walk_pages,
+)
 from airflow_provider_cekura.hooks._rate_limit import RateLimiter, shared_limiter
 from airflow_provider_cekura.hooks._transport import Redactor, RetryPolicy, Transport
 from airflow_provider_cekura.payloads import multipart_fields
@@ -310,8 +316,7 @@ class CekuraHook(BaseHook):
         """
         from airflow_provider_cekura.payloads import load_calls, validate_calls
 
-        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
-            raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {max_concurrency!r}")
+        positive_int(max_concurrency, "max_concurrency")
         calls = load_calls(calls)
         has_recording = any(call.get("voice_recording") is not None for call in calls)
         roots = self.recording_roots(recording_roots) if has_recording else ()
@@ -410,12 +415,40 @@ class CekuraHook(BaseHook):
         self, call_log_ids: Any, chunk_size: int, decode: Callable[[bytes], Any] | None = None
     ) -> list[dict[str, Any]]:
         """The call logs of ``call_log_ids``, one list request (``call_ids=``) per chunk of ``chunk_size``."""
+        filters = CallLogFilters(call_ids=parse_ids(call_log_ids) or None, page_size=chunk_size)
         found: list[dict[str, Any]] = []
-        for chunk in _chunks(parse_ids(call_log_ids), min(chunk_size, IDS_PER_REQUEST)):
-            params = self._list_params({"call_ids": chunk, "page_size": len(chunk)})
-            for page in self._walk(params, [None], decode=decode, most_rows=len(chunk)):
-                found.extend(page)
+        for page in self._walk_ids(filters, [None], chunk_size, decode=decode):
+            found.extend(page)
         return found
+
+    def _walk_ids(
+        self,
+        filters: CallLogFilters,
+        windows: list[Window],
+        chunk_size: int = IDS_PER_REQUEST,
+        *,
+        decode: Callable[[bytes], Any] | None = None,
+        max_concurrency: int = 1,
+        threaded: bool = False,
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of the call logs of ``filters.call_ids`` (none without them): one list request per chunk of
+        ``chunk_size`` ids (at most :data:`~airflow_provider_cekura._coerce.IDS_PER_REQUEST`) over ``windows``.
+
+        One chunk fans its pages out like a window's; several are walked ``max_concurrency`` at a time
+        (:func:`~airflow_provider_cekura.hooks._pagination.walk_chunks`), their pages handed out in chunk order.
+        """
+        params = filters.query(project_id=self.project_id, page_size=self._config.page_size)
+        chunks = filters.id_chunks(min(chunk_size, IDS_PER_REQUEST))
+
+        def walk(chunk: tuple[int, ...], concurrency: int = 1, threads: bool = False) -> Iterator[list[dict[str, Any]]]:
+            query = {**params, "call_ids": ",".join(map(str, chunk)), "page_size": min(params["page_size"], len(chunk))}
+            return self._walk(
+                query, windows, decode=decode, max_concurrency=concurrency, threaded=threads, most_rows=len(chunk)
+            )
+
+        if len(chunks) == 1:
+            return walk(chunks[0], max_concurrency, threaded)
+        return walk_chunks(walk, chunks, max_concurrency=max_concurrency, threaded=threaded)
 
     def find_call_log(self, call_id: str) -> dict[str, Any] | None:
         """The call log ingested with the caller's own ``call_id``, or ``None``."""
@@ -440,41 +473,6 @@ class CekuraHook(BaseHook):
                     found[cid] = call_log
         return found
 
-    def _list_params(self, filters: dict[str, Any]) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        known = {"agent_id", "assistant_id", "project_id", "call_ids", "filters_v2", "page_size"}
-        unknown = set(filters) - known
-        if unknown:
-            raise CekuraValidationError(sorted(unknown)[0], f"is not a call log filter (known: {sorted(known)})")
-        for key, what in (("agent_id", "agent id"), ("project_id", "project id")):
-            if filters.get(key) is not None:
-                params[key] = parse_id(filters[key], key, what=what)
-        if filters.get("project_id") is None and self.project_id is not None:
-            params["project_id"] = self.project_id
-        assistant_id = filters.get("assistant_id")
-        if assistant_id is not None and not (isinstance(assistant_id, str) and not assistant_id.strip()):
-            if not isinstance(assistant_id, str):  # the assistant rule of _coerce.agent_or_assistant
-                raise CekuraValidationError("assistant_id", f"must be a string, got {type(assistant_id).__name__}")
-            params["assistant_id"] = assistant_id.strip()
-        if filters.get("call_ids") is not None:
-            ids = parse_ids(filters["call_ids"], "call_ids")
-            if not ids:
-                raise CekuraValidationError("call_ids", "must not be empty")
-            params["call_ids"] = ",".join(str(i) for i in ids)
-        query = filters.get("filters_v2")
-        if query is not None:
-            query = json_or_value(query, "filters_v2")
-            if not isinstance(query, dict) or not ({"field", "op"} <= set(query) or "conditions" in query):
-                raise CekuraValidationError("filters_v2", "must be {field, op, value} or {operator, conditions: [...]}")
-            params["filters_v2"] = json.dumps(query, separators=(",", ":"))
-        page_size = filters.get("page_size")
-        if page_size is None:
-            page_size = self._config.page_size
-        if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
-            raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
-        params["page_size"] = page_size
-        return params
-
     def iter_call_log_pages(
         self,
         *,
@@ -497,9 +495,13 @@ class CekuraHook(BaseHook):
         first are fetched concurrently (``max_concurrency`` in flight, each
         request through the connection's shared rate limiter) and handed out as
         they arrive, so **pages may come out of order**; at most
-        ``max_concurrency`` pages are held ahead of the caller. Every walk is
+        ``max_concurrency`` pages are held ahead of the caller. ``call_ids`` are
+        asked for 100 per request, ``max_concurrency`` requests at a time, and
+        their pages handed out in the order of the ids. Every walk is
         bounded: a list whose ``next`` links never end fails with
-        :class:`~airflow_provider_cekura.exceptions.CekuraResponseError`.
+        :class:`~airflow_provider_cekura.exceptions.CekuraResponseError`. The
+        filters are checked (:class:`~airflow_provider_cekura.hooks._pagination.CallLogFilters`)
+        before any request.
 
         :param timestamp_from: inclusive start (datetime or ISO 8601).
         :param timestamp_to: exclusive end (datetime or ISO 8601); default now when ``timestamp_from`` is given.
@@ -512,60 +514,22 @@ class CekuraHook(BaseHook):
         :param prefetch: ``False`` fetches page after page in the caller's thread (no thread, in order).
         :param max_concurrency: requests in flight at once (default 8; ``1`` fetches one page ahead).
         """
-        chosen = {
-            "agent_id": agent_id,
-            "assistant_id": assistant_id,
-            "project_id": project_id,
-            "call_ids": call_ids,
-            "filters_v2": filters_v2,
-            "page_size": page_size,
-        }
-        params = self._list_params({key: value for key, value in chosen.items() if value is not None})
-        windows = split_windows(timestamp_from, timestamp_to, self._config.window)
+        given = locals()  # the filter keywords above are the fields of CallLogFilters, by name
+        filters = CallLogFilters(**{name: given[name] for name in CallLogFilters.__dataclass_fields__})
+        windows = filters.windows(self._config.window)
         if prefetch and "_transport" not in self.__dict__:
             self._pool_size = max(self._pool_size, max_concurrency if isinstance(max_concurrency, int) else 1)
-        most_rows = len(params["call_ids"].split(",")) if "call_ids" in params else None
-        yield from self._walk(params, windows, max_concurrency=max_concurrency, threaded=prefetch, most_rows=most_rows)
+        if filters.call_ids is not None:
+            yield from self._walk_ids(filters, windows, max_concurrency=max_concurrency, threaded=prefetch)
+            return
+        params = filters.query(project_id=self.project_id, page_size=self._config.page_size)
+        yield from self._walk(params, windows, max_concurrency=max_concurrency, threaded=prefetch)
 
-    def iter_call_logs(
-        self,
-        *,
-        timestamp_from: datetime | str | None = None,
-        timestamp_to: datetime | str | None = None,
-        agent_id: int | str | None = None,
-        assistant_id: str | None = None,
-        project_id: int | str | None = None,
-        call_ids: Any = None,
-        filters_v2: Mapping[str, Any] | str | None = None,
-        page_size: int | None = None,
-        prefetch: bool = True,
-        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    ) -> Iterator[dict[str, Any]]:
-        """Call logs matching the filters, one at a time; same arguments as :meth:`iter_call_log_pages`.
-
-        :param timestamp_from: inclusive start (datetime or ISO 8601).
-        :param timestamp_to: exclusive end (datetime or ISO 8601).
-        :param agent_id: only call logs of this Cekura agent.
-        :param assistant_id: only call logs of this voice-platform assistant.
-        :param project_id: Cekura project; default the connection's ``project_id`` extra.
-        :param call_ids: only these Cekura call log ids.
-        :param filters_v2: a ``filters_v2`` condition (dict or JSON text).
-        :param page_size: call logs per request; default the ``page_size`` extra.
-        :param prefetch: ``False`` fetches page after page in the caller's thread, in order.
-        :param max_concurrency: requests in flight at once (pages, hence call logs, may come out of order).
-        """
-        for page in self.iter_call_log_pages(
-            timestamp_from=timestamp_from,
-            timestamp_to=timestamp_to,
-            agent_id=agent_id,
-            assistant_id=assistant_id,
-            project_id=project_id,
-            call_ids=call_ids,
-            filters_v2=filters_v2,
-            page_size=page_size,
-            prefetch=prefetch,
-            max_concurrency=max_concurrency,
-        ):
+    @same_arguments(iter_call_log_pages)
+    def iter_call_logs(self, **arguments: Any) -> Iterator[dict[str, Any]]:
+        """Call logs matching the filters, one at a time: the keyword arguments of :meth:`iter_call_log_pages`
+        (pages, hence call logs, may come out of order unless ``prefetch=False``)."""
+        for page in self.iter_call_log_pages(**arguments):
             yield from page
 
     def _walk(

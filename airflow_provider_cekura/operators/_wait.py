@@ -26,7 +26,7 @@ from airflow_provider_cekura.exceptions import (
     CekuraWaitTimeoutError,
 )
 from airflow_provider_cekura.links import CALL_LOG_URL_ATTRIBUTE, CALL_LOG_URL_XCOM_KEY, CekuraCallLogLink
-from airflow_provider_cekura.version_compat import BaseOperator
+from airflow_provider_cekura.version_compat import BaseOperator, conf
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.evaluation import EvaluationSummary
@@ -48,7 +48,18 @@ def _seconds_argument(value: float | timedelta, name: str) -> float:
 class CekuraEvaluationWaitOperator(BaseOperator):
     """Base of the Cekura operators that can wait for the evaluation of the call logs they touch.
 
-    Not meant to be used directly; see the subclasses for the arguments.
+    Not meant to be used directly. It owns the waiting arguments every subclass shares; a subclass takes
+    its own arguments, documents them, and passes the rest on as ``**kwargs``.
+
+    :param cekura_conn_id: connection id of type ``cekura`` (templated).
+    :param wait_for_evaluation: wait until Cekura has evaluated the call logs before succeeding.
+    :param deferrable: wait in the triggerer instead of a worker slot (needs a running
+        triggerer). Defaults to ``[operators] default_deferrable``.
+    :param poll_interval: seconds between evaluation checks.
+    :param timeout: longest wait for evaluation, seconds or ``timedelta``; then the task fails
+        naming the call logs still pending.
+    :param fail_on_evaluation_failure: fail when an evaluation ends failed; when False such call
+        logs count as done.
     """
 
     operator_extra_links = (CekuraCallLogLink(),)
@@ -58,7 +69,7 @@ class CekuraEvaluationWaitOperator(BaseOperator):
         *,
         cekura_conn_id: str = "cekura_default",
         wait_for_evaluation: bool = False,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poll_interval: float = 30.0,
         timeout: float | timedelta = 3600,
         fail_on_evaluation_failure: bool = True,

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura._coerce import is_template, parse_ids
 from airflow_provider_cekura.exceptions import CekuraEvaluationCheckError, CekuraValidationError
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
-from airflow_provider_cekura.version_compat import conf
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.checks import Check, CheckReport
@@ -68,12 +66,13 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
         only reported in the summary's ``pending``.
     :param fail_on_check_failure: False: never fail on checks; a downstream branch reads ``held``
         from the summary.
-    :param wait_for_evaluation: first wait until no call log (current or baseline) is pending, through
-        the same wait as the other operators (polling, or the triggerer when ``deferrable``).
-    :param deferrable: wait in the triggerer. Defaults to ``[operators] default_deferrable``.
-    :param poll_interval: seconds between evaluation checks while waiting.
-    :param timeout: longest wait for evaluation, seconds or ``timedelta``.
-    :param cekura_conn_id: connection id of type ``cekura`` (templated).
+
+    The waiting arguments belong to :class:`~airflow_provider_cekura.operators._wait.CekuraEvaluationWaitOperator`
+    (the same for every Cekura operator; see "Operators: shared behaviour" in ``docs/operators.md``):
+    ``cekura_conn_id`` (templated), ``wait_for_evaluation``, ``deferrable`` (default
+    ``[operators] default_deferrable``), ``poll_interval``, ``timeout``.
+    With ``wait_for_evaluation`` the gate first waits until no call log (current or baseline) is pending;
+    a failed evaluation is counted by the checks, never raised (no ``fail_on_evaluation_failure``).
     """
 
     template_fields: Sequence[str] = ("call_log_ids", "baseline_call_log_ids", "checks", "cekura_conn_id")
@@ -88,22 +87,10 @@ class CekuraEvaluationCheckOperator(CekuraEvaluationWaitOperator):
         baseline_call_log_ids: Any = None,
         require_evaluated: bool = True,
         fail_on_check_failure: bool = True,
-        cekura_conn_id: str = "cekura_default",
-        wait_for_evaluation: bool = False,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poll_interval: float = 30.0,
-        timeout: float | timedelta = 3600,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            cekura_conn_id=cekura_conn_id,
-            wait_for_evaluation=wait_for_evaluation,
-            deferrable=deferrable,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            fail_on_evaluation_failure=False,  # failed evaluations are counted by the checks, not raised
-            **kwargs,
-        )
+        # failed evaluations are counted by the checks, not raised
+        super().__init__(fail_on_evaluation_failure=False, **kwargs)
         self.call_log_ids = call_log_ids
         self.checks = checks
         self.baseline_call_log_ids = baseline_call_log_ids

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
 from airflow_provider_cekura.payloads import OBSERVE_FIELDS
-from airflow_provider_cekura.version_compat import conf
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.payloads import RecordingSource
@@ -103,15 +101,11 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
         connection's ``recording_roots`` extra. A local path is resolved (symlinks, ``..``) and refused
         outside those roots, under ``/proc``, ``/sys`` or ``/dev``, or when it is not a regular file; remote
         ``ObjectStoragePath`` URLs (``s3://``...) are not limited. Not templated.
-    :param cekura_conn_id: connection id of type ``cekura`` (templated).
-    :param wait_for_evaluation: wait until Cekura has evaluated the call logs before succeeding.
-    :param deferrable: wait in the triggerer instead of a worker slot (needs a running
-        triggerer). Defaults to ``[operators] default_deferrable``.
-    :param poll_interval: seconds between evaluation checks.
-    :param timeout: longest wait for evaluation, seconds or ``timedelta``; then the task fails
-        naming the call logs still pending.
-    :param fail_on_evaluation_failure: fail when an evaluation ends failed; when False such call
-        logs count as done.
+
+    The waiting arguments belong to :class:`~airflow_provider_cekura.operators._wait.CekuraEvaluationWaitOperator`
+    (the same for every Cekura operator; see "Operators: shared behaviour" in ``docs/operators.md``):
+    ``cekura_conn_id`` (templated), ``wait_for_evaluation``, ``deferrable`` (default
+    ``[operators] default_deferrable``), ``poll_interval``, ``timeout``, ``fail_on_evaluation_failure``.
     """
 
     template_fields: Sequence[str] = (*OBSERVE_FIELDS, "voice_recording", "calls", "cekura_conn_id")
@@ -147,23 +141,9 @@ class CekuraObserveOperator(CekuraEvaluationWaitOperator):
         calls: Any = None,
         max_concurrency: int = 8,
         recording_roots: Sequence[str | os.PathLike[str]] | str | None = None,
-        cekura_conn_id: str = "cekura_default",
-        wait_for_evaluation: bool = False,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poll_interval: float = 30.0,
-        timeout: float | timedelta = 3600,
-        fail_on_evaluation_failure: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            cekura_conn_id=cekura_conn_id,
-            wait_for_evaluation=wait_for_evaluation,
-            deferrable=deferrable,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            fail_on_evaluation_failure=fail_on_evaluation_failure,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         if call_id is not None and calls is not None:
             raise CekuraConfigurationError(
                 "Give either call_id (one call) or calls (many calls), not both; put each call_id in its call dict."

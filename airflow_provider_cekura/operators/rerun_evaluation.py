@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cekura._coerce import agent_or_assistant, parse_ids
 from airflow_provider_cekura.operators._wait import CekuraEvaluationWaitOperator
-from airflow_provider_cekura.version_compat import conf
 
 if TYPE_CHECKING:
     from airflow_provider_cekura.version_compat import Context
@@ -34,15 +32,11 @@ class CekuraRerunEvaluationOperator(CekuraEvaluationWaitOperator):
     :param agent_id: the Cekura agent the call logs belong to; exactly one of ``agent_id`` or
         ``assistant_id`` (templated).
     :param assistant_id: the voice platform's assistant id (templated).
-    :param cekura_conn_id: connection id of type ``cekura`` (templated).
-    :param wait_for_evaluation: wait until the new evaluations finish before succeeding.
-    :param deferrable: wait in the triggerer instead of a worker slot (needs a running
-        triggerer). Defaults to ``[operators] default_deferrable``.
-    :param poll_interval: seconds between evaluation checks.
-    :param timeout: longest wait for evaluation, seconds or ``timedelta``; then the task fails
-        naming the call logs still pending.
-    :param fail_on_evaluation_failure: fail when an evaluation ends failed; when False such call
-        logs count as done.
+
+    The waiting arguments belong to :class:`~airflow_provider_cekura.operators._wait.CekuraEvaluationWaitOperator`
+    (the same for every Cekura operator; see "Operators: shared behaviour" in ``docs/operators.md``):
+    ``cekura_conn_id`` (templated), ``wait_for_evaluation``, ``deferrable`` (default
+    ``[operators] default_deferrable``), ``poll_interval``, ``timeout``, ``fail_on_evaluation_failure``.
     """
 
     template_fields: Sequence[str] = ("call_log_ids", "agent_id", "assistant_id", "cekura_conn_id")
@@ -54,23 +48,9 @@ class CekuraRerunEvaluationOperator(CekuraEvaluationWaitOperator):
         call_log_ids: int | str | Sequence[int] | Sequence[str],
         agent_id: int | str | None = None,
         assistant_id: str | None = None,
-        cekura_conn_id: str = "cekura_default",
-        wait_for_evaluation: bool = False,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        poll_interval: float = 30.0,
-        timeout: float | timedelta = 3600,
-        fail_on_evaluation_failure: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            cekura_conn_id=cekura_conn_id,
-            wait_for_evaluation=wait_for_evaluation,
-            deferrable=deferrable,
-            poll_interval=poll_interval,
-            timeout=timeout,
-            fail_on_evaluation_failure=fail_on_evaluation_failure,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         agent_or_assistant(agent_id, assistant_id, presence_only=True)  # the values are checked in execute
         self.call_log_ids = call_log_ids
         self.agent_id = agent_id

@@ -12,6 +12,7 @@ schema (:mod:`._schema`). The subclasses only write.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from airflow_provider_cekura._coerce import (
     parse_id,
     parse_ids,
     parse_timestamp,
+    positive_int,
 )
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.version_compat import BaseOperator
@@ -50,9 +52,7 @@ def check_concurrency(value: Any) -> int:
     """``max_concurrency`` as a positive int (a rendered template may be text)."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CekuraValidationError("max_concurrency", f"must be a positive integer, got {value!r}")
-    return value
+    return positive_int(value, "max_concurrency")
 
 
 templated = is_template
@@ -158,8 +158,72 @@ class PageRows:
     """Call logs left out as still evaluating (``only_evaluated``)."""
 
 
+@dataclass
+class ExportProgress:
+    """The counts of one export and its log lines: every page among the first three, then one every
+    ``every`` seconds, and a summary (counts, pages, timings; never row contents)."""
+
+    log: Any
+    """Where the lines go (the operator's ``self.log``)."""
+    verb: str
+    """What happened to a page (``committed``, ``written``)."""
+    every: float = 10.0
+    started: float = field(default_factory=time.monotonic)
+    pages: int = 0
+    rows: int = 0
+    metric_rows: int = 0
+    skipped: int = 0
+    _logged: float = 0.0
+
+    def page(self, rows: int, metric_rows: int, skipped: int) -> None:
+        """Count one page and log it when due.
+
+        :param rows: call log rows written from it.
+        :param metric_rows: metric rows written from it.
+        :param skipped: call logs left out as still evaluating.
+        """
+        self.pages += 1
+        self.rows += rows
+        self.metric_rows += metric_rows
+        self.skipped += skipped
+        now = time.monotonic()
+        if self.pages <= 3 or now - self._logged >= self.every:
+            self._logged = now
+            self.log.info(
+                "Page %d %s: %d call log(s); %d written so far (%d metric rows), %.0f rows/s",
+                self.pages,
+                self.verb,
+                rows,
+                self.rows,
+                self.metric_rows,
+                self.rows / max(now - self.started, 1e-9),
+            )
+
+    def done(self, into: str = "", metrics_into: str | None = None) -> None:
+        """Log the summary.
+
+        :param into: where the call logs went (`` into <table>``), or nothing.
+        :param metrics_into: where the metric rows went; ``None`` when none were asked for.
+        """
+        elapsed = time.monotonic() - self.started
+        self.log.info(
+            "Exported %d call log(s)%s in %d page(s), %.1fs (%.0f rows/s)%s%s",
+            self.rows,
+            into,
+            self.pages,
+            elapsed,
+            self.rows / max(elapsed, 1e-9),
+            f", {self.metric_rows} metric row(s){metrics_into}" if metrics_into is not None else "",
+            f"; {self.skipped} call log(s) skipped as still evaluating" if self.skipped else "",
+        )
+
+
 class CallLogExportOperator(BaseOperator):
     """Base of the call log transfers: the selection, the page walk and the rows; subclasses write them.
+
+    It owns the arguments both transfers share (the selection, below): a subclass takes its own
+    arguments, documents them, and passes the rest on as ``**kwargs``, as common.sql's operators do with
+    ``BaseSQLOperator``. ``template_fields`` of a subclass start with :data:`SELECTION_TEMPLATE_FIELDS`.
 
     :param cekura_conn_id: connection id of type ``cekura`` (templated).
     :param timestamp_from: start of the window, inclusive: ISO 8601 text or datetime; default the
@@ -170,16 +234,27 @@ class CallLogExportOperator(BaseOperator):
     :param assistant_id: only call logs of this voice-platform assistant (templated).
     :param project_id: Cekura project (needed with an organisation key); default the connection's
         ``project_id`` extra (templated).
-    :param call_log_ids: export exactly these call logs (templated).
+    :param call_log_ids: export exactly these call logs (ids, a comma string or a JSON list, e.g. an
+        upstream task's output); no time window is applied unless timestamps are given. An empty
+        list exports nothing (templated).
     :param filters_v2: a ``filters_v2`` condition (dict or JSON text) applied by the API (templated).
-    :param columns: call log columns to write (``id`` is always written).
-    :param include_transcript: also write ``transcript`` and ``transcript_object``.
-    :param only_evaluated: skip call logs whose evaluation is still pending.
-    :param page_size: call logs per list request; default the connection's ``page_size`` extra.
+    :param columns: call log columns to write (``id`` is always written); default: ``id, call_id,
+        agent, agent_name, status, success, is_reviewed, timestamp, duration, call_ended_reason,
+        customer_number, error_message, topic, dropoff_point, trace_id, created_at, updated_at,
+        metrics, metadata, exported_at``. Also available: ``transcript``, ``transcript_object``,
+        ``assistant_id``, ``project``, ``transcript_type``, ``voice_recording_url``,
+        ``critical_categories``, ``dynamic_variables``, ``feedback``.
+    :param include_transcript: also write ``transcript`` (text) and ``transcript_object`` (JSON).
+        Transcripts may hold personal data; off by default.
+    :param only_evaluated: skip call logs whose evaluation is still pending (failed evaluations are
+        final and exported).
+    :param page_size: call logs per list request (the API may cap it); default the connection's
+        ``page_size`` extra (100).
     :param max_concurrency: list requests in flight at once (default 8, templated): the pages after a
-        window's first are fetched concurrently, each through the connection's shared rate limiter, and
-        written as they arrive (in any order: the writes are upserts). At most ``max_concurrency`` pages
-        are held in memory. ``1`` fetches one page ahead, as before.
+        window's first (and the requests of ``call_log_ids``, 100 ids each) are fetched concurrently,
+        each through the connection's shared rate limiter, and written as they arrive (in any order: the
+        writes are upserts). At most ``max_concurrency`` pages are held in memory. ``1`` fetches one
+        page ahead, as before.
     """
 
     def __init__(
@@ -204,8 +279,8 @@ class CallLogExportOperator(BaseOperator):
 
         super().__init__(**kwargs)
         self.columns = validate_columns(columns, include_transcript)
-        if page_size is not None and (isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1):
-            raise CekuraValidationError("page_size", f"must be a positive integer, got {page_size!r}")
+        if page_size is not None:
+            positive_int(page_size, "page_size")
         self.cekura_conn_id = cekura_conn_id
         self.timestamp_from = timestamp_from
         self.timestamp_to = timestamp_to
@@ -256,7 +331,10 @@ class CallLogExportOperator(BaseOperator):
 
         :param context: the task's Airflow context.
         """
+        from airflow_provider_cekura.hooks._pagination import CallLogFilters
+
         filters = self._filters()
+        CallLogFilters(**filters)  # every filter by the hook's rules, before a table or a file is touched
         ids: list[int] | None = None
         if self._select_ids:
             ids = parse_ids(self.call_log_ids)
@@ -270,24 +348,18 @@ class CallLogExportOperator(BaseOperator):
         return Selection(ids, window, filters)
 
     def pages(self, selection: Selection) -> Iterator[list[dict[str, Any]]]:
-        """The selection's pages of call logs, as the hook lists them (``max_concurrency`` pages in flight).
+        """The selection's pages of call logs, as the hook lists them (``max_concurrency`` requests in flight).
 
         :param selection: from :meth:`select`.
         """
         bounds: dict[str, Any] = {}
         if selection.window is not None:
             bounds = {"timestamp_from": selection.window[0], "timestamp_to": selection.window[1]}
-        concurrency = check_concurrency(self.max_concurrency)
-        if selection.ids is None:
-            yield from self.hook.iter_call_log_pages(
-                prefetch=True, max_concurrency=concurrency, **bounds, **selection.filters
-            )
-            return
-        for start in range(0, len(selection.ids), IDS_PER_REQUEST):
-            chunk = selection.ids[start : start + IDS_PER_REQUEST]
-            yield from self.hook.iter_call_log_pages(
-                prefetch=True, max_concurrency=concurrency, call_ids=chunk, **bounds, **selection.filters
-            )
+        if selection.ids is not None:
+            bounds["call_ids"] = selection.ids  # 100 per request, max_concurrency requests at once, in order
+        yield from self.hook.iter_call_log_pages(
+            prefetch=True, max_concurrency=check_concurrency(self.max_concurrency), **bounds, **selection.filters
+        )
 
     def page_rows(self, page: list[dict[str, Any]], exported_at: str, with_metrics: bool) -> PageRows:
         """One page as rows of the export schema (see :mod:`._schema`).
@@ -344,6 +416,7 @@ __all__ = [
     "IDS_PER_REQUEST",
     "SELECTION_TEMPLATE_FIELDS",
     "CallLogExportOperator",
+    "ExportProgress",
     "PageRows",
     "Selection",
     "resolve_window",

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_cekura._coerce import DEFAULT_MAX_CONCURRENCY
+from airflow_provider_cekura._coerce import positive_int
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
+    ExportProgress,
     Selection,
     templated,
 )
@@ -102,6 +102,11 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
     URLs of the data files and manifest(s). Declares ``Asset(path)`` (and ``Asset(metrics_path)``) as
     outlets when they are not templated.
 
+    The selection (:class:`~airflow_provider_cekura.transfers._selection.CallLogExportOperator`'s arguments,
+    the same for both transfers, listed under "Arguments" in ``docs/export.md``): ``cekura_conn_id``,
+    ``timestamp_from``, ``timestamp_to``, ``agent_id``, ``assistant_id``, ``project_id``, ``call_log_ids``,
+    ``filters_v2``, ``columns``, ``include_transcript``, ``only_evaluated``, ``page_size``, ``max_concurrency``.
+
     :param path: the dataset's root, a URL understood by Airflow's ``ObjectStoragePath``:
         ``s3://bucket/cekura/call_logs/``, ``gs://bucket/...``, ``file:///abs/dir/`` (templated).
     :param conn_id: Airflow connection of the store (``aws``, ``google_cloud_platform``, ...); default
@@ -116,21 +121,6 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
         UTC (templated); with ``call_log_ids`` and no timestamps, to the run's data interval start.
     :param max_rows_per_file: at most this many rows per data file.
     :param row_group_rows: Parquet rows per row group (the rows buffered in memory).
-    :param cekura_conn_id: connection id of type ``cekura`` (templated).
-    :param timestamp_from: start of the window, inclusive; default the run's ``data_interval_start`` (templated).
-    :param timestamp_to: end of the window, exclusive; default the run's ``data_interval_end`` (templated).
-    :param agent_id: only call logs of this Cekura agent (templated).
-    :param assistant_id: only call logs of this voice-platform assistant (templated).
-    :param project_id: Cekura project; default the connection's ``project_id`` extra (templated).
-    :param call_log_ids: export exactly these call logs (ids, a comma string or a JSON list); no time
-        window unless timestamps are given (templated).
-    :param filters_v2: a ``filters_v2`` condition (dict or JSON text) applied by the API (templated).
-    :param columns: call log columns to write (``id`` always); the SQL transfer's columns and defaults.
-    :param include_transcript: also write ``transcript`` and ``transcript_object`` (personal data; off by default).
-    :param only_evaluated: skip call logs whose evaluation is still pending.
-    :param page_size: call logs per list request; default the connection's ``page_size`` extra.
-    :param max_concurrency: list requests in flight at once (default 8, templated); pages are written
-        as they arrive, in any order (see :class:`~airflow_provider_cekura.transfers._selection.CallLogExportOperator`).
     """
 
     template_fields: Sequence[str] = (*SELECTION_TEMPLATE_FIELDS, "path", "conn_id", "metrics_path", "partition")
@@ -148,19 +138,6 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
         partition: str = DEFAULT_PARTITION,
         max_rows_per_file: int = 1_000_000,
         row_group_rows: int = 10_000,
-        cekura_conn_id: str = "cekura_default",
-        timestamp_from: datetime | str | None = None,
-        timestamp_to: datetime | str | None = None,
-        agent_id: int | str | None = None,
-        assistant_id: str | None = None,
-        project_id: int | str | None = None,
-        call_log_ids: int | str | Sequence[int] | Sequence[str] | None = None,
-        filters_v2: dict[str, Any] | str | None = None,
-        columns: Sequence[str] | None = None,
-        include_transcript: bool = False,
-        only_evaluated: bool = False,
-        page_size: int | None = None,
-        max_concurrency: int | str = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         from airflow_provider_cekura.transfers._files import validate_format
@@ -173,25 +150,9 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
             from airflow_provider_cekura.version_compat import Asset
 
             kwargs["outlets"] = [Asset(value) for value in paths.values()]
-        super().__init__(
-            cekura_conn_id=cekura_conn_id,
-            timestamp_from=timestamp_from,
-            timestamp_to=timestamp_to,
-            agent_id=agent_id,
-            assistant_id=assistant_id,
-            project_id=project_id,
-            call_log_ids=call_log_ids,
-            filters_v2=filters_v2,
-            columns=columns,
-            include_transcript=include_transcript,
-            only_evaluated=only_evaluated,
-            page_size=page_size,
-            max_concurrency=max_concurrency,
-            **kwargs,
-        )
-        for name, number in (("max_rows_per_file", max_rows_per_file), ("row_group_rows", row_group_rows)):
-            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-                raise CekuraValidationError(name, f"must be a positive integer, got {number!r}")
+        super().__init__(**kwargs)
+        positive_int(max_rows_per_file, "max_rows_per_file")
+        positive_int(row_group_rows, "row_group_rows")
         self.file_format, self.compression = validate_format(file_format, compression)
         self.path = path
         self.conn_id = conn_id
@@ -320,15 +281,11 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
         return info
 
     def _export(self, writers: list[PartitionWriter], selection: Selection) -> tuple[int, int, set[int]]:
-        started = time.monotonic()
-        last_log = started
-        written = skipped = metric_count = page_count = 0
+        progress = ExportProgress(self.log, "written")
         seen: set[int] = set()
         with_metrics = len(writers) > 1
         for page in self.pages(selection):
-            page_count += 1
             rows = self.page_rows(page, datetime.now(UTC).isoformat(), with_metrics)
-            skipped += rows.skipped
             # A call log repeated across pages (the list moved while it was walked) is written once.
             fresh = [row for row in rows.rows if row[0] not in seen]
             if len(fresh) < len(rows.rows):
@@ -339,32 +296,11 @@ class CekuraCallLogsToObjectStorageOperator(CallLogExportOperator):
             seen.update(row[0] for row in fresh)
             if fresh:
                 writers[0].write(fresh)
-                written += len(fresh)
             if with_metrics and metrics:
                 writers[1].write(metrics)
-                metric_count += len(metrics)
-            now = time.monotonic()
-            if page_count <= 3 or now - last_log >= 10:
-                last_log = now
-                self.log.info(
-                    "Page %d written: %d call log(s); %d so far (%d metric rows), %.0f rows/s",
-                    page_count,
-                    len(fresh),
-                    written,
-                    metric_count,
-                    written / max(now - started, 1e-9),
-                )
-        elapsed = time.monotonic() - started
-        self.log.info(
-            "Exported %d call log(s) in %d page(s), %.1fs (%.0f rows/s)%s%s",
-            written,
-            page_count,
-            elapsed,
-            written / max(elapsed, 1e-9),
-            f", {metric_count} metric row(s)" if with_metrics else "",
-            f"; {skipped} call log(s) skipped as still evaluating" if skipped else "",
-        )
-        return written, metric_count, seen
+            progress.page(len(fresh), len(metrics) if with_metrics else 0, rows.skipped)
+        progress.done(metrics_into="" if with_metrics else None)
+        return progress.rows, progress.metric_rows, seen
 
     # ------------------------------------------------------------------ lineage
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cekura._coerce import DEFAULT_MAX_CONCURRENCY
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.transfers._selection import (
     SELECTION_TEMPLATE_FIELDS,
     CallLogExportOperator,
+    ExportProgress,
     Selection,
     resolve_window,
     templated,
@@ -127,38 +126,16 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
     table) are declared as outlets ``Asset("cekura://<sql_conn_id>/<table>")``
     when neither name is templated. Logs counts and timings, never row contents.
 
+    The selection (:class:`~airflow_provider_cekura.transfers._selection.CallLogExportOperator`'s arguments,
+    the same for both transfers, listed under "Arguments" in ``docs/export.md``): ``cekura_conn_id``,
+    ``timestamp_from``, ``timestamp_to``, ``agent_id``, ``assistant_id``, ``project_id``, ``call_log_ids``,
+    ``filters_v2``, ``columns``, ``include_transcript``, ``only_evaluated``, ``page_size``, ``max_concurrency``.
+
     :param sql_conn_id: connection id of the target database; its hook must be a
         ``DbApiHook``; tested on SQLite, Postgres, MariaDB and DuckDB (templated).
     :param table: target table, ``table`` or ``schema.table``; plain identifiers only (templated).
-    :param cekura_conn_id: connection id of type ``cekura`` (templated).
-    :param timestamp_from: start of the window, inclusive: ISO 8601 text or datetime; default the
-        run's ``data_interval_start`` (templated).
-    :param timestamp_to: end of the window, exclusive; default the run's ``data_interval_end``
-        (templated).
-    :param agent_id: only call logs of this Cekura agent (templated).
-    :param assistant_id: only call logs of this voice-platform assistant (templated).
-    :param project_id: Cekura project (needed with an organisation key); default the connection's
-        ``project_id`` extra (templated).
-    :param call_log_ids: export exactly these call logs (ids, a comma string or a JSON list, e.g. an
-        upstream task's output); no time window is applied unless timestamps are given. An empty
-        list exports nothing (templated).
-    :param filters_v2: a ``filters_v2`` condition (dict or JSON text) applied by the API (templated).
-    :param columns: call log columns to write (``id`` is always written); default: ``id, call_id,
-        agent, agent_name, status, success, is_reviewed, timestamp, duration, call_ended_reason,
-        customer_number, error_message, topic, dropoff_point, trace_id, created_at, updated_at,
-        metrics, metadata, exported_at``. Also available: ``transcript``, ``transcript_object``,
-        ``assistant_id``, ``project``, ``transcript_type``, ``voice_recording_url``,
-        ``critical_categories``, ``dynamic_variables``, ``feedback``.
-    :param include_transcript: also write ``transcript`` (text) and ``transcript_object`` (JSON).
-        Transcripts may hold personal data; off by default.
     :param metrics_table: also write one row per (call log, metric) into this table (templated).
     :param create_table: create the table(s) when missing; when False a missing table fails the task.
-    :param only_evaluated: skip call logs whose evaluation is still pending (failed evaluations are
-        final and exported).
-    :param page_size: call logs per list request (the API may cap it); default the connection's
-        ``page_size`` extra (100).
-    :param max_concurrency: list requests in flight at once (default 8, templated); pages are written
-        as they arrive, in any order (see :class:`~airflow_provider_cekura.transfers._selection.CallLogExportOperator`).
     """
 
     template_fields: Sequence[str] = (*SELECTION_TEMPLATE_FIELDS, "sql_conn_id", "table", "metrics_table")
@@ -170,21 +147,8 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
         *,
         sql_conn_id: str,
         table: str,
-        cekura_conn_id: str = "cekura_default",
-        timestamp_from: datetime | str | None = None,
-        timestamp_to: datetime | str | None = None,
-        agent_id: int | str | None = None,
-        assistant_id: str | None = None,
-        project_id: int | str | None = None,
-        call_log_ids: int | str | Sequence[int] | Sequence[str] | None = None,
-        filters_v2: dict[str, Any] | str | None = None,
-        columns: Sequence[str] | None = None,
-        include_transcript: bool = False,
         metrics_table: str | None = None,
         create_table: bool = True,
-        only_evaluated: bool = False,
-        page_size: int | None = None,
-        max_concurrency: int | str = DEFAULT_MAX_CONCURRENCY,
         **kwargs: Any,
     ) -> None:
         from airflow_provider_cekura.transfers._sql import validate_table_name
@@ -195,22 +159,7 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
             validate_table_name(table)
             names = [table] + ([validate_table_name(metrics_table, "metrics_table")] if metrics_table else [])
             kwargs["outlets"] = [Asset(f"cekura://{sql_conn_id}/{name}") for name in names]
-        super().__init__(
-            cekura_conn_id=cekura_conn_id,
-            timestamp_from=timestamp_from,
-            timestamp_to=timestamp_to,
-            agent_id=agent_id,
-            assistant_id=assistant_id,
-            project_id=project_id,
-            call_log_ids=call_log_ids,
-            filters_v2=filters_v2,
-            columns=columns,
-            include_transcript=include_transcript,
-            only_evaluated=only_evaluated,
-            page_size=page_size,
-            max_concurrency=max_concurrency,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         for name, value in (("table", table), ("metrics_table", metrics_table)):
             if value is not None and not templated(value):
                 validate_table_name(value, name)
@@ -298,45 +247,19 @@ class CekuraCallLogsToSqlOperator(CallLogExportOperator):
         return writer
 
     def _export(self, writer: PageWriter, selection: Selection) -> int:
-        started = time.monotonic()
-        last_log = started
-        written = skipped = metric_count = page_count = 0
+        progress = ExportProgress(self.log, "committed")
         seen: set[int] = set()
         for page in self.pages(selection):
-            page_count += 1
             exported_at = datetime.now(UTC).isoformat()
             rows = self.page_rows(page, exported_at, writer.metrics is not None)
-            skipped += rows.skipped
             if rows.rows:
                 writer.write_page(rows.rows, rows.metrics)
-                written += len(rows.rows)
-                metric_count += len(rows.metrics)
                 if selection.ids is not None:
                     seen.update(row[0] for row in rows.rows)
-            now = time.monotonic()
-            if page_count <= 3 or now - last_log >= 10:
-                last_log = now
-                self.log.info(
-                    "Page %d committed: %d call log(s); %d written so far (%d metric rows), %.0f rows/s",
-                    page_count,
-                    len(rows.rows),
-                    written,
-                    metric_count,
-                    written / max(now - started, 1e-9),
-                )
-        elapsed = time.monotonic() - started
-        self.log.info(
-            "Exported %d call log(s) into %s in %d page(s), %.1fs (%.0f rows/s)%s%s",
-            written,
-            self.table,
-            page_count,
-            elapsed,
-            written / max(elapsed, 1e-9),
-            f", {metric_count} metric row(s) into {self.metrics_table}" if self.metrics_table else "",
-            f"; {skipped} call log(s) skipped as still evaluating" if skipped else "",
-        )
+            progress.page(len(rows.rows), len(rows.metrics) if rows.rows else 0, rows.skipped)
+        progress.done(f" into {self.table}", f" into {self.metrics_table}" if self.metrics_table else None)
         self.warn_missing(selection, seen)
-        return written
+        return progress.rows
 
     # ------------------------------------------------------------------ lineage
 

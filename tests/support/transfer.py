@@ -214,6 +214,66 @@ def api_call_logs(emulator: Any, start: datetime | None = None, end: datetime | 
     return out
 
 
+def export(wh: Warehouse, *, metrics: bool = True, **kwargs: Any) -> int:
+    """Run ``CekuraCallLogsToSqlOperator.execute`` into ``wh`` (its table, and its metrics table unless
+    ``metrics=False``); ``kwargs`` are the operator's arguments. Returns the rows written."""
+    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+    kwargs.setdefault("table", wh.table)
+    if metrics:
+        kwargs.setdefault("metrics_table", wh.metrics_table)
+    op = CekuraCallLogsToSqlOperator(task_id="export", sql_conn_id=wh.conn_id, **kwargs)
+    return op.execute({})  # type: ignore[arg-type]
+
+
+def check_row(row: dict[str, Any], call_log: dict[str, Any], *, json_text: bool = False) -> None:
+    """One exported row holds the API's values of ``call_log`` (``json_text``: its JSON columns are JSON text)."""
+    load: Callable[[Any], Any] = json.loads if json_text else (lambda value: value)
+    assert row["call_id"] == call_log["call_id"]
+    assert row["agent"] == call_log["agent"]
+    assert row["status"] == call_log["status"]
+    assert (None if row["success"] is None else bool(row["success"])) == call_log["success"]
+    assert load(row["metrics"]) == call_log["metrics"]
+    assert load(row["metadata"]) == call_log["metadata"]
+    assert as_datetime(row["updated_at"]) == as_datetime(call_log["updated_at"])
+
+
+def check_exact(wh: Warehouse, expected: dict[int, dict]) -> None:
+    """The table holds exactly ``expected`` with the API's values, and the metrics table its metrics."""
+    assert wh.count() == len(expected)
+    rows = wh.rows("call_id, agent, status, success, metrics, metadata, updated_at")
+    assert set(rows) == set(expected)
+    for cid, call_log in expected.items():
+        check_row(rows[cid], call_log)
+    metric_rows = wh.metrics()
+    expected_metrics = {(cid, m["id"]): m for cid, c in expected.items() for m in c["metrics"]}
+    assert set(metric_rows) == set(expected_metrics)
+    for key, metric in expected_metrics.items():
+        row = metric_rows[key]
+        assert row["name"] == metric["name"] and row["type"] == metric["type"]
+        assert row["score"] == metric["score"]
+        assert row["value"] == metric["value"]
+        assert row["explanation"] == metric["explanation"]
+
+
+def reevaluate_with_new_catalog(emulator: Any) -> None:
+    """Metric 102 and 103 leave the emulator's catalog and 104 joins; every call log is re-evaluated (through
+    the hook's ``rerun_evaluation``, one request per agent) and its evaluation finished."""
+    from airflow_provider_cekura.hooks.cekura import CekuraHook
+
+    emulator.metric_catalog = [
+        {"id": 101, "name": "Customer Satisfaction", "type": "rating"},
+        {"id": 104, "name": "Empathy", "type": "rating"},
+    ]
+    hook = CekuraHook()
+    by_agent: dict[int, list[int]] = {}
+    for call_log in emulator.call_logs():
+        by_agent.setdefault(call_log["agent"], []).append(call_log["id"])
+    for agent, agent_ids in by_agent.items():
+        hook.rerun_evaluation(agent_ids, agent_id=agent)
+    emulator.finish_evaluations()
+
+
 def window(hours_from: float, hours_to: float) -> dict[str, str]:
     return {
         "timestamp_from": (START + timedelta(hours=hours_from)).isoformat(),

@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import warnings
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import ThreadingHTTPServer
 from typing import IO, Any
 
@@ -17,6 +17,7 @@ from airflow_provider_cekura.testing.emulator._common import (
     RERUN,
     RESPONSE_STYLES,
     LoggedRequest,
+    _iso,
     _route,
 )
 from airflow_provider_cekura.testing.emulator._faults import FAULT_KINDS, Fault, RateLimit, pick_fault
@@ -281,7 +282,6 @@ class CekuraEmulator:
             self.request_log.flush()
 
     # ------------------------------------------------------------------ data
-    # ------------------------------------------------------------------ data
 
     def call_logs(self) -> list[dict[str, Any]]:
         """Every stored call log (list shape), oldest first."""
@@ -341,9 +341,22 @@ class CekuraEmulator:
         :param evaluated: already evaluated (else evaluating until the evaluation delay passes).
         :param call_id_prefix: ``call_id`` is ``<prefix>-<n:07d>``.
         """
-        return self.store.seed(
-            count, start=start, end=end, agents=agents, evaluated=evaluated, call_id_prefix=call_id_prefix
+        span = (end - start).total_seconds()
+        calls = (
+            {
+                "call_id": f"{call_id_prefix}-{n:07d}",
+                "agent": agents[n % len(agents)],
+                "transcript_type": "cekura",
+                "transcript_json": [
+                    {"role": "Main Agent", "content": f"Hello, caller {n}.", "start_time": 0.0, "end_time": 1.5},
+                    {"role": "Testing Agent", "content": "Hi, I need help.", "start_time": 1.6, "end_time": 3},
+                ],
+                "timestamp": _iso(start + timedelta(seconds=span * n / max(count, 1))),
+                "metadata": {"seed": n},
+            }
+            for n in range(count)
         )
+        return self.store.add(calls, evaluated=evaluated)
 
     # ------------------------------------------------------------------ endpoints
 

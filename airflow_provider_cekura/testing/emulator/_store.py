@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Protocol
 
 from airflow_provider_cekura.testing.emulator._common import _DETAIL_STRINGS, _digest, _iso, _now, _parse_time
@@ -134,35 +134,15 @@ class CallLogStore:
         with self.lock:
             self._records[call_log_id]["_due"] = when
 
-    def seed(
-        self,
-        count: int,
-        *,
-        start: datetime,
-        end: datetime,
-        agents: tuple[int, ...] = (1, 2, 3),
-        evaluated: bool = True,
-        call_id_prefix: str = "seed",
-    ) -> list[int]:
-        """Create ``count`` call logs directly (no HTTP), timestamps spread over ``[start, end)``."""
-        span = (end - start).total_seconds()
-        ids = []
+    def add(self, calls: Iterable[dict[str, Any]], *, evaluated: bool = True) -> list[int]:
+        """Store calls directly (no HTTP, no validation: what :meth:`CekuraEmulator.seed
+        <airflow_provider_cekura.testing.CekuraEmulator.seed>` creates); returns their ids, in order.
+
+        :param calls: observe bodies (``call_id``, ``agent``, ``transcript_json``, ``timestamp``...).
+        :param evaluated: their evaluation is due at once (else they stay ``evaluating``).
+        """
         with self.lock:
-            for n in range(count):
-                call = {
-                    "call_id": f"{call_id_prefix}-{n:07d}",
-                    "agent": agents[n % len(agents)],
-                    "transcript_type": "cekura",
-                    "transcript_json": [
-                        {"role": "Main Agent", "content": f"Hello, caller {n}.", "start_time": 0.0, "end_time": 1.5},
-                        {"role": "Testing Agent", "content": "Hi, I need help.", "start_time": 1.6, "end_time": 3},
-                    ],
-                    "timestamp": _iso(start + timedelta(seconds=span * n / max(count, 1))),
-                    "metadata": {"seed": n},
-                }
-                record = self._create(call, due=0.0 if evaluated else None)
-                ids.append(record["id"])
-        return ids
+            return [self._create(call, due=0.0 if evaluated else None)["id"] for call in calls]
 
     def observe(self, call: dict[str, Any], recording: dict[str, Any] | None = None) -> dict[str, Any]:
         """Store an observed call (validated by the caller); returns it in the list shape.

@@ -23,15 +23,18 @@ from conftest import TEST_API_KEY
 from airflow_provider_cekura.exceptions import CekuraNotFoundError, CekuraResponseError, CekuraValidationError
 from airflow_provider_cekura.hooks._pagination import (
     MAX_REWALKS,
+    CallLogFilters,
     PageWalker,
     before,
     follow,
     page_link,
     row_margin,
     split_windows,
+    walk_chunks,
     walk_pages,
 )
 from airflow_provider_cekura.hooks.cekura import CALL_LOGS_PATH, CekuraHook
+from support.request_log import most_in_flight
 
 BASE = "http://127.0.0.1:9"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -108,6 +111,18 @@ def rows_over(count: int, start: datetime, span: timedelta, first_id: int = 1) -
 def walk(server: ListServer, windows: list[Any], **kwargs: Any) -> list[list[dict[str, Any]]]:
     kwargs.setdefault("params", {"page_size": 100})
     return list(walk_pages(server, base_url=BASE, path=CALL_LOGS_PATH, windows=windows, **kwargs))
+
+
+def walker_of(server: ListServer, windows: list[Any], max_concurrency: int) -> PageWalker:
+    """A walker over ``server`` in pages of 10 (iterate it; its ``rewalks`` say how often a window was walked again)."""
+    return PageWalker(
+        server,
+        base_url=BASE,
+        path=CALL_LOGS_PATH,
+        params={"page_size": 10},
+        windows=windows,
+        max_concurrency=max_concurrency,
+    )
 
 
 def ids(pages: list[list[dict[str, Any]]]) -> list[int]:
@@ -216,14 +231,7 @@ def test_list_growing_during_the_walk_misses_nothing() -> None:
                 server.rows.extend(late)
 
     server.before_answer = insert
-    walker = PageWalker(
-        server,
-        base_url=BASE,
-        path=CALL_LOGS_PATH,
-        params={"page_size": 10},
-        windows=[(T0, T0 + timedelta(hours=1))],
-        max_concurrency=3,
-    )
+    walker = walker_of(server, [(T0, T0 + timedelta(hours=1))], max_concurrency=3)
     got = ids(list(walker))
     assert set(got) == set(range(1, 61)) | {r["id"] for r in late}  # none missing
     assert walker.rewalks >= 1
@@ -241,14 +249,7 @@ def test_a_few_rows_arriving_on_a_last_page_with_room_are_noticed() -> None:
                 server.rows.extend(late)
 
     server.before_answer = insert
-    walker = PageWalker(
-        server,
-        base_url=BASE,
-        path=CALL_LOGS_PATH,
-        params={"page_size": 10},
-        windows=[(T0, T0 + timedelta(hours=1))],
-        max_concurrency=1,
-    )
+    walker = walker_of(server, [(T0, T0 + timedelta(hours=1))], max_concurrency=1)
     assert set(ids(list(walker))) == set(range(1, 96)) | {500, 501, 502}
     assert walker.rewalks == 1
 
@@ -264,14 +265,7 @@ def test_list_that_never_settles_ends_with_a_walk_page_by_page() -> None:
             server.rows.append({"id": next(added), "timestamp": stamp(T0 + timedelta(minutes=1))})
 
     server.before_answer = keep_inserting
-    walker = PageWalker(
-        server,
-        base_url=BASE,
-        path=CALL_LOGS_PATH,
-        params={"page_size": 10},
-        windows=[None],
-        max_concurrency=2,
-    )
+    walker = walker_of(server, [None], max_concurrency=2)
     got = ids(list(walker))
     assert set(range(1, 31)) <= set(got)
     assert walker.rewalks == MAX_REWALKS + 1  # walked again MAX_REWALKS times, then once link by link: it ended
@@ -341,6 +335,143 @@ def test_a_failing_page_ends_the_walk_with_its_error() -> None:
     server.before_answer = fail_on_page_5
     with pytest.raises(CekuraResponseError, match="page 5 is broken"):
         walk(server, [None], params={"page_size": 10}, max_concurrency=3)
+
+
+# ---------------------------------------------------------------------------- the filters
+
+
+def test_call_log_filters_hold_the_checked_values() -> None:
+    condition = '{"field": "status", "op": "eq", "value": "success"}'
+    given = {"timestamp_from": "2026-03-01T00:00:00Z", "agent_id": " 7 ", "assistant_id": "  asst-1 "}
+    filters = CallLogFilters(**given, call_ids="3, 1, 3", filters_v2=condition)
+    assert filters.timestamp_from == T0 and filters.timestamp_to is None
+    assert (filters.agent_id, filters.assistant_id, filters.call_ids) == (7, "asst-1", (3, 1))
+    assert filters.filters_v2 == '{"field":"status","op":"eq","value":"success"}'
+    assert filters.query(project_id=5, page_size=100) == {
+        "agent_id": 7,
+        "project_id": 5,
+        "assistant_id": "asst-1",
+        "filters_v2": '{"field":"status","op":"eq","value":"success"}',
+        "page_size": 100,
+    }
+    assert CallLogFilters(project_id=9, page_size=10, assistant_id=" ").query(project_id=5, page_size=100) == {
+        "project_id": 9,
+        "page_size": 10,
+    }
+    assert CallLogFilters(call_ids=list(range(1, 251))).id_chunks(100) == [
+        tuple(range(1, 101)),
+        tuple(range(101, 201)),
+        tuple(range(201, 251)),
+    ]
+    assert CallLogFilters().id_chunks(100) == [] and CallLogFilters().windows(timedelta(days=1)) == [None]
+
+
+def test_the_iterators_keywords_are_the_filters_fields() -> None:
+    """One list: ``iter_call_log_pages`` builds its filters from its keywords by name, ``iter_call_logs`` and
+    ``walk_pages`` take the arguments of ``iter_call_log_pages`` and ``PageWalker``."""
+    import dataclasses
+    import inspect
+
+    keywords = list(inspect.signature(CekuraHook.iter_call_log_pages).parameters)[1:]
+    assert keywords == [f.name for f in dataclasses.fields(CallLogFilters)] + ["prefetch", "max_concurrency"]
+    assert inspect.signature(CekuraHook.iter_call_logs).parameters == (
+        inspect.signature(CekuraHook.iter_call_log_pages).parameters
+    )
+    assert inspect.signature(walk_pages).parameters == inspect.signature(PageWalker).parameters
+
+
+@pytest.mark.parametrize(
+    ("given", "field"),
+    [
+        ({"agent_id": 5.7}, "agent_id"),
+        ({"agent_id": "0"}, "agent_id"),
+        ({"project_id": "٣"}, "project_id"),
+        ({"assistant_id": 3}, "assistant_id"),
+        ({"call_ids": []}, "call_ids"),
+        ({"call_ids": [2**70]}, "call_ids"),
+        ({"filters_v2": {"value": 1}}, "filters_v2"),
+        ({"filters_v2": "{not json"}, "filters_v2"),
+        ({"page_size": 0}, "page_size"),
+        ({"page_size": True}, "page_size"),
+        ({"timestamp_to": "2026-03-01T00:00:00Z"}, "timestamp_from"),
+        ({"timestamp_from": " "}, "timestamp_from"),
+        ({"timestamp_from": "yesterday"}, "timestamp_from"),
+    ],
+)
+def test_call_log_filters_refuse_bad_values_naming_them(given: dict[str, Any], field: str) -> None:
+    with pytest.raises(CekuraValidationError) as caught:
+        CallLogFilters(**given)
+    assert caught.value.field == field
+
+
+# ---------------------------------------------------------------------------- chunks of ids
+
+
+class ChunkWalks:
+    """``walk(chunk)`` for :func:`walk_chunks`: one page per chunk, after ``delay(chunk)`` seconds, counted."""
+
+    def __init__(self, delay: Any = lambda chunk: 0.0, fail_on: int | None = None) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.lock = threading.Lock()
+        self.started: list[int] = []
+        self.threads: set[str] = set()
+        self.in_flight = self.most_in_flight = 0
+
+    def __call__(self, chunk: tuple[int, ...]) -> Iterator[list[dict[str, Any]]]:
+        with self.lock:
+            self.started.append(chunk[0])
+            self.threads.add(threading.current_thread().name)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay(chunk))
+            if chunk[0] == self.fail_on:
+                raise CekuraResponseError(f"chunk {chunk[0]} is broken", status=502)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        return iter([[{"id": i} for i in chunk]])
+
+
+CHUNKS = [tuple(range(n, n + 3)) for n in range(0, 30, 3)]
+
+
+def test_chunks_walk_concurrently_and_come_out_in_order() -> None:
+    walks = ChunkWalks(delay=lambda chunk: 0.08 if chunk[0] % 2 == 0 else 0.01)  # every other chunk is slow
+    pages = list(walk_chunks(walks, CHUNKS, max_concurrency=4))
+    assert ids(pages) == list(range(30))  # the order of the chunks, whichever answered first
+    assert walks.most_in_flight == 4  # never more than max_concurrency, and that many at once
+    assert sorted(walks.started) == list(range(0, 30, 3))  # each chunk walked once
+
+
+def test_chunks_in_the_callers_thread_one_after_the_other() -> None:
+    walks = ChunkWalks()
+    assert ids(list(walk_chunks(walks, CHUNKS, threaded=False))) == list(range(30))
+    assert walks.most_in_flight == 1 and walks.threads == {threading.current_thread().name}
+
+
+def test_at_most_max_concurrency_chunks_ahead_of_the_caller() -> None:
+    walks = ChunkWalks()
+    pages = walk_chunks(walks, CHUNKS, max_concurrency=3)
+    assert ids([next(pages)]) == [0, 1, 2]
+    time.sleep(0.2)  # the caller dawdles over its first page: no chunk beyond max_concurrency ahead is walked
+    assert len(walks.started) == 1 + 3
+    pages.close()
+    assert len(walks.started) == 1 + 3
+
+
+def test_a_failing_chunk_ends_the_walk_at_its_turn() -> None:
+    walks = ChunkWalks(fail_on=9)
+    pages = walk_chunks(walks, CHUNKS, max_concurrency=2)
+    got = []
+    with pytest.raises(CekuraResponseError, match="chunk 9 is broken"):
+        for page in pages:
+            got.append(page)
+    assert ids(got) == list(range(9))  # the chunks before it, in order
+    assert max(walks.started) <= 9 + 3 * 2  # chunks well after it were never walked
+    with pytest.raises(CekuraValidationError, match="max_concurrency"):
+        list(walk_chunks(walks, CHUNKS, max_concurrency=0))
 
 
 # ---------------------------------------------------------------------------- through the hook (emulator)
@@ -462,3 +593,27 @@ def test_walk_bound_in_the_list_the_sensor_poll_and_observes_duplicate_check(mon
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_hook_call_ids_100_per_request_max_concurrency_at_once_in_order(hook: CekuraHook, emulator: Any) -> None:
+    """Many ids: one list request per 100, ``max_concurrency`` of them answered at once (the emulator's
+    latency keeps each open long enough to be seen), the call logs handed out chunk after chunk."""
+    created = emulator.seed(450, start=T0, end=T0 + timedelta(days=90))  # wider than one window: no window asked
+    emulator.latency = 0.1
+    wanted = created[::-1]  # newest first, as the API lists them: each chunk comes back in the order asked
+    pages: list[list[dict[str, Any]]] = []
+    walk = hook.iter_call_log_pages(call_ids=wanted, max_concurrency=3)
+    most = most_in_flight(emulator, lambda: pages.extend(walk), CALL_LOGS_PATH)
+    assert ids(pages) == wanted  # chunk after chunk, in order, each once
+    requests = list_requests(emulator)
+    asked = sorted((len(r.query["call_ids"].split(",")) for r in requests), reverse=True)
+    assert asked == [100, 100, 100, 100, 50]  # one request per 100 ids (sent in any order)
+    assert 1 < most <= 3  # chunks in flight at once, never more than max_concurrency (the connection's
+    # limiter starts with fewer in flight and opens up as answers come)
+
+    emulator.reset_log()
+    most = most_in_flight(
+        emulator, lambda: list(hook.iter_call_log_pages(call_ids=wanted, prefetch=False)), CALL_LOGS_PATH
+    )
+    assert most == 1 and len(list_requests(emulator)) == 5  # prefetch=False: one after the other

@@ -22,7 +22,7 @@ from conftest import ROOT, TEST_API_KEY
 
 from airflow_provider_cekura.exceptions import CekuraError
 from airflow_provider_cekura.transfers.call_logs_to_object_storage import CekuraCallLogsToObjectStorageOperator
-from support.transfer import CALL_LOGS, START, api_call_logs, as_datetime, sqlite_warehouse, window
+from support.transfer import CALL_LOGS, START, api_call_logs, as_datetime, check_row, sqlite_warehouse, window
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -141,13 +141,9 @@ def check_exact(table: Any, expected: dict[int, dict]) -> None:
     assert set(rows) == set(expected)
     for cid, call_log in expected.items():
         row = rows[cid]
-        assert row["call_id"] == call_log["call_id"]
-        assert row["agent"] == call_log["agent"]
-        assert row["status"] == call_log["status"]
-        assert row["success"] == call_log["success"]
-        assert json.loads(row["metrics"]) == call_log["metrics"]
-        assert json.loads(row["metadata"]) == call_log["metadata"]
-        assert row["updated_at"] == as_datetime(call_log["updated_at"])
+        check_row(row, call_log, json_text=True)
+        assert row["success"] is call_log["success"]  # a real bool (or None), not 0/1
+        assert row["updated_at"] == as_datetime(call_log["updated_at"])  # an aware datetime, not text
         assert row["timestamp"] == as_datetime(call_log["timestamp"])
 
 

@@ -21,7 +21,10 @@ from support.transfer import (
     Warehouse,
     api_call_logs,
     as_datetime,
+    check_exact,
+    export,
     make_warehouse,
+    reevaluate_with_new_catalog,
     sqlite_warehouse,
     window,
 )
@@ -30,39 +33,6 @@ from support.transfer import (
 @pytest.fixture(params=WAREHOUSES)
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Warehouse]:
     yield from make_warehouse(request.param, request, tmp_path, monkeypatch)
-
-
-def export(wh: Warehouse, *, metrics: bool = True, **kwargs: Any) -> int:
-    kwargs.setdefault("table", wh.table)
-    if metrics:
-        kwargs.setdefault("metrics_table", wh.metrics_table)
-    op = CekuraCallLogsToSqlOperator(task_id="export", sql_conn_id=wh.conn_id, **kwargs)
-    return op.execute({})  # type: ignore[arg-type]
-
-
-def check_exact(wh: Warehouse, expected: dict[int, dict]) -> None:
-    """The table holds exactly ``expected`` with the API's values, and the metrics table its metrics."""
-    assert wh.count() == len(expected)
-    rows = wh.rows("call_id, agent, status, success, metrics, metadata, updated_at")
-    assert set(rows) == set(expected)
-    for cid, call_log in expected.items():
-        row = rows[cid]
-        assert row["call_id"] == call_log["call_id"]
-        assert row["agent"] == call_log["agent"]
-        assert row["status"] == call_log["status"]
-        assert (None if row["success"] is None else bool(row["success"])) == call_log["success"]
-        assert row["metrics"] == call_log["metrics"]
-        assert row["metadata"] == call_log["metadata"]
-        assert as_datetime(row["updated_at"]) == as_datetime(call_log["updated_at"])
-    metric_rows = wh.metrics()
-    expected_metrics = {(cid, m["id"]): m for cid, c in expected.items() for m in c["metrics"]}
-    assert set(metric_rows) == set(expected_metrics)
-    for key, metric in expected_metrics.items():
-        row = metric_rows[key]
-        assert row["name"] == metric["name"] and row["type"] == metric["type"]
-        assert row["score"] == metric["score"]
-        assert row["value"] == metric["value"]
-        assert row["explanation"] == metric["explanation"]
 
 
 def test_export_creates_tables_and_writes_the_window(emulator: Any, warehouse: Warehouse) -> None:
@@ -86,25 +56,13 @@ def test_export_creates_tables_and_writes_the_window(emulator: Any, warehouse: W
 
 
 def test_rerun_same_window_updates_rows_and_replaces_metrics(emulator: Any, warehouse: Warehouse) -> None:
-    from airflow_provider_cekura.hooks.cekura import CekuraHook
-
     ids = emulator.seed(30, start=START, end=START + timedelta(hours=1))
     assert export(warehouse, **window(0, 1)) == 30
     before = warehouse.rows("metrics")
     assert {m["id"] for m in before[ids[0]]["metrics"]} == {101, 102, 103}
 
     # A metric is removed from the catalog, another added; the call logs are re-evaluated.
-    emulator.metric_catalog = [
-        {"id": 101, "name": "Customer Satisfaction", "type": "rating"},
-        {"id": 104, "name": "Empathy", "type": "rating"},
-    ]
-    hook = CekuraHook()
-    by_agent: dict[int, list[int]] = {}
-    for call_log in emulator.call_logs():
-        by_agent.setdefault(call_log["agent"], []).append(call_log["id"])
-    for agent, agent_ids in by_agent.items():
-        hook.rerun_evaluation(agent_ids, agent_id=agent)
-    emulator.finish_evaluations()
+    reevaluate_with_new_catalog(emulator)
 
     assert export(warehouse, **window(0, 1)) == 30
     expected = api_call_logs(emulator)

@@ -16,8 +16,16 @@ from typing import Any
 import pytest
 
 from airflow_provider_cekura.transfers import _sql, _writers
-from support.transfer import START, Warehouse, api_call_logs, make_warehouse, window
-from unit.transfers.test_call_logs_to_sql import check_exact, export
+from support.transfer import (
+    START,
+    Warehouse,
+    api_call_logs,
+    check_exact,
+    export,
+    make_warehouse,
+    reevaluate_with_new_catalog,
+    window,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -57,8 +65,6 @@ def test_generic_writer_uses_the_dialects_upsert_else_delete_then_insert(generic
 
 def test_generic_writer_rerun_gives_exactly_the_apis_rows(emulator: Any, generic: Warehouse) -> None:
     """Same scenario as ``test_rerun_same_window_updates_rows_and_replaces_metrics``, plus an overlapping window."""
-    from airflow_provider_cekura.hooks.cekura import CekuraHook
-
     ids = emulator.seed(30, start=START, end=START + timedelta(hours=1))
     assert export(generic, **window(0, 1)) == 30
     check_exact(generic, api_call_logs(emulator))
@@ -66,17 +72,7 @@ def test_generic_writer_rerun_gives_exactly_the_apis_rows(emulator: Any, generic
     assert {m["id"] for m in before[ids[0]]["metrics"]} == {101, 102, 103}
 
     # A metric is removed from the catalog, another added; the call logs are re-evaluated.
-    emulator.metric_catalog = [
-        {"id": 101, "name": "Customer Satisfaction", "type": "rating"},
-        {"id": 104, "name": "Empathy", "type": "rating"},
-    ]
-    hook = CekuraHook()
-    by_agent: dict[int, list[int]] = {}
-    for call_log in emulator.call_logs():
-        by_agent.setdefault(call_log["agent"], []).append(call_log["id"])
-    for agent, agent_ids in by_agent.items():
-        hook.rerun_evaluation(agent_ids, agent_id=agent)
-    emulator.finish_evaluations()
+    reevaluate_with_new_catalog(emulator)
 
     assert export(generic, **window(0, 1)) == 30
     check_exact(generic, api_call_logs(emulator))  # same row count, new values, metric 102/103 rows gone
