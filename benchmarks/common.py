@@ -191,6 +191,11 @@ def minimal_context(**extra: Any) -> Any:
 # ---------------------------------------------------------------------------- the export benchmarks (B1, B6)
 
 
+def export_sizes(smoke: bool) -> tuple[int, int, int, int]:
+    """(call logs, repeats, small and large memory run) of the export benchmarks, B1 and B6 alike."""
+    return (500, 1, 300, 1_000) if smoke else (20_000, 3, 10_000, 100_000)
+
+
 @contextmanager
 def seeded_emulator(
     conn_id: str, count: int, *, page_size: int, start: datetime, hours: float = 24
@@ -208,6 +213,19 @@ def seeded_emulator(
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = emulator.connection_json(page_size=page_size)
         emulator.seed(count, start=start, end=start + timedelta(hours=hours))
         yield emulator
+
+
+def end_child(proc: subprocess.Popen[str], timeout: float) -> None:
+    """Close a child's stdin (its cue to finish), wait up to ``timeout`` seconds (then kill it), close its stdout."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
 
 
 def vm_rss_kib() -> int:
@@ -276,3 +294,53 @@ def describe_memory(result: dict[str, Any]) -> str:
         f"sampled peak during it {result['sampled_peak_kib'] / 1024:.0f} MiB; "
         f"{result['expected'] / result['seconds']:,.0f} rows/s)"
     )
+
+
+def memory_runs(
+    conn_id: str, small: int, large: int, child: Callable[[str, int, float], dict[str, Any]], *, page_size: int,
+    start: datetime, smoke: bool,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+    """The memory figures of exporting a small share of a day and all of it, each in a fresh process.
+
+    Seeds ``large`` call logs over 24 h, then ``child(tag, count, hours)`` (which runs one export in a fresh
+    process, see :func:`child_json`) exports the first ``small / large`` share of the day (``tag`` "small"),
+    then the whole day ("large"), after one unmeasured run ("warm") that fills the bytecode cache. A smoke run
+    exports the small share only, once.
+    """
+    with seeded_emulator(conn_id, large, page_size=page_size, start=start):
+        share = 24 * small / large
+        if not smoke:
+            child("warm", small, share)
+        first = child("small", small, share)
+        second = None if smoke else child("large", large, 24.0)
+    return first, second
+
+
+def memory_rows(
+    section: Section, label: Callable[[int], str], first: dict[str, Any], second: dict[str, Any] | None,
+    goal: float, *, sampled_goal: bool, large: int,
+) -> None:  # fmt: skip
+    """The rows of :func:`memory_runs`: each run's figures, and the growth of the peak (against ``goal``).
+
+    :param label: what was exported, given the call log count ("export of 10,000 call logs into SQLite").
+    :param sampled_goal: the growth of the RSS sampled during the export has the goal too (else it is shown).
+    :param large: the call logs of the second run (named when a smoke run leaves it out).
+    """
+    for result in (first, second):
+        if result is not None and result["rows"] != result["expected"]:
+            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
+    section.add(f"peak RSS (getrusage), {label(first['expected'])}", describe_memory(first))
+    if second is None:
+        section.add(f"peak RSS, {label(large)}", "not measured in a smoke run")
+        return
+    small = first["expected"]
+    section.add(f"peak RSS (getrusage), {label(large)}", describe_memory(second))
+    growth = f"{small:,} -> {large:,}"
+    section.check(f"peak RSS growth {growth}", second["peak_kib"] / first["peak_kib"] - 1, goal,
+                  higher_is_better=False, fmt=".1%")  # fmt: skip
+    sampled = second["sampled_peak_kib"] / first["sampled_peak_kib"] - 1
+    if sampled_goal:
+        section.check(f"growth of the RSS sampled during the export {growth}", sampled, goal,
+                      higher_is_better=False, fmt=".1%")  # fmt: skip
+    else:
+        section.add(f"growth of the RSS sampled during the export {growth}", f"{sampled:.1%}")

@@ -165,21 +165,16 @@ def _waits_task(given: dict[str, Any], context: Callable[[], Any]) -> dict[str, 
 
 
 def _observe_task(given: dict[str, Any], context: Callable[[], Any]) -> dict[str, Any]:
-    """B3 and B5: one task try of the bulk observe operator; seconds and outcome."""
+    """B3 and B5: one task try of the bulk observe operator; its seconds."""
     from airflow_provider_cekura.operators.observe import CekuraObserveOperator
 
     operator = CekuraObserveOperator(task_id="observe", calls=given["calls"], max_concurrency=8,
                                      cekura_conn_id=CEKURA_CONN)  # fmt: skip
     started = time.perf_counter()
-    try:
-        operator.execute(context())
-        outcome = "success"
-    except Exception as err:
-        outcome = f"failed: {type(err).__name__}: {str(err)[:120]}"
-    finally:
-        seconds = time.perf_counter() - started
-        operator.hook.close()
-    return {"seconds": seconds, "outcome": outcome}
+    operator.execute(context())  # a failure ends the worker (its traceback on stderr): no figure
+    seconds = time.perf_counter() - started
+    operator.hook.close()
+    return {"seconds": seconds}
 
 
 # ---------------------------------------------------------------------------- the two sides
@@ -195,6 +190,8 @@ class Side:
     @contextlib.contextmanager
     def worker(self, task: str, env: dict[str, str]) -> Iterator[Callable[[dict[str, Any]], dict[str, Any]]]:
         """A warmed-up worker of this side for ``task``; call the yielded function with its input once."""
+        from benchmarks.common import end_child
+
         env = {**os.environ, **env, "PYTHONPATH": str(self.root)}
         env.pop("AIRFLOW_HOME", None)  # the worker makes its own (benchmarks.common.setup_airflow_env)
         code = f"import runpy, sys; sys.argv = ['worker', {task!r}]; runpy.run_path({str(Path(__file__))!r}, run_name='__worker__')"
@@ -219,13 +216,7 @@ class Side:
 
             yield run
         finally:
-            proc.stdin.close()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            end_child(proc, timeout=60)
 
 
 def _git(*args: str, cwd: Path) -> str:
@@ -360,8 +351,8 @@ def observe_scenario(sizes: Sizes, *, limited: bool) -> Callable[[Side], list[Fi
                     emulator.call("set_rate_limit", rate=sizes.rate, burst=sizes.burst)  # a full bucket
                 result = run({"calls": calls})
             server = _server_side(emulator, calls, sizes.rate, result["seconds"])
-        if result["outcome"] != "success" or server["lost"] or server["duplicates"]:
-            raise RuntimeError(f"{side.name}: {result['outcome']}, lost {server['lost']}, dups {server['duplicates']}")
+        if server["lost"] or server["duplicates"]:
+            raise RuntimeError(f"{side.name}: lost {server['lost']}, duplicates {server['duplicates']}")
         if not limited:
             return [Figure(f"B3 bulk observe ({what})", count / result["seconds"], "calls/s", True)]
         return [

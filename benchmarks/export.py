@@ -26,7 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._emulator_proc import RemoteEmulator
-from benchmarks.common import Section, child_json, describe_memory, median, minimal_context, seeded_emulator, with_rss
+from benchmarks.common import (
+    Section,
+    child_json,
+    export_sizes,
+    median,
+    memory_rows,
+    memory_runs,
+    minimal_context,
+    seeded_emulator,
+    with_rss,
+)
 
 CEKURA_CONN = "cekura_bench_export"
 PG_CONN = "bench_pg"
@@ -300,9 +310,7 @@ def _interleaved(repeats: int, steps: dict[str, Callable[[], float]]) -> dict[st
 
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
-    count = 500 if smoke else 20_000
-    repeats = 1 if smoke else 3
-    small, large = (300, 1_000) if smoke else (10_000, 100_000)
+    count, repeats, small, large = export_sizes(smoke)
     section = Section(
         "B1 — export to SQL",
         f"{count:,} call logs seeded in the emulator (own process, `page_size_cap={PAGE_SIZE}`), exported with "
@@ -433,42 +441,22 @@ def run(*, smoke: bool = False) -> Section:
 
 
 def memory(section: Section, small: int, large: int, conn_id: str, db_name: str, *, smoke: bool = False) -> None:
-    """Seed ``large`` call logs over 24 h; export the first ``small / large`` share of the day, then all of it,
-    each in a fresh process (after one unmeasured run that fills a bytecode cache). A smoke run exports only
-    the small share, once."""
+    """Peak RSS of exporting ``small`` and ``large`` call logs into ``conn_id``, each in a fresh process."""
     cache = tempfile.mkdtemp(prefix="cekura-bench-pycache-")
     _ensure_schema(conn_id)
-    with seeded_emulator(CEKURA_CONN, large, page_size=PAGE_SIZE, start=START):
-        share = 24 * small / large
-        if not smoke:
-            _child("_memory_child", conn_id, small, share, cache=cache)  # fills the bytecode cache
-        first = _child("_memory_child", conn_id, small, share, cache=cache)
-        second = None if smoke else _child("_memory_child", conn_id, large, 24.0, cache=cache)
-    for result in (first, second):
-        if result is not None and result["rows"] != result["expected"]:
-            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
 
-    section.add(f"peak RSS (getrusage), export of {small:,} call logs into {db_name}", describe_memory(first))
-    if second is None:
-        section.add(f"peak RSS, export of {large:,} call logs", "not measured in a smoke run")
-        return
-    section.add(f"peak RSS (getrusage), export of {large:,} call logs into {db_name}", describe_memory(second))
-    section.check(
-        f"peak RSS growth {small:,} -> {large:,}",
-        second["peak_kib"] / first["peak_kib"] - 1,
-        GOAL_MEMORY,
-        higher_is_better=False,
-        fmt=".1%",
-    )
-    section.add(
-        f"growth of the RSS sampled during the export {small:,} -> {large:,}",
-        f"{second['sampled_peak_kib'] / first['sampled_peak_kib'] - 1:.1%}",
-    )
-    section.notes.append(
-        "The process's getrusage peak is reached before the export starts (start-up: imports, provider "
-        "discovery), so it cannot grow unless the export outgrows it; the RSS sampled every 5 ms during the "
-        "export is the sharper figure and is reported next to it."
-    )
+    def child(tag: str, count: int, hours: float) -> dict[str, Any]:
+        return _child("_memory_child", conn_id, count, hours, cache=cache)
+
+    first, second = memory_runs(CEKURA_CONN, small, large, child, page_size=PAGE_SIZE, start=START, smoke=smoke)
+    memory_rows(section, lambda n: f"export of {n:,} call logs into {db_name}", first, second, GOAL_MEMORY,
+                sampled_goal=False, large=large)  # fmt: skip
+    if second is not None:
+        section.notes.append(
+            "The process's getrusage peak is reached before the export starts (start-up: imports, provider "
+            "discovery), so it cannot grow unless the export outgrows it; the RSS sampled every 5 ms during the "
+            "export is the sharper figure and is reported next to it."
+        )
 
 
 # ---------------------------------------------------------------------------- at a realistic round trip

@@ -23,7 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Section, child_json, describe_memory, median, minimal_context, seeded_emulator, with_rss
+from benchmarks import common
+from benchmarks.common import Section, median, minimal_context, seeded_emulator
 
 CEKURA_CONN = "cekura_bench_objstore"
 SQLITE_CONN = "bench_objstore_sqlite"
@@ -113,47 +114,21 @@ def _memory_child(root: str, count: int, hours: float) -> None:
 
     quiet_logs()
     operator = _files_operator(Path(root), hours)
-    result, figures = with_rss(lambda: operator.execute(minimal_context()))
+    result, figures = common.with_rss(lambda: operator.execute(minimal_context()))
     print(json.dumps({**figures, "rows": result["rows"], "expected": count}))
 
 
-def _child(root: Path, count: int, hours: float, cache: str) -> dict[str, Any]:
-    return child_json("benchmarks.object_storage", "_memory_child", str(root), count, hours, cache=cache)
-
-
 def memory(section: Section, small: int, large: int, tmp: Path, *, smoke: bool) -> None:
-    """Seed ``large`` call logs over 24 h; export the first ``small / large`` share of the day, then all of it,
-    each in a fresh process (after one unmeasured run that fills a bytecode cache)."""
+    """Peak RSS of exporting ``small`` and ``large`` call logs as Parquet, each in a fresh process."""
     cache = tempfile.mkdtemp(prefix="cekura-bench-pycache-")
-    with seeded_emulator(CEKURA_CONN, large, page_size=PAGE_SIZE, start=START):
-        hours = 24 * small / large
-        if not smoke:
-            _child(tmp / "memory-warm", small, hours, cache)
-        first = _child(tmp / "memory-small", small, hours, cache)
-        second = None if smoke else _child(tmp / "memory-large", large, 24.0, cache)
-    for result in (first, second):
-        if result is not None and result["rows"] != result["expected"]:
-            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
 
-    section.add(f"peak RSS (getrusage), Parquet export of {small:,} call logs", describe_memory(first))
-    if second is None:
-        section.add(f"peak RSS, Parquet export of {large:,} call logs", "not measured in a smoke run")
-        return
-    section.add(f"peak RSS (getrusage), Parquet export of {large:,} call logs", describe_memory(second))
-    section.check(
-        f"peak RSS growth {small:,} -> {large:,}",
-        second["peak_kib"] / first["peak_kib"] - 1,
-        GOAL_MEMORY,
-        higher_is_better=False,
-        fmt=".1%",
-    )
-    section.check(
-        f"growth of the RSS sampled during the export {small:,} -> {large:,}",
-        second["sampled_peak_kib"] / first["sampled_peak_kib"] - 1,
-        GOAL_MEMORY,
-        higher_is_better=False,
-        fmt=".1%",
-    )
+    def child(tag: str, count: int, hours: float) -> dict[str, Any]:
+        root = str(tmp / f"memory-{tag}")
+        return common.child_json("benchmarks.object_storage", "_memory_child", root, count, hours, cache=cache)
+
+    first, second = common.memory_runs(CEKURA_CONN, small, large, child, page_size=PAGE_SIZE, start=START, smoke=smoke)
+    label = "Parquet export of {:,} call logs".format
+    common.memory_rows(section, label, first, second, GOAL_MEMORY, sampled_goal=True, large=large)
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -161,9 +136,7 @@ def memory(section: Section, small: int, large: int, tmp: Path, *, smoke: bool) 
 
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
-    count = 500 if smoke else 20_000
-    repeats = 1 if smoke else 3
-    small, large = (300, 1_000) if smoke else (10_000, 100_000)
+    count, repeats, small, large = common.export_sizes(smoke)
     section = Section(
         "B6 — export to object storage",
         f"{count:,} call logs seeded in the emulator (own process, `page_size_cap={PAGE_SIZE}`), exported with "

@@ -9,6 +9,17 @@ interval, dropping ids as they finish (the hand-written way).
 Part 2 runs 50 trigger generators in one asyncio loop against an emulator that
 answers every request after 200 ms, next to a ticker coroutine that sleeps
 10 ms at a time and records how late it wakes up: the triggerer's health.
+
+Part 3 does the same with 1,000 waits of 1 and 10 ids: the shared poller against per-trigger polling.
+
+Part 4 is the moment 1,000 waits that finish in the same round get their events. The benchmark holds a
+round's page answers until its last page is in (``_rounds_answer_at_once``), so that every wait of the
+round is ready in the same loop turn. Today's poller wakes
+:data:`~airflow_provider_cekura.triggers._poller.HANDOUT_BATCH` waits per loop turn; the baseline is the
+same poller with a batch larger than any round (:func:`delivery_at_once`): every event in one turn. The runs
+alternate (sliced, at once, then at once, sliced, ...); medians. "At delivery" is the ticks that overlap the
+span from the first event to the last, "any other moment" the rest of the run (the start of 1,000 triggers
+and the rounds before included).
 """
 
 from __future__ import annotations
@@ -190,7 +201,7 @@ def _rounds_answer_at_once() -> Iterator[None]:
             barriers[id(answered)] = _RoundBarrier(answered)
         barrier = barriers[id(answered)]
         barrier.expected += 1
-        return submit(self, page, n, barrier)
+        return submit(self, page, n, barrier)  # type: ignore[arg-type]  # it has the queue's put_nowait
 
     SharedPoller._submit = held  # type: ignore[method-assign]
     try:
@@ -644,13 +655,9 @@ def delivery_lag(section: Section, *, smoke: bool) -> None:
                     f"{elsewhere:.1f} / {span:.0f} ms")  # fmt: skip
     section.add(f"lag at delivery, all at once / sliced ({what})", f"{medians[False][0] / medians[True][0]:.1f}x")
     section.notes.append(
-        f"Part 4: {waits:,} waits x {per} ids (one shared poll, poll interval {interval:g} s, evaluations finish "
-        f"{delay:g} s after seeding), every page of a round answering in the same loop turn (the benchmark holds "
-        "the answers until the round's last page is in), so that every wait of the round is ready at once. Today's "
-        f"poller wakes {HANDOUT_BATCH} waits per loop turn (`HANDOUT_BATCH`); the baseline is the same poller with a "
-        "batch larger than any round (`benchmarks.waiting.delivery_at_once`): all events in one turn. Runs "
-        "interleaved (sliced, all at once, then all at once, sliced, ...), medians. 'At delivery' is the ticks that "
-        "overlap the span from the first event to the last; 'any other moment' the rest of the run."
+        f"Part 4: {waits:,} waits x {per} ids, every page of a round answering in the same loop turn, so that all "
+        f"waits are ready at once; today's poller wakes {HANDOUT_BATCH} per loop turn, the baseline all of them "
+        "(`delivery_at_once`). 'At delivery': the ticks overlapping the first to the last event. See the module."
     )
 
 
