@@ -12,7 +12,8 @@ own virtualenv (``uv sync --frozen`` from its committed ``uv.lock``), removed at
 - The sides alternate (before, after, after, before, ...) over the repeats; the table gives medians and the
   after/before ratio of each figure.
 
-``--smoke`` runs tiny sizes once (figures meaningless); ``--output`` writes the table as Markdown.
+``--smoke`` runs tiny sizes once (figures meaningless); ``--output`` writes the table as Markdown;
+``--only B1,B3`` runs a subset of the scenarios; ``--repeats N`` (default 3) the runs per side.
 Postgres is measured when ``CEKURA_TEST_POSTGRES_URI`` is set (``bash scripts/with_test_servers.sh ...``).
 """
 
@@ -367,13 +368,19 @@ _SCENARIO_STACK = contextlib.ExitStack()
 """The emulators (and the Postgres schema) the scenarios keep for the whole run."""
 
 
-def compare(sides: dict[str, Side], sizes: Sizes, repeats: int, tmp: Path, log: Callable[[str], None]) -> list[Metric]:
-    scenarios = {
-        "B1": export_scenario(sizes, tmp),
-        "B2": waits_scenario(sizes),
-        "B3": observe_scenario(sizes, limited=False),
-        "B5": observe_scenario(sizes, limited=True),
+SCENARIOS = ("B1", "B2", "B3", "B5")
+
+
+def compare(
+    sides: dict[str, Side], sizes: Sizes, repeats: int, tmp: Path, log: Callable[[str], None], only: list[str]
+) -> list[Metric]:
+    make = {
+        "B1": lambda: export_scenario(sizes, tmp),
+        "B2": lambda: waits_scenario(sizes),
+        "B3": lambda: observe_scenario(sizes, limited=False),
+        "B5": lambda: observe_scenario(sizes, limited=True),
     }
+    scenarios: dict[str, Callable[[Side], list[Figure]]] = {label: make[label]() for label in only}
     metrics: dict[str, Metric] = {}
     for repeat in range(repeats):
         order = ("before", "after") if repeat % 2 == 0 else ("after", "before")
@@ -433,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each side of each scenario (default 3)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat (figures meaningless)")
     parser.add_argument("--output", type=Path, help="write the Markdown table here")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
     args = parser.parse_args(argv)
+    only = [name.strip().upper() for name in args.only.split(",") if name.strip()]
+    if set(only) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {sorted(set(only) - set(SCENARIOS))} (known: {', '.join(SCENARIOS)})")
     from benchmarks.common import ROOT, quiet_logs, setup_airflow_env
 
     setup_airflow_env()
@@ -448,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         with before_tree(args.before, ROOT) as before, _SCENARIO_STACK:
             sides = {"before": before, "after": after}
             log(f"before: {before.commit} in {before.root}; after: {after.commit} in {after.root}")
-            metrics = compare(sides, sizes, repeats, tmp, log)
+            metrics = compare(sides, sizes, repeats, tmp, log, only)
         loads.append(_load())
         text = render(metrics, sides, repeats=repeats, minutes=(time.perf_counter() - started) / 60,
                       loads=(loads[0], loads[1]), smoke=args.smoke)  # fmt: skip
