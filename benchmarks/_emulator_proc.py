@@ -178,18 +178,11 @@ class RemoteEmulator:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        from benchmarks.common import end_child
+
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+        if proc is not None:
+            end_child(proc, timeout=15)
 
     def call(self, op: str, **kwargs: Any) -> Any:
         proc = self._proc

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from benchmarks._emulator_proc import RemoteEmulator
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +186,161 @@ def minimal_context(**extra: Any) -> Any:
     """A context good enough for calling an operator's ``execute`` outside a DAG run."""
     ti = FakeTaskInstance()
     return {"ti": ti, "task_instance": ti, **extra}
+
+
+# ---------------------------------------------------------------------------- the export benchmarks (B1, B6)
+
+
+def export_sizes(smoke: bool) -> tuple[int, int, int, int]:
+    """(call logs, repeats, small and large memory run) of the export benchmarks, B1 and B6 alike."""
+    return (500, 1, 300, 1_000) if smoke else (20_000, 3, 10_000, 100_000)
+
+
+@contextmanager
+def seeded_emulator(
+    conn_id: str, count: int, *, page_size: int, start: datetime, hours: float = 24
+) -> Iterator[RemoteEmulator]:
+    """The emulator in its own process, ``count`` evaluated call logs spread over ``hours`` from ``start``.
+
+    :param conn_id: the Cekura connection pointed at it (``AIRFLOW_CONN_...``) while the block runs.
+    :param count: call logs to seed.
+    :param page_size: the emulator's page cap and the connection's page size.
+    :param start: the first call log's time; ``hours`` the length of the seeded span.
+    """
+    from benchmarks._emulator_proc import RemoteEmulator
+
+    with RemoteEmulator(evaluation_delay=0.0, page_size_cap=page_size, max_window_days=31) as emulator:
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = emulator.connection_json(page_size=page_size)
+        emulator.seed(count, start=start, end=start + timedelta(hours=hours))
+        yield emulator
+
+
+def end_child(proc: subprocess.Popen[str], timeout: float) -> None:
+    """Close a child's stdin (its cue to finish), wait up to ``timeout`` seconds (then kill it), close its stdout."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def vm_rss_kib() -> int:
+    """This process's resident set size now (``VmRSS``), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def with_rss(work: Callable[[], T]) -> tuple[T, dict[str, float]]:
+    """Run ``work`` while sampling the RSS every 5 ms; returns its result and the figures (KiB, seconds).
+
+    ``before_kib`` is the RSS once imports and connections are done (before ``work``); ``sampled_peak_kib``
+    the largest VmRSS seen during it; ``peak_kib`` ``getrusage``'s peak for the whole process; ``seconds``
+    the time ``work`` took.
+    """
+    before = vm_rss_kib()
+    samples = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            samples.append(vm_rss_kib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    result = work()
+    elapsed = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return result, {"peak_kib": peak, "sampled_peak_kib": max(samples), "before_kib": before, "seconds": elapsed}
+
+
+def child_json(module: str, function: str, *args: Any, cache: str) -> dict[str, Any]:
+    """Run ``module.function(*args)`` in a fresh Python process; returns the JSON object it printed last.
+
+    :param args: plain values (their ``repr`` is the call's source).
+    :param cache: a bytecode cache directory, so that compiling Airflow from source (the compiler's own
+        peak) stays out of a memory figure once an earlier run has filled it.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.setdefault("PYTHONPYCACHEPREFIX", cache)
+    code = (
+        "from benchmarks.common import setup_airflow_env; setup_airflow_env()\n"
+        f"from {module} import {function}\n"
+        f"{function}({', '.join(map(repr, args))})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{module}.{function} failed: {done.stderr[-1500:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def describe_memory(result: dict[str, Any]) -> str:
+    """A memory run's figures (see :func:`with_rss`; ``expected`` rows) as a table cell."""
+    return (
+        f"{result['peak_kib'] / 1024:.0f} MiB (RSS before the export {result['before_kib'] / 1024:.0f} MiB, "
+        f"sampled peak during it {result['sampled_peak_kib'] / 1024:.0f} MiB; "
+        f"{result['expected'] / result['seconds']:,.0f} rows/s)"
+    )
+
+
+def memory_runs(
+    conn_id: str, small: int, large: int, child: Callable[[str, int, float], dict[str, Any]], *, page_size: int,
+    start: datetime, smoke: bool,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:  # fmt: skip
+    """The memory figures of exporting a small share of a day and all of it, each in a fresh process.
+
+    Seeds ``large`` call logs over 24 h, then ``child(tag, count, hours)`` (which runs one export in a fresh
+    process, see :func:`child_json`) exports the first ``small / large`` share of the day (``tag`` "small"),
+    then the whole day ("large"), after one unmeasured run ("warm") that fills the bytecode cache. A smoke run
+    exports the small share only, once.
+    """
+    with seeded_emulator(conn_id, large, page_size=page_size, start=start):
+        share = 24 * small / large
+        if not smoke:
+            child("warm", small, share)
+        first = child("small", small, share)
+        second = None if smoke else child("large", large, 24.0)
+    return first, second
+
+
+def memory_rows(
+    section: Section, label: Callable[[int], str], first: dict[str, Any], second: dict[str, Any] | None,
+    goal: float, *, sampled_goal: bool, large: int,
+) -> None:  # fmt: skip
+    """The rows of :func:`memory_runs`: each run's figures, and the growth of the peak (against ``goal``).
+
+    :param label: what was exported, given the call log count ("export of 10,000 call logs into SQLite").
+    :param sampled_goal: the growth of the RSS sampled during the export has the goal too (else it is shown).
+    :param large: the call logs of the second run (named when a smoke run leaves it out).
+    """
+    for result in (first, second):
+        if result is not None and result["rows"] != result["expected"]:
+            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
+    section.add(f"peak RSS (getrusage), {label(first['expected'])}", describe_memory(first))
+    if second is None:
+        section.add(f"peak RSS, {label(large)}", "not measured in a smoke run")
+        return
+    small = first["expected"]
+    section.add(f"peak RSS (getrusage), {label(large)}", describe_memory(second))
+    growth = f"{small:,} -> {large:,}"
+    section.check(f"peak RSS growth {growth}", second["peak_kib"] / first["peak_kib"] - 1, goal,
+                  higher_is_better=False, fmt=".1%")  # fmt: skip
+    sampled = second["sampled_peak_kib"] / first["sampled_peak_kib"] - 1
+    if sampled_goal:
+        section.check(f"growth of the RSS sampled during the export {growth}", sampled, goal,
+                      higher_is_better=False, fmt=".1%")  # fmt: skip
+    else:
+        section.add(f"growth of the RSS sampled during the export {growth}", f"{sampled:.1%}")

@@ -17,8 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._emulator_proc import RemoteEmulator
-from benchmarks.common import ROOT, Section, median, minimal_context
+from benchmarks.common import (
+    Section,
+    child_json,
+    export_sizes,
+    median,
+    memory_rows,
+    memory_runs,
+    minimal_context,
+    seeded_emulator,
+    with_rss,
+)
 
 CEKURA_CONN = "cekura_bench_export"
 PG_CONN = "bench_pg"
@@ -258,75 +266,21 @@ def naive_write_only(conn_id: str, pages: list[list[dict[str, Any]]], count: int
 # ---------------------------------------------------------------------------- memory (child process)
 
 
-def _vm_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _memory_child(conn_id: str, count: int, hours: float) -> None:
-    """Runs in a fresh process: export ``hours`` of the seeded day, print RSS figures in KiB.
-
-    ``peak_kib`` is ``getrusage``'s peak for the whole process; ``sampled_peak_kib`` the largest
-    VmRSS seen every 5 ms during the export; ``before_kib`` the RSS once imports and connections are done.
-    """
-    import threading
-
+    """Runs in a fresh process: export ``hours`` of the seeded day, print RSS figures in KiB (see ``with_rss``)."""
     from benchmarks.common import quiet_logs
 
     quiet_logs()
     _drop(conn_id, _table(conn_id))
     operator = _operator(conn_id, hours=hours, task_id="export_memory")
-    before = _vm_rss_kib()
-    samples = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            samples.append(_vm_rss_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    operator.execute(minimal_context())
-    elapsed = time.perf_counter() - started
-    done.set()
-    sampler.join()
+    _, figures = with_rss(lambda: operator.execute(minimal_context()))
     rows = _count(conn_id, _table(conn_id))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "peak_kib": peak,
-                "sampled_peak_kib": max(samples),
-                "before_kib": before,
-                "rows": rows,
-                "expected": count,
-                "seconds": elapsed,
-            }
-        )
-    )
+    print(json.dumps({**figures, "rows": rows, "expected": count}))
 
 
-def _memory_run(conn_id: str, count: int, hours: float, cache: str) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    # A bytecode cache keeps the compiler's own peak (compiling Airflow from source) out of the figure.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.setdefault("PYTHONPYCACHEPREFIX", cache)
-    code = (
-        "from benchmarks.common import setup_airflow_env; setup_airflow_env()\n"
-        "from benchmarks.export import _memory_child\n"
-        f"_memory_child({conn_id!r}, {count}, {hours!r})\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"memory run failed: {done.stderr[-1500:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+def _child(function: str, *args: Any, cache: str) -> dict[str, Any]:
+    """``function(*args)`` of this module in a fresh process (see ``child_json``): its figures."""
+    return child_json("benchmarks.export", function, *args, cache=cache)
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -356,9 +310,7 @@ def _interleaved(repeats: int, steps: dict[str, Callable[[], float]]) -> dict[st
 
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
-    count = 500 if smoke else 20_000
-    repeats = 1 if smoke else 3
-    small, large = (300, 1_000) if smoke else (10_000, 100_000)
+    count, repeats, small, large = export_sizes(smoke)
     section = Section(
         "B1 — export to SQL",
         f"{count:,} call logs seeded in the emulator (own process, `page_size_cap={PAGE_SIZE}`), exported with "
@@ -396,9 +348,7 @@ def run(*, smoke: bool = False) -> Section:
         section.notes.append("No MariaDB (CEKURA_TEST_MARIADB_URI unset): the MariaDB figures are not available.")
     databases += [("DuckDB", DUCKDB_CONN), ("SQLite", SQLITE_CONN)]
 
-    with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
-        os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
-        emulator.seed(count, start=START, end=START + timedelta(hours=24))
+    with seeded_emulator(CEKURA_CONN, count, page_size=PAGE_SIZE, start=START):
         _warm_up(databases)
         if not available:
             fetch_s = median([fetch_only() for _ in range(repeats)])
@@ -491,50 +441,22 @@ def run(*, smoke: bool = False) -> Section:
 
 
 def memory(section: Section, small: int, large: int, conn_id: str, db_name: str, *, smoke: bool = False) -> None:
-    """Seed ``large`` call logs over 24 h; export the first ``small / large`` share of the day, then all of it,
-    each in a fresh process (after one unmeasured run that fills a bytecode cache). A smoke run exports only
-    the small share, once."""
+    """Peak RSS of exporting ``small`` and ``large`` call logs into ``conn_id``, each in a fresh process."""
     cache = tempfile.mkdtemp(prefix="cekura-bench-pycache-")
     _ensure_schema(conn_id)
-    with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
-        os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
-        emulator.seed(large, start=START, end=START + timedelta(hours=24))
-        if not smoke:
-            _memory_run(conn_id, small, 24 * small / large, cache)  # fills the bytecode cache
-        first = _memory_run(conn_id, small, 24 * small / large, cache)
-        second = None if smoke else _memory_run(conn_id, large, 24.0, cache)
-    for result in (first, second):
-        if result is not None and result["rows"] != result["expected"]:
-            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
 
-    def describe(result: dict[str, Any]) -> str:
-        return (
-            f"{result['peak_kib'] / 1024:.0f} MiB (RSS before the export {result['before_kib'] / 1024:.0f} MiB, "
-            f"sampled peak during it {result['sampled_peak_kib'] / 1024:.0f} MiB; "
-            f"{result['expected'] / result['seconds']:,.0f} rows/s)"
+    def child(tag: str, count: int, hours: float) -> dict[str, Any]:
+        return _child("_memory_child", conn_id, count, hours, cache=cache)
+
+    first, second = memory_runs(CEKURA_CONN, small, large, child, page_size=PAGE_SIZE, start=START, smoke=smoke)
+    memory_rows(section, lambda n: f"export of {n:,} call logs into {db_name}", first, second, GOAL_MEMORY,
+                sampled_goal=False, large=large)  # fmt: skip
+    if second is not None:
+        section.notes.append(
+            "The process's getrusage peak is reached before the export starts (start-up: imports, provider "
+            "discovery), so it cannot grow unless the export outgrows it; the RSS sampled every 5 ms during the "
+            "export is the sharper figure and is reported next to it."
         )
-
-    section.add(f"peak RSS (getrusage), export of {small:,} call logs into {db_name}", describe(first))
-    if second is None:
-        section.add(f"peak RSS, export of {large:,} call logs", "not measured in a smoke run")
-        return
-    section.add(f"peak RSS (getrusage), export of {large:,} call logs into {db_name}", describe(second))
-    section.check(
-        f"peak RSS growth {small:,} -> {large:,}",
-        second["peak_kib"] / first["peak_kib"] - 1,
-        GOAL_MEMORY,
-        higher_is_better=False,
-        fmt=".1%",
-    )
-    section.add(
-        f"growth of the RSS sampled during the export {small:,} -> {large:,}",
-        f"{second['sampled_peak_kib'] / first['sampled_peak_kib'] - 1:.1%}",
-    )
-    section.notes.append(
-        "The process's getrusage peak is reached before the export starts (start-up: imports, provider "
-        "discovery), so it cannot grow unless the export outgrows it; the RSS sampled every 5 ms during the "
-        "export is the sharper figure and is reported next to it."
-    )
 
 
 # ---------------------------------------------------------------------------- at a realistic round trip
@@ -739,52 +661,15 @@ def _rt_check_table(expected: set[int], sql_conn: str = SQLITE_CONN) -> None:
 
 
 def _rt_memory_child(day_iso: str, count: int) -> None:
-    """Runs in a fresh process: the round-trip export of one day; prints RSS figures in KiB (see _memory_child)."""
-    import threading
-
+    """Runs in a fresh process: the round-trip export of one day; prints RSS figures in KiB (see ``with_rss``)."""
     from benchmarks.common import quiet_logs
 
     quiet_logs()
     _drop(SQLITE_CONN, RT_TABLE)
     operator = _rt_operator(datetime.fromisoformat(day_iso))
-    before = _vm_rss_kib()
-    samples = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            samples.append(_vm_rss_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    operator.execute(minimal_context())
-    elapsed = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _, figures = with_rss(lambda: operator.execute(minimal_context()))
     rows = _count(SQLITE_CONN, RT_TABLE)
-    print(json.dumps({"peak_kib": peak, "sampled_peak_kib": max(samples), "before_kib": before, "rows": rows,
-                      "expected": count, "seconds": elapsed}))  # fmt: skip
-
-
-def _rt_memory_run(day: datetime, count: int, cache: str) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.setdefault("PYTHONPYCACHEPREFIX", cache)
-    code = (
-        "from benchmarks.common import setup_airflow_env; setup_airflow_env()\n"
-        "from benchmarks.export import _rt_memory_child\n"
-        f"_rt_memory_child({day.isoformat()!r}, {count})\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"memory run failed: {done.stderr[-1500:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    print(json.dumps({**figures, "rows": rows, "expected": count}))
 
 
 def round_trip(section: Section, *, smoke: bool = False) -> None:
@@ -890,10 +775,11 @@ def _round_trip(section: Section, smoke: bool) -> None:
         emulator.call("set_rate_limit", rate=None)
         # Memory: fresh processes, the small and the large even day (after one unmeasured run for the bytecode cache).
         cache = tempfile.mkdtemp(prefix="cekura-bench-pycache-")
+        small_day, large_day = _rt_day(0).isoformat(), _rt_day(2).isoformat()
         if not smoke:
-            _rt_memory_run(_rt_day(0), small, cache)
-        first = _rt_memory_run(_rt_day(0), small, cache)
-        second = None if smoke else _rt_memory_run(_rt_day(2), large, cache)
+            _child("_rt_memory_child", small_day, small, cache=cache)
+        first = _child("_rt_memory_child", small_day, small, cache=cache)
+        second = None if smoke else _child("_rt_memory_child", large_day, large, cache=cache)
     for result in (first, second):
         if result is None:
             continue

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from benchmarks._emulator_proc import RemoteEmulator
-from benchmarks.common import ROOT, Section, median, minimal_context
+from benchmarks import common
+from benchmarks.common import Section, median, minimal_context, seeded_emulator
 
 CEKURA_CONN = "cekura_bench_objstore"
 SQLITE_CONN = "bench_objstore_sqlite"
@@ -112,110 +108,27 @@ def sqlite(database: Path, count: int) -> float:
 # ---------------------------------------------------------------------------- memory (child process)
 
 
-def _vm_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _memory_child(root: str, count: int, hours: float) -> None:
     """Runs in a fresh process: export ``hours`` of the seeded day as Parquet, print RSS figures in KiB."""
     from benchmarks.common import quiet_logs
 
     quiet_logs()
     operator = _files_operator(Path(root), hours)
-    before = _vm_rss_kib()
-    samples = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.005):
-            samples.append(_vm_rss_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    result = operator.execute(minimal_context())
-    elapsed = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        json.dumps(
-            {
-                "peak_kib": peak,
-                "sampled_peak_kib": max(samples),
-                "before_kib": before,
-                "rows": result["rows"],
-                "expected": count,
-                "seconds": elapsed,
-            }
-        )
-    )
-
-
-def _memory_run(root: Path, count: int, hours: float, cache: str) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.setdefault("PYTHONPYCACHEPREFIX", cache)
-    code = (
-        "from benchmarks.common import setup_airflow_env; setup_airflow_env()\n"
-        "from benchmarks.object_storage import _memory_child\n"
-        f"_memory_child({str(root)!r}, {count}, {hours!r})\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"memory run failed: {done.stderr[-1500:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    result, figures = common.with_rss(lambda: operator.execute(minimal_context()))
+    print(json.dumps({**figures, "rows": result["rows"], "expected": count}))
 
 
 def memory(section: Section, small: int, large: int, tmp: Path, *, smoke: bool) -> None:
-    """Seed ``large`` call logs over 24 h; export the first ``small / large`` share of the day, then all of it,
-    each in a fresh process (after one unmeasured run that fills a bytecode cache)."""
+    """Peak RSS of exporting ``small`` and ``large`` call logs as Parquet, each in a fresh process."""
     cache = tempfile.mkdtemp(prefix="cekura-bench-pycache-")
-    with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
-        os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
-        emulator.seed(large, start=START, end=START + timedelta(hours=24))
-        hours = 24 * small / large
-        if not smoke:
-            _memory_run(tmp / "memory-warm", small, hours, cache)
-        first = _memory_run(tmp / "memory-small", small, hours, cache)
-        second = None if smoke else _memory_run(tmp / "memory-large", large, 24.0, cache)
-    for result in (first, second):
-        if result is not None and result["rows"] != result["expected"]:
-            section.notes.append(f"Memory run exported {result['rows']} rows, expected {result['expected']}.")
 
-    def describe(result: dict[str, Any]) -> str:
-        return (
-            f"{result['peak_kib'] / 1024:.0f} MiB (RSS before the export {result['before_kib'] / 1024:.0f} MiB, "
-            f"sampled peak during it {result['sampled_peak_kib'] / 1024:.0f} MiB; "
-            f"{result['expected'] / result['seconds']:,.0f} rows/s)"
-        )
+    def child(tag: str, count: int, hours: float) -> dict[str, Any]:
+        root = str(tmp / f"memory-{tag}")
+        return common.child_json("benchmarks.object_storage", "_memory_child", root, count, hours, cache=cache)
 
-    section.add(f"peak RSS (getrusage), Parquet export of {small:,} call logs", describe(first))
-    if second is None:
-        section.add(f"peak RSS, Parquet export of {large:,} call logs", "not measured in a smoke run")
-        return
-    section.add(f"peak RSS (getrusage), Parquet export of {large:,} call logs", describe(second))
-    section.check(
-        f"peak RSS growth {small:,} -> {large:,}",
-        second["peak_kib"] / first["peak_kib"] - 1,
-        GOAL_MEMORY,
-        higher_is_better=False,
-        fmt=".1%",
-    )
-    section.check(
-        f"growth of the RSS sampled during the export {small:,} -> {large:,}",
-        second["sampled_peak_kib"] / first["sampled_peak_kib"] - 1,
-        GOAL_MEMORY,
-        higher_is_better=False,
-        fmt=".1%",
-    )
+    first, second = common.memory_runs(CEKURA_CONN, small, large, child, page_size=PAGE_SIZE, start=START, smoke=smoke)
+    label = "Parquet export of {:,} call logs".format
+    common.memory_rows(section, label, first, second, GOAL_MEMORY, sampled_goal=True, large=large)
 
 
 # ---------------------------------------------------------------------------- the benchmark
@@ -223,9 +136,7 @@ def memory(section: Section, small: int, large: int, tmp: Path, *, smoke: bool) 
 
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
-    count = 500 if smoke else 20_000
-    repeats = 1 if smoke else 3
-    small, large = (300, 1_000) if smoke else (10_000, 100_000)
+    count, repeats, small, large = common.export_sizes(smoke)
     section = Section(
         "B6 — export to object storage",
         f"{count:,} call logs seeded in the emulator (own process, `page_size_cap={PAGE_SIZE}`), exported with "
@@ -246,9 +157,7 @@ def run(*, smoke: bool = False) -> Section:
     database = tmp / "bench.db"
     os.environ[f"AIRFLOW_CONN_{SQLITE_CONN.upper()}"] = json.dumps({"conn_type": "sqlite", "host": str(database)})
     try:
-        with RemoteEmulator(evaluation_delay=0.0, page_size_cap=PAGE_SIZE, max_window_days=31) as emulator:
-            os.environ[f"AIRFLOW_CONN_{CEKURA_CONN.upper()}"] = emulator.connection_json(page_size=PAGE_SIZE)
-            emulator.seed(count, start=START, end=START + timedelta(hours=24))
+        with seeded_emulator(CEKURA_CONN, count, page_size=PAGE_SIZE, start=START):
             fetch_only()  # warm-up: imports, connections
             parquet(tmp / "warm", count)
             times: dict[str, list[float]] = {"fetch": [], "parquet": [], "sqlite": []}

@@ -9,6 +9,17 @@ interval, dropping ids as they finish (the hand-written way).
 Part 2 runs 50 trigger generators in one asyncio loop against an emulator that
 answers every request after 200 ms, next to a ticker coroutine that sleeps
 10 ms at a time and records how late it wakes up: the triggerer's health.
+
+Part 3 does the same with 1,000 waits of 1 and 10 ids: the shared poller against per-trigger polling.
+
+Part 4 is the moment 1,000 waits that finish in the same round get their events. The benchmark holds a
+round's page answers until its last page is in (``_rounds_answer_at_once``), so that every wait of the
+round is ready in the same loop turn. Today's poller wakes
+:data:`~airflow_provider_cekura.triggers._poller.HANDOUT_BATCH` waits per loop turn; the baseline is the
+same poller with a batch larger than any round (:func:`delivery_at_once`): every event in one turn. The runs
+alternate (sliced, at once, then at once, sliced, ...); medians. "At delivery" is the ticks that overlap the
+span from the first event to the last, "any other moment" the rest of the run (the start of 1,000 triggers
+and the rounds before included).
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import statistics
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -148,6 +161,70 @@ def _pages_per_round() -> Iterator[list[int]]:
         yield pages
     finally:
         SharedPoller._submit = submit  # type: ignore[method-assign]
+
+
+class _RoundBarrier:
+    """Stands in for a round's answer queue in the poller's threads: passes the answers on all in one go.
+
+    Every page of a round is submitted in one step on the loop, before any answer can come back there
+    (answers arrive by ``call_soon_threadsafe``), so the count is complete when the first answer arrives.
+    """
+
+    def __init__(self, answered: Any) -> None:
+        self.answered = answered
+        self.expected = 0
+        self.held: list[Any] = []
+
+    def put_nowait(self, item: Any) -> None:
+        self.held.append(item)
+        if len(self.held) == self.expected:
+            for held in self.held:
+                self.answered.put_nowait(held)
+            self.held.clear()
+
+
+@contextlib.contextmanager
+def _rounds_answer_at_once() -> Iterator[None]:
+    """Within the block, every page of a shared-poller round answers in the same loop turn.
+
+    What happens when the evaluations of many waits finish together and their pages come back together:
+    every wait of the round is ready at once, the case where delivery slicing matters most.
+    """
+    from airflow_provider_cekura.triggers._poller import SharedPoller
+
+    submit = SharedPoller._submit
+    barriers: dict[int, _RoundBarrier] = {}
+
+    def held(self: SharedPoller, page: list[int], n: int, answered: Any) -> Any:
+        if n == 0:  # a round submits its pages 0, 1, ... in one step
+            barriers.clear()
+            barriers[id(answered)] = _RoundBarrier(answered)
+        barrier = barriers[id(answered)]
+        barrier.expected += 1
+        return submit(self, page, n, barrier)  # type: ignore[arg-type]  # it has the queue's put_nowait
+
+    SharedPoller._submit = held  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        SharedPoller._submit = submit  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def delivery_at_once() -> Iterator[None]:
+    """Within the block, a shared-poller round wakes all its ready waits in one loop turn (B2's baseline).
+
+    The poller hands out :data:`~airflow_provider_cekura.triggers._poller.HANDOUT_BATCH` waits per loop
+    turn; a batch larger than any round is the poller without delivery slices.
+    """
+    from airflow_provider_cekura.triggers import _poller
+
+    batch = _poller.HANDOUT_BATCH
+    _poller.HANDOUT_BATCH = sys.maxsize
+    try:
+        yield
+    finally:
+        _poller.HANDOUT_BATCH = batch
 
 
 @contextlib.contextmanager
@@ -352,6 +429,7 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool, *, co
     collect_ms = (time.perf_counter() - collect_started) * 1000
     long_lived = len(gc.get_objects(2))
     origin = time.perf_counter()
+    origin_monotonic = time.monotonic()
     threads_before = threading.active_count()
     promotions = _Promotions()
     polling = _pages_per_round() if shared else per_trigger_polling()
@@ -378,6 +456,10 @@ async def _health(ids_per: list[list[int]], interval: float, shared: bool, *, co
         "threads": max(threads, default=threads_before) - threads_before,
         "last_event_s": max(at for _, at in results) - started,
         "last_event_at": max(at for _, at in results),
+        "events_span": (
+            min(at for _, at in results) - origin_monotonic,
+            max(at for _, at in results) - origin_monotonic,
+        ),
         "statuses": sorted({event.payload.get("status") for event, _ in results}),
         "rounds": len(pages) if shared else None,
         "pages": list(pages) if shared else [],
@@ -524,6 +606,61 @@ def thousand_waits(section: Section, *, smoke: bool) -> None:
     )
 
 
+def _lag_at_delivery(result: dict[str, Any]) -> tuple[float, float]:
+    """(max lag at delivery, max lag at any other moment) in ms.
+
+    "At delivery": the ticks that overlap the span from the first trigger event to the last one (a tick
+    held up by the round handing out its outcomes ends after the first event and started before the last).
+    """
+    start, end = result["events_span"]
+    at_delivery: list[float] = []
+    elsewhere: list[float] = []
+    for lag, at in result["lags"]:
+        (at_delivery if at < end and at + 0.01 + lag > start else elsewhere).append(lag)
+    return max(at_delivery, default=float("nan")) * 1000, max(elsewhere, default=float("nan")) * 1000
+
+
+DELIVERY = {True: "today's poller (a slice of waits per loop turn)", False: "all events at once (before)"}
+
+
+def delivery_lag(section: Section, *, smoke: bool) -> None:
+    """The loop at the moment 1,000 waits finishing in one round get their events: sliced against all at once."""
+    from airflow_provider_cekura.triggers._poller import HANDOUT_BATCH
+
+    waits, per, delay, interval, repeats = (40, 2, 1.0, 0.5, 1) if smoke else (1000, 10, 3.0, 2.0, 5)
+    figures: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    with RemoteEmulator(evaluation_delay=delay, page_size_cap=100) as emulator:
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = emulator.connection_json()
+        _warm_up()
+        for repeat in range(repeats):
+            for sliced in (True, False) if repeat % 2 == 0 else (False, True):
+                with _rounds_answer_at_once(), contextlib.nullcontext() if sliced else delivery_at_once():
+                    result, _, _ = _run_health(emulator, waits, per, delay, interval, True)
+                at_delivery, elsewhere = _lag_at_delivery(result)
+                start, end = result["events_span"]
+                figures[sliced].append((at_delivery, elsewhere, (end - start) * 1000))
+    medians = {
+        sliced: [statistics.median(column) for column in zip(*rows, strict=True)] for sliced, rows in figures.items()
+    }
+    what = f"{waits:,} waits finishing in one round"
+    for sliced in (True, False):
+        at_delivery, elsewhere, span = medians[sliced]
+        runs = ", ".join(f"{row[0]:.0f}" for row in figures[sliced])
+        label = f"event-loop lag at delivery, {what} ({DELIVERY[sliced]}; median of {repeats}: {runs} ms)"
+        if sliced:
+            section.check(label, at_delivery, GOAL_LAG_MS, higher_is_better=False, fmt=".1f", unit=" ms")
+        else:
+            section.add(label, f"{at_delivery:.1f} ms")
+        section.add(f"event-loop lag at any other moment / events delivered within ({what}, {DELIVERY[sliced]})",
+                    f"{elsewhere:.1f} / {span:.0f} ms")  # fmt: skip
+    section.add(f"lag at delivery, all at once / sliced ({what})", f"{medians[False][0] / medians[True][0]:.1f}x")
+    section.notes.append(
+        f"Part 4: {waits:,} waits x {per} ids, every page of a round answering in the same loop turn, so that all "
+        f"waits are ready at once; today's poller wakes {HANDOUT_BATCH} per loop turn, the baseline all of them "
+        "(`delivery_at_once`). 'At delivery': the ticks overlapping the first to the last event. See the module."
+    )
+
+
 def run(*, smoke: bool = False) -> Section:
     started = time.perf_counter()
     section = Section(
@@ -533,5 +670,6 @@ def run(*, smoke: bool = False) -> Section:
     requests_per_wait(section, smoke=smoke)
     triggerer_health(section, smoke=smoke)
     thousand_waits(section, smoke=smoke)
+    delivery_lag(section, smoke=smoke)
     section.seconds = time.perf_counter() - started
     return section
