@@ -29,6 +29,7 @@ from airflow_provider_cekura.hooks._transport import (
     RETRY_AFTER_ABSURD,
     Redactor,
     RetryPolicy,
+    Throttle,
     Transport,
     parse_retry_after,
 )
@@ -84,10 +85,10 @@ def test_policy_decisions() -> None:
     assert policy.after_failure(1, CekuraTransportError("x")) is not None  # no answer: retried
     assert policy.after_failure(1, CekuraBadRequestError("x", status=400)) is None
     assert policy.after_failure(1, CekuraAuthError("x", status=401)) is None
-    # 429: the pause, until it would pass the time budget
-    assert policy.after_throttle(1, 0.5, 0.0, budget=1.0) == 0.5
-    assert policy.after_throttle(5, 0.5, 0.6, budget=1.0) is None
-    assert 0.05 <= (policy.after_throttle(1, None, 0.0, budget=1.0) or 0) <= 0.1  # no usable Retry-After: backoff
+    # 429: the connection's pause, and giving up once waiting it would pass the time budget (it still pauses)
+    assert policy.after_throttle(1, 0.5, 0.0, budget=1.0) == Throttle(pause=0.5, give_up=False)
+    assert policy.after_throttle(5, 0.5, 0.6, budget=1.0) == Throttle(pause=0.5, give_up=True)
+    assert 0.05 <= policy.after_throttle(1, None, 0.0, budget=1.0).pause <= 0.1  # no usable Retry-After: backoff
 
 
 def test_policy_is_immutable_plain_numbers_and_checked() -> None:
