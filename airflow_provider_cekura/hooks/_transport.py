@@ -125,7 +125,9 @@ class RetryPolicy:
             return None
         return self.delay(attempt, getattr(error, "retry_after", None))
 
-    def after_throttle(self, throttles: int, retry_after: float | None, throttled_for: float, budget: float) -> Throttle:
+    def after_throttle(
+        self, throttles: int, retry_after: float | None, throttled_for: float, budget: float
+    ) -> Throttle:
         """The connection's pause after the ``throttles``-th 429 of one request, and whether the request gives up.
 
         The pause applies either way (the server asked the whole connection to slow down); the request gives
