@@ -150,11 +150,11 @@ def test_separate_processes_share_one_budget(emulator: Any, store_url: str) -> N
             text=True,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-        )  # fmt: skip
+        )
         for batch in batches
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err[-2000:]
     reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert [r["ids"] for r in reports] == [25, 25, 25] and all(r["shared"] for r in reports)
