@@ -429,6 +429,7 @@ class Transport:
                 if found is not None:
                     self.log.info("%s %s took effect before it failed; using the existing result", *where)
                     return found
+            self.session  # noqa: B018 - built before the turn: the request leaves as soon as the turn starts
             try:  # after a 429 the limiter holds this request with the others (see _rate_limit on Retry-After)
                 with self.limiter.turn(throttled_since + budget if throttles else None) as turn:
                     outcome = self._exchange(turn, where, url, decode, send, throttles, throttled_since)
