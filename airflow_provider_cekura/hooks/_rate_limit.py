@@ -82,6 +82,10 @@ request in flight when another was throttled belongs to the same episode: one
 decrease per episode), and the rate is re-estimated when the hold ends, once
 those have answered.
 
+Processes spending one key share nothing here. With the connection extra ``rate_limit_store`` (a Redis),
+:func:`shared_limiter` gives them :class:`~airflow_provider_cekura.hooks._rate_limit_store.SharedRateLimiter`
+instead: this algorithm, with its state and pacing kept in Redis, so they are one client of the server.
+
 The limiter only waits in the thread that sends; the trigger runs the sync hook
 in worker threads, so the triggerer's event loop never waits for it. Time is
 injected (``clock``, ``sleep``) so the algorithm can be tested without waiting.

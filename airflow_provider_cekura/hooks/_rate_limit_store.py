@@ -46,7 +46,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -144,6 +144,19 @@ return 1
 """
 """Compare-and-set of the controller's state after a 429: saved only if the version is still ``ARGV[1]``; a
 new episode (``ARGV[9]``) drops every reservation (the pacer restarts at the hold's end)."""
+
+
+def _decode(state: str) -> dict[str, Any]:
+    """The stored controller state, or a fresh controller's when there is none or it is unreadable (say,
+    written by another version of this provider: starting afresh beats failing a task)."""
+    if state:
+        try:
+            source = json.loads(state)
+            if isinstance(source, dict) and all(name in source for name in _STATE):
+                return source
+        except ValueError:
+            pass
+    return vars(RateLimiter())
 
 
 def budget_key(conn_id: str, base_url: str) -> str:
@@ -333,7 +346,7 @@ class SharedRateLimiter(RateLimiter):
         """Take the controller's state from the store (under the lock)."""
         self._version = version
         rtt = self._rtt
-        source = json.loads(state) if state else vars(RateLimiter())  # nothing stored: a fresh controller
+        source = _decode(state)
         for name in _STATE:
             setattr(self, name, source[name])
         self._rtt = min(rtt, self._rtt)

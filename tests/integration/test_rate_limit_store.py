@@ -245,3 +245,16 @@ def test_a_wrong_password_paces_alone_and_is_never_shown(
     assert "AuthenticationError" in caplog.text or "ResponseError" in caplog.text, caplog.text
     assert not leaks(wrong, {"logs": caplog.text, "repr": repr(shared)})
     assert not leaks(PASSWORD, {"logs": caplog.text})
+
+
+def test_a_state_this_version_cannot_read_starts_afresh(emulator: Any, store_url: str) -> None:
+    """Say, written by another version of the provider on another worker: a fresh controller, no failed task."""
+    conn = conn_id()
+    client = redis.Redis.from_url(store_url, decode_responses=True)
+    key = budget_key(conn, emulator.base_url)
+    for garbage in ('{"_last_good": 12}', "not json", "[1, 2]"):
+        client.hset(key, mapping={"v": "41", "state": garbage})
+        shared = limiter(store_url, conn, emulator.base_url)
+        with shared.turn() as turn:
+            turn.admitted()
+        assert shared.shared and shared.estimate is None and shared.rate() is None

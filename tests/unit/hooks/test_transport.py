@@ -184,6 +184,23 @@ def test_one_keep_alive_connection_for_sequential_requests(emulator: Any) -> Non
     hook.close()  # idempotent
 
 
+def test_the_session_is_ready_before_the_turn_so_the_request_leaves_when_it_starts(emulator: Any) -> None:
+    """Building the session (imports, adapters) inside the turn delayed the first request of a fresh process
+    past its ``sent_at``, and the limiter counted that delay as the server's time."""
+    seen: list[bool] = []
+
+    class Watching(RateLimiter):
+        def turn(self, deadline: float | None = None) -> Any:
+            seen.append("session" in hook._transport.__dict__)
+            return super().turn(deadline)
+
+    hook = CekuraHook(rate_limiter=Watching())
+    hook.get_call_logs([1])
+    hook.get_call_logs([2])
+    hook.close()
+    assert seen == [True, True]
+
+
 def test_the_hook_delegates_with_the_same_signature(emulator: Any) -> None:
     params = list(inspect.signature(CekuraHook._request).parameters)
     assert params == [
