@@ -49,6 +49,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from airflow_provider_cekura.hooks._rate_limit import CATCH_UP, RateLimiter, Turn, TurnUnavailable
 
@@ -146,6 +148,10 @@ return 1
 new episode (``ARGV[9]``) drops every reservation (the pacer restarts at the hold's end)."""
 
 
+class _StoreDown(Exception):
+    """The store failed while this thread waited for its turn to ask it: pace alone at once."""
+
+
 def _decode(state: str) -> dict[str, Any]:
     """The stored controller state, or a fresh controller's when there is none or it is unreadable (say,
     written by another version of this provider: starting afresh beats failing a task)."""
@@ -176,7 +182,6 @@ class SharedRateLimiter(RateLimiter):
     :param max_rate: requests per second never exceeded by all processes together (``None``: no known limit).
     :param clock: the local time in seconds (monotonic), for deadlines.
     :param sleep: how to wait that many seconds of ``clock``.
-    :param client: a Redis client to use instead of one built from ``store`` (tests).
     """
 
     def __init__(
@@ -188,7 +193,6 @@ class SharedRateLimiter(RateLimiter):
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        client: redis.Redis | None = None,
     ) -> None:
         self._local_clock = clock
         self._offset = 0.0  # the store's time minus the local clock, at the last answer
@@ -197,8 +201,12 @@ class SharedRateLimiter(RateLimiter):
         super().__init__(max_rate, clock=self._store_now, sleep=sleep)
         self.store, self.conn_id = store, conn_id
         self.key = budget_key(conn_id, base_url)
-        self._client = client or redis.Redis.from_url(
-            store.reveal(), socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT, decode_responses=True
+        self._client = redis.Redis.from_url(
+            store.reveal(),
+            socket_timeout=STORE_TIMEOUT,
+            socket_connect_timeout=STORE_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),  # (redis-py retries 10 times by default) one try, then pace alone
+            decode_responses=True,
         )
         self._turn_script = self._client.register_script(TURN_SCRIPT)
         self._load_script = self._client.register_script(LOAD_SCRIPT)
@@ -277,6 +285,8 @@ class SharedRateLimiter(RateLimiter):
         if self._local_clock() >= self._down_until:
             try:
                 sent_at = self._start(deadline)
+            except _StoreDown:
+                pass
             except STORE_ERRORS as err:
                 self._failed(err)
             else:
@@ -308,6 +318,8 @@ class SharedRateLimiter(RateLimiter):
             if not self._gate.acquire(timeout=timeout):
                 raise TurnUnavailable("the turn could not start before the deadline")
             try:
+                if self._local_clock() < self._down_until:
+                    raise _StoreDown  # it failed while this thread queued: do not wait for it again
                 return self._await_store(deadline)
             finally:
                 self._gate.release()

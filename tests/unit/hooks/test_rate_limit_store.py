@@ -110,3 +110,53 @@ def test_an_unreachable_store_falls_back_to_pacing_alone_with_one_warning(caplog
     assert "'cekura_default'" in message and "redis://***@127.0.0.1" in message and "paces its own" in message
     assert PASSWORD not in caplog.text and PASSWORD not in repr(limiter)
     assert limiter._down_until > clock.now  # it did try again (and gave up again)
+
+
+@pytest.mark.slow  # (waits STORE_TIMEOUT, 1 s, once)
+def test_a_store_that_hangs_costs_one_timeout_not_one_per_waiting_thread(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that accepts connections and never answers (a store behind a dead link): the first thread waits
+    ``STORE_TIMEOUT`` for it; the threads queued behind it pace alone at once, without trying it again."""
+    import threading
+
+    accepted: list[socket.socket] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])  # and never answer
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    url = f"redis://:{PASSWORD}@127.0.0.1:{listener.getsockname()[1]}/0"
+    limiter = SharedRateLimiter(RateLimitStore(url), "cekura_default", "https://api.cekura.ai")
+    done: list[bool] = []
+
+    def one_turn() -> None:
+        with limiter.turn() as turn:
+            turn.admitted()
+        done.append(True)
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="airflow_provider_cekura"):
+            threads = [threading.Thread(target=one_turn) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=30)
+    finally:
+        stop.set()
+        acceptor.join(timeout=5)
+        for conn in accepted:
+            conn.close()
+        listener.close()
+    assert done == [True] * 4 and not limiter.shared
+    assert len(accepted) == 1  # one try of the store, not one per thread (nor redis-py's own retries)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert PASSWORD not in caplog.text
