@@ -62,11 +62,6 @@ def _dispatch(emulator: Any, op: str, kwargs: dict[str, Any]) -> Any:
         for request in emulator.requests_snapshot():
             statuses[str(request.status)] = statuses.get(str(request.status), 0) + 1
         return statuses
-    if op == "timeline":
-        # (seconds since the first logged request, path, status) of every request: how a run unfolded
-        logged = emulator.requests_snapshot()
-        first = logged[0].at if logged else 0.0
-        return [(round(r.at - first, 4), r.path, str(r.status)) for r in logged]
     if op == "set_rate_limit":
         emulator.set_rate_limit(**kwargs)
         return None

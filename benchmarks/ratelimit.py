@@ -199,11 +199,6 @@ def measure_shared(
         for worker in workers:
             worker.join(timeout=60)
         result = _server_side(emulator, [c for batch in batches for c in batch], rate, seconds)
-        if os.environ.get("CEKURA_BENCH_TIMELINE"):
-            import json
-
-            with open(os.environ["CEKURA_BENCH_TIMELINE"], "w") as out:
-                json.dump(emulator.call("timeline"), out)
     # each process's rate over its own run: a process starved by the others takes longer
     rates = [(r["sent"] - r["throttled"]) / r["seconds"] for r in runs]
     failed = [r["outcome"] for r in runs if r["outcome"] != "success"]
