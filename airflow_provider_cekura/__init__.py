@@ -46,9 +46,17 @@ _CONNECTION_FIELDS: dict[str, dict[str, Any]] = {
     },
     "max_requests_per_second": {
         "label": "Max requests per second",
-        "description": "Your plan's known rate limit: the requests of this connection in one process never "
-        "exceed it (default: none; the limiter still slows down on 429s).",
+        "description": "Your plan's known rate limit: the requests of this connection in one process (in all "
+        "processes together with a rate limit store) never exceed it (default: none; the limiter still slows "
+        "down on 429s).",
         "schema": {"type": ["number", "null"], "minimum": 0.01},
+    },
+    "rate_limit_store": {
+        "label": "Rate limit store",
+        "description": "A Redis URL (redis://[:password@]host:port/db, rediss:// for TLS) through which every "
+        "process and machine using this connection shares one rate budget, e.g. the Celery broker's Redis "
+        "(needs the [redis] extra; default: none, each process paces its own requests).",
+        "schema": {"type": ["string", "null"], "format": "password"},
     },
     "rate_limit_max_wait": {
         "label": "Rate limit max wait (s)",

@@ -10,9 +10,11 @@ today's limiter (before issue #26, kept in :mod:`benchmarks._baseline_limiter`
 and injected through ``CekuraHook(rate_limiter=...)``), side by side in one run.
 Neither is told the limit (no ``max_requests_per_second``).
 
-The last row: 4 processes, each a bulk observe of its own calls with its own
-limiter (nothing shared but the key), against one bucket of 40 requests/s,
-burst 10, started together.
+The last rows: 4 processes, each a bulk observe of its own calls, against one
+bucket of 40 requests/s, burst 10, started together: each with its own limiter
+(nothing shared but the key), and sharing one budget through Redis (the
+connection's ``rate_limit_store``; a throwaway Redis from ``scripts/redis.sh``,
+Debian's ``redis-server``, started and stopped here).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from benchmarks._emulator_proc import RemoteEmulator
-from benchmarks.common import Section, minimal_context
+from benchmarks.common import ROOT, Section, minimal_context
 from benchmarks.ingest import LATENCY, make_calls
 
 CONN_ID = "cekura_bench_ratelimit"
@@ -39,6 +43,8 @@ GOAL_THROTTLED = 0.05
 GOAL_SHARED_RATIO = 0.85
 GOAL_SHARED_THROTTLED = 0.10
 GOAL_SHARE = 0.15
+GOAL_STORE_RATIO = 0.9
+"""With one budget shared through Redis, the processes are one client: what one process reaches."""
 
 
 def _limiter(baseline: bool) -> Any:
@@ -145,18 +151,44 @@ def _process(conn_json: str, calls: list[dict[str, Any]], baseline: bool, barrie
     results.put(_observe(conn_json, calls, baseline))
 
 
-def measure_shared(rate: float, burst: float, processes: int, count: int, *, baseline: bool) -> dict[str, Any]:
-    """``processes`` bulk observes of ``count`` calls each, in their own processes, against one bucket."""
+class RedisUnavailable(RuntimeError):
+    """``scripts/redis.sh`` could not start a Redis (not installed, and not root to install it)."""
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway Redis on loopback (``scripts/redis.sh``: Debian's redis-server, installed if missing)."""
+    script = str(ROOT / "scripts" / "redis.sh")
+    directory = tempfile.mkdtemp(prefix="cekura-bench-redis-")
+    started = subprocess.run(
+        ["bash", script, "start", directory], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
+    try:
+        if started.returncode:
+            raise RedisUnavailable(f"could not start Redis: {started.stderr.strip()[-300:]}")
+        yield started.stdout.strip()
+    finally:
+        subprocess.run(["bash", script, "stop", directory], timeout=60, check=False, capture_output=True)
+
+
+def measure_shared(
+    rate: float, burst: float, processes: int, count: int, *, baseline: bool, store: str | None = None
+) -> dict[str, Any]:
+    """``processes`` bulk observes of ``count`` calls each, in their own processes, against one bucket.
+
+    :param store: a Redis URL: the processes share one budget through it (``rate_limit_store``).
+    """
     context = multiprocessing.get_context("spawn")
     with RemoteEmulator(evaluation_delay=3600.0, page_size_cap=100) as emulator:
         emulator.call("base_latency", delay=LATENCY)
         _warm_up(emulator)
         emulator.call("set_rate_limit", rate=rate, burst=burst)
-        batches = [make_calls(count, f"p{n}{'b' if baseline else 'l'}") for n in range(processes)]
+        tag = "b" if baseline else ("s" if store else "l")
+        batches = [make_calls(count, f"p{n}{tag}") for n in range(processes)]
         barrier, results = context.Barrier(processes + 1), context.Queue()
+        conn_json = emulator.connection_json(**({"rate_limit_store": store} if store else {}))
         workers = [
-            context.Process(target=_process, args=(emulator.connection_json(), batch, baseline, barrier, results))
-            for batch in batches
+            context.Process(target=_process, args=(conn_json, batch, baseline, barrier, results)) for batch in batches
         ]
         for worker in workers:
             worker.start()
@@ -208,10 +240,11 @@ def run(*, smoke: bool = False) -> Section:
         f"{LATENCY * 1000:.0f} ms latency, no `max_requests_per_second`. *x the limit*: requests the server "
         "admitted (the operator's look-ups included) per second, divided by R. *429*: share of all requests "
         "answered 429. Baseline: today's limiter (before issue #26, `benchmarks/_baseline_limiter.py`, injected "
-        f"with `rate_limiter=`), measured in the same run. Last row: {processes} processes, each a bulk observe "
-        f"of its own {seconds_of_calls * rate // processes} calls with its own limiter, sharing one bucket of "
-        f"{rate} requests/s, burst {burst}; *shares*: each process's admitted requests per second of its own "
-        "run, as a share of their sum.",
+        f"with `rate_limiter=`), measured in the same run. Last rows: {processes} processes, each a bulk observe "
+        f"of its own {seconds_of_calls * rate // processes} calls, sharing one bucket of {rate} requests/s, burst "
+        f"{burst}: each with its own limiter, then one budget shared through Redis (`rate_limit_store`, a local "
+        "Debian redis-server); *shares*: each process's admitted requests per second of its own run, as a share "
+        "of their sum.",
     )
     for r, b in shapes:
         count = seconds_of_calls * r
@@ -230,6 +263,17 @@ def run(*, smoke: bool = False) -> Section:
     _checks(section, label, limited, GOAL_SHARED_RATIO, GOAL_SHARED_THROTTLED)
     section.check(f"{label}: smallest share", min(limited["shares"]) * 100, GOAL_SHARE * 100,
                   higher_is_better=True, fmt=".0f", unit="%")  # fmt: skip
+    label = f"{processes} processes, R={rate}, burst {burst}, shared Redis budget"
+    try:
+        with redis_server() as store:
+            shared = measure_shared(rate, burst, processes, count, baseline=False, store=store)
+    except RedisUnavailable as err:  # no redis-server and no root to install it: the row, not the section, is lost
+        section.unavailable(f"{label}: x the limit", f">= {GOAL_STORE_RATIO:.2f}", str(err))
+    else:
+        section.add(f"{label}: CUBIC limiter", _describe(shared))
+        _checks(section, label, shared, GOAL_STORE_RATIO, GOAL_SHARED_THROTTLED)
+        section.check(f"{label}: smallest share", min(shared["shares"]) * 100, GOAL_SHARE * 100,
+                      higher_is_better=True, fmt=".0f", unit="%")  # fmt: skip
     section.notes.append(
         "The bucket starts full, so up to `burst` requests more than R x seconds can be admitted: a ratio a "
         "little above 1 is possible."

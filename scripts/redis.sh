@@ -3,6 +3,9 @@
 #   scripts/redis.sh start [DIR]   -> prints the broker URL; also written to DIR/url
 #   scripts/redis.sh stop [DIR]
 # DIR (default: .redis in the checkout) holds the pid file and the log; nothing is persisted.
+# REDIS_PORT set: that port (say, to restart on the same one). REDIS_PASSWORD set (URL-safe characters): the
+# server requires it (requirepass, written to DIR/redis.conf, never on a command line) and the URL carries it
+# (redis://:PASSWORD@127.0.0.1:PORT/0).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 dir="${2:-$here/.redis}"
@@ -22,14 +25,20 @@ case "${1:-}" in
     if [ -f "$dir/redis.pid" ] && kill -0 "$(cat "$dir/redis.pid")" 2>/dev/null; then
       cat "$dir/url"; exit 0
     fi
-    port="$(free_port)"
+    port="${REDIS_PORT:-$(free_port)}"
     rm -rf "$dir"; mkdir -p "$dir"
     # No persistence, loopback only, its own pid file and log; daemonized, stopped by `stop`.
-    redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes --dir "$dir" \
+    (umask 077; : > "$dir/redis.conf")
+    auth=""
+    if [ -n "${REDIS_PASSWORD:-}" ]; then
+      printf 'requirepass "%s"\n' "$REDIS_PASSWORD" > "$dir/redis.conf"
+      auth=":$REDIS_PASSWORD@"
+    fi
+    redis-server "$dir/redis.conf" --bind 127.0.0.1 --port "$port" --protected-mode yes --dir "$dir" \
       --save '' --appendonly no --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
     for _ in $(seq 1 100); do
-      if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
-        echo "redis://127.0.0.1:$port/0" > "$dir/url"
+      if [ "$(REDISCLI_AUTH="${REDIS_PASSWORD:-}" redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
+        echo "redis://${auth}127.0.0.1:$port/0" > "$dir/url"
         cat "$dir/url"; exit 0
       fi
       sleep 0.1

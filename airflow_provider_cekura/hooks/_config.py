@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from airflow_provider_cekura.exceptions import CekuraConfigurationError
 from airflow_provider_cekura.hooks._transport import RetryPolicy
@@ -74,6 +74,65 @@ class ApiKey:
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("The Cekura API key is not picklable; pickle the hook (it drops its settings) instead")
+
+
+class RateLimitStore:
+    """The ``rate_limit_store`` extra: a Redis URL whose password stays out of reprs, logs and errors.
+
+    ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or ``unix://[[user]:password@]/path``.
+    :attr:`shown` is the URL without credentials or query (what logs and errors name); :meth:`reveal` gives the
+    whole URL to the Redis client only.
+
+    :param url: the URL as written in the connection.
+    :raises ValueError: not such a URL (the message shows it without its credentials).
+    """
+
+    __slots__ = ("_secrets", "_url", "shown")
+    SCHEMES = ("redis", "rediss", "unix")
+
+    def __init__(self, url: str) -> None:
+        if not isinstance(url, str):
+            raise ValueError(f"rate_limit_store must be a redis:// URL, got a {type(url).__name__}")
+        url = url.strip()
+        parts = urlsplit(url)
+        self._url = url
+        secrets = {parts.password or "", *(v for k, v in parse_qsl(parts.query) if k.lower() == "password")}
+        self._secrets = tuple(sorted(secrets - {""}, key=len, reverse=True))
+        netloc = parts.netloc.rpartition("@")[2]
+        self.shown = f"{parts.scheme}://{'***@' if '@' in parts.netloc else ''}{netloc}{parts.path}"
+        if parts.scheme not in self.SCHEMES:
+            raise ValueError(f"rate_limit_store must be a redis://, rediss:// or unix:// URL, got {self.redact(url)!r}")
+        if (parts.scheme == "unix" and not parts.path) or (parts.scheme != "unix" and not parts.hostname):
+            raise ValueError(f"rate_limit_store {self.shown!r} names no host (or no socket path)")
+
+    def reveal(self) -> str:
+        return self._url
+
+    def redact(self, text: str) -> str:
+        """``text`` with the URL's password (and the URL itself) replaced."""
+        text = text.replace(self._url, self.shown)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The passwords in the URL (for Airflow's secret masker)."""
+        return self._secrets
+
+    def __repr__(self) -> str:
+        return f"RateLimitStore({self.shown!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RateLimitStore) and other._url == self._url
+
+    def __hash__(self) -> int:
+        return hash(self._url)
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("The rate limit store URL is not picklable (it may hold a password)")
 
 
 def _netloc(hostname: str, port: int | None) -> str:
@@ -154,6 +213,8 @@ class CekuraConnectionConfig:
     :param dashboard_url: http(s) URL of the dashboard (extra ``dashboard_url``).
     :param max_requests_per_second: a plan's known limit, never exceeded (``None``: unknown).
     :param rate_limit_max_wait: seconds one request may stay throttled (default 300).
+    :param rate_limit_store: a Redis every process spending the connection shares one rate budget through
+        (extra ``rate_limit_store``; ``None``: each process paces its own requests).
     """
 
     conn_id: str
@@ -170,6 +231,7 @@ class CekuraConnectionConfig:
     dashboard_url: str = DEFAULT_DASHBOARD_URL
     max_requests_per_second: float | None = None
     rate_limit_max_wait: float = 300.0
+    rate_limit_store: RateLimitStore | None = None
 
     @property
     def timeout(self) -> tuple[float, float]:
@@ -215,6 +277,10 @@ class CekuraConnectionConfig:
             )
             project_id = option("project_id")
             max_rate = option("max_requests_per_second")
+            store = option("rate_limit_store")
+            store = RateLimitStore(store) if store is not None else None
+            for secret in store.secrets if store is not None else ():
+                mask_secret(secret)
             dashboard = str(option("dashboard_url", DEFAULT_DASHBOARD_URL)).strip().rstrip("/")
             dashboard_parts = urlsplit(dashboard)
             if dashboard_parts.scheme not in ("http", "https") or not dashboard_parts.hostname:
@@ -238,6 +304,7 @@ class CekuraConnectionConfig:
                     _number("max_requests_per_second", max_rate) if max_rate is not None else None
                 ),
                 rate_limit_max_wait=_number("rate_limit_max_wait", option("rate_limit_max_wait", 300), strict=False),
+                rate_limit_store=store,
             )
         except (TypeError, ValueError, OverflowError) as err:
             raise CekuraConfigurationError(f"Connection {conn_id!r} has an invalid extra: {err}") from None

@@ -82,6 +82,10 @@ request in flight when another was throttled belongs to the same episode: one
 decrease per episode), and the rate is re-estimated when the hold ends, once
 those have answered.
 
+Processes spending one key share nothing here. With the connection extra ``rate_limit_store`` (a Redis),
+:func:`shared_limiter` gives them :class:`~airflow_provider_cekura.hooks._rate_limit_store.SharedRateLimiter`
+instead: this algorithm, with its state and pacing kept in Redis, so they are one client of the server.
+
 The limiter only waits in the thread that sends; the trigger runs the sync hook
 in worker threads, so the triggerer's event loop never waits for it. Time is
 injected (``clock``, ``sleep``) so the algorithm can be tested without waiting.
@@ -94,6 +98,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow_provider_cekura.hooks._config import RateLimitStore
 
 BETA = 0.8
 """Share of the rate at a throttle the rate restarts at after the hold."""
@@ -287,43 +295,49 @@ class RateLimiter:
 
     def _on_admitted(self, sent_at: float) -> None:
         with self._cond:
-            self._rtt = min(self._rtt, self._clock() - sent_at)
-            if self._window_start is not None and sent_at >= self._window_start:
-                self._admitted += 1
-            if self._hold_end <= sent_at < self._retry_end:
-                self._early[0] += 1
-            if self._window is not None:
-                self._window += 1 / self._window  # about one more per round trip
-                if self._window >= MAX_IN_FLIGHT:
-                    self._window = None
-                self._cond.notify_all()
+            self._admit(sent_at)
+
+    def _admit(self, sent_at: float) -> None:
+        """An admitted answer to a request sent at ``sent_at``; called under the lock."""
+        self._rtt = min(self._rtt, self._clock() - sent_at)
+        if self._window_start is not None and sent_at >= self._window_start:
+            self._admitted += 1
+        if self._hold_end <= sent_at < self._retry_end:
+            self._early[0] += 1
+        if self._window is not None:
+            self._window += 1 / self._window  # about one more per round trip
+            if self._window >= MAX_IN_FLIGHT:
+                self._window = None
+            self._cond.notify_all()
 
     def _on_throttled(self, sent_at: float, pause: float) -> float:
         with self._cond:
-            now = self._clock()
-            self.throttles += 1
-            self._rtt = min(self._rtt, now - sent_at)
-            if self._hold_end <= sent_at < self._retry_end:
-                self._early[1] += 1
-                if self._early[0] == 0 and self._early[1] >= STRICT_AFTER:
-                    self.strict = True  # requests sent before Retry-After are all refused: honour it whole
-            if sent_at < self._episode_start or self._pending is not None:
-                # sent before the pause began: the same throttle, already accounted for
-                self._blocked_until = max(self._blocked_until, now + (pause if self.strict else min(pause, self._hold)))
-                self._next_slot = max(self._next_slot, self._blocked_until)
-                return self._blocked_until - now
-            self._episode_start = now
-            paced = self.rate(sent_at)
-            self._pending = (sent_at, pause, paced)
-            self._hold = (
-                pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
-            )
-            self._blocked_until = max(self._blocked_until, now + self._hold)
+            return self._throttle(sent_at, pause)
+
+    def _throttle(self, sent_at: float, pause: float) -> float:
+        """A 429 to a request sent at ``sent_at``: set the hold; return its length. Called under the lock."""
+        now = self._clock()
+        self.throttles += 1
+        self._rtt = min(self._rtt, now - sent_at)
+        if self._hold_end <= sent_at < self._retry_end:
+            self._early[1] += 1
+            if self._early[0] == 0 and self._early[1] >= STRICT_AFTER:
+                self.strict = True  # requests sent before Retry-After are all refused: honour it whole
+        if sent_at < self._episode_start or self._pending is not None:
+            # sent before the pause began: the same throttle, already accounted for
+            self._blocked_until = max(self._blocked_until, now + (pause if self.strict else min(pause, self._hold)))
             self._next_slot = max(self._next_slot, self._blocked_until)
-            if sent_at >= self._retry_end:  # (a refusal before the last Retry-After keeps counting)
-                self._early = [0, 0]
-            self._hold_end, self._retry_end = self._blocked_until, max(self._retry_end, now + pause)
             return self._blocked_until - now
+        self._episode_start = now
+        paced = self.rate(sent_at)
+        self._pending = (sent_at, pause, paced)
+        self._hold = pause if self.strict else min(pause, HOLD_INTERVALS / self._restart_rate(sent_at, pause, paced))
+        self._blocked_until = max(self._blocked_until, now + self._hold)
+        self._next_slot = max(self._next_slot, self._blocked_until)
+        if sent_at >= self._retry_end:  # (a refusal before the last Retry-After keeps counting)
+            self._early = [0, 0]
+        self._hold_end, self._retry_end = self._blocked_until, max(self._retry_end, now + pause)
+        return self._blocked_until - now
 
     def _restart_rate(self, sent_at: float, pause: float, paced: float | None) -> float:
         """About the rate the connection restarts at after this throttle (what the hold is measured in)."""
@@ -387,23 +401,44 @@ class RateLimiter:
         self._window_start, self._admitted = self._blocked_until, 0
 
 
-_LIMITERS: dict[tuple[str, str], RateLimiter] = {}
+_LIMITERS: dict[tuple[str, str, RateLimitStore | None], RateLimiter] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def shared_limiter(conn_id: str, base_url: str, max_rate: float | None) -> RateLimiter:
+def shared_limiter(
+    conn_id: str, base_url: str, max_rate: float | None, store: RateLimitStore | None = None
+) -> RateLimiter:
     """The process's one limiter for this connection id and host (created on first use).
 
-    ``max_rate`` comes from the connection; when it changed, the latest value applies.
+    ``max_rate`` comes from the connection; when it changed, the latest value applies. With ``store`` (the
+    connection's ``rate_limit_store``), the limiter shares one budget with every process through that Redis
+    (:class:`~airflow_provider_cekura.hooks._rate_limit_store.SharedRateLimiter`, imported only then).
+
+    :raises CekuraConfigurationError: ``store`` is set but the ``redis`` package is not installed.
     """
-    key = (conn_id, base_url)
+    key = (conn_id, base_url, store)
     with _LIMITERS_LOCK:
         limiter = _LIMITERS.get(key)
         if limiter is None:
-            limiter = _LIMITERS[key] = RateLimiter(max_rate)
+            limiter = _LIMITERS[key] = (
+                RateLimiter(max_rate) if store is None else _store_limiter(store, conn_id, base_url, max_rate)
+            )
         else:
             limiter.max_rate = max_rate
         return limiter
+
+
+def _store_limiter(store: RateLimitStore, conn_id: str, base_url: str, max_rate: float | None) -> RateLimiter:
+    try:
+        from airflow_provider_cekura.hooks._rate_limit_store import SharedRateLimiter
+    except ImportError as err:
+        from airflow_provider_cekura.exceptions import CekuraConfigurationError
+
+        raise CekuraConfigurationError(
+            f"Connection {conn_id!r} sets rate_limit_store, which needs the redis package ({err}): "
+            "pip install 'airflow-provider-cekura[redis]'"
+        ) from None
+    return SharedRateLimiter(store, conn_id, base_url, max_rate)
 
 
 def reset_shared_limiters() -> None:

@@ -128,17 +128,32 @@ class RetryPolicy:
 
     def after_throttle(
         self, throttles: int, retry_after: float | None, throttled_for: float, budget: float
-    ) -> float | None:
-        """The connection's pause after the ``throttles``-th 429 of one request, or ``None`` to give up.
+    ) -> Throttle:
+        """The connection's pause after the ``throttles``-th 429 of one request, and whether the request gives up.
+
+        The pause applies either way (the server asked the whole connection to slow down); the request gives
+        up when waiting it would pass its time budget.
 
         :param throttled_for: seconds since this request's first 429.
         :param budget: the connection's ``rate_limit_max_wait``.
         """
         pause = self.delay(throttles, retry_after)
-        return None if throttled_for + pause > budget else pause
+        return Throttle(pause=pause, give_up=throttled_for + pause > budget)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """The policy's verdict on a 429 (:meth:`RetryPolicy.after_throttle`).
+
+    :param pause: seconds every request of the connection waits, at most (``Retry-After``, bounded, or backoff).
+    :param give_up: the request's ``rate_limit_max_wait`` would run out: it fails once the pause is set.
+    """
+
+    pause: float
+    give_up: bool
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -413,6 +428,7 @@ class Transport:
                 if found is not None:
                     self.log.info("%s %s took effect before it failed; using the existing result", *where)
                     return found
+            self.session  # noqa: B018 - built before the turn: the request leaves as soon as the turn starts
             try:  # after a 429 the limiter holds this request with the others (see _rate_limit on Retry-After)
                 with self.limiter.turn(throttled_since + budget if throttles else None) as turn:
                     outcome = self._exchange(turn, where, url, decode, send, throttles, throttled_since)
@@ -534,12 +550,11 @@ class Transport:
         since = time.monotonic() - throttled_since if throttles else 0.0
         config = self.config
         retry_after = getattr(error, "retry_after", None)
-        pause = config.retry_policy.after_throttle(throttles + 1, retry_after, since, config.rate_limit_max_wait)
-        if pause is None:
-            turn.throttled(config.retry_policy.delay(throttles + 1, retry_after))  # the connection still pauses
+        verdict = config.retry_policy.after_throttle(throttles + 1, retry_after, since, config.rate_limit_max_wait)
+        hold = turn.throttled(verdict.pause)  # the connection pauses, even when this request gives up
+        if verdict.give_up:
             self._give_up_throttled(error, throttles + 1, throttled_since if throttles else time.monotonic())
-        hold = turn.throttled(pause)  # (a limiter of one's own may return None: it held for the pause)
-        hold = pause if hold is None else hold
+        hold = verdict.pause if hold is None else hold  # (a limiter of one's own may return None: it held the pause)
         self.log.warning("%s; every request of the connection waits %.2fs", error, hold)
         return error
 

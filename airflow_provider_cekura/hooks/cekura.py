@@ -147,7 +147,9 @@ class CekuraHook(BaseHook):
         if self._rate_limiter_override is not None:
             return self._rate_limiter_override
         config = self._config
-        return shared_limiter(self.cekura_conn_id, config.base_url, config.max_requests_per_second)
+        return shared_limiter(
+            self.cekura_conn_id, config.base_url, config.max_requests_per_second, config.rate_limit_store
+        )
 
     @property
     def project_id(self) -> int | None:

@@ -1,5 +1,6 @@
 """The API key never leaves the connection: every operator, the sensor in all modes, the deferrable waits and the
-transfer run in one real DAG run (one task failing with a Cekura error), then everything Airflow keeps is searched.
+transfer run in one real DAG run (one task failing with a Cekura error), then everything Airflow keeps is searched,
+for the key and for the password of the connection's ``rate_limit_store`` URL (a store that does not answer).
 
 Also at operator level: 401/403 fail at once, naming the connection id; plain http to a non-loopback host is
 refused before any request.
@@ -21,6 +22,7 @@ from airflow_provider_cekura.exceptions import CekuraAuthError, CekuraConfigurat
 from support.secrets_sweep import files_under, leaks
 
 KEY = TEST_API_KEY
+STORE_PASSWORD = "rl-TEST-store-pw-61f0aa-DO-NOT-LEAK"
 TRANSCRIPT = [
     {"role": "Main Agent", "content": "Hello, how can I help?", "start_time": 0.0, "end_time": 1.5},
     {"role": "Testing Agent", "content": "Please cancel my plan.", "start_time": 1.7, "end_time": 3.2},
@@ -146,6 +148,15 @@ def _triggers_in_the_trigger_table(emulator: Any, ids: list[int]) -> dict[str, s
     return texts
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def test_the_key_appears_nowhere_airflow_keeps_anything(
     run_dag: Any, emulator: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: Any, caplog: Any
 ) -> None:
@@ -158,6 +169,11 @@ def test_the_key_appears_nowhere_airflow_keeps_anything(
 
     caplog.set_level(logging.DEBUG)
     emulator.evaluation_delay = 1.5  # long enough that the deferrable tasks defer and the sensors poll
+    # A rate limit store whose URL holds a password, on a port where nothing listens: every task and the
+    # triggerer go through the store's fallback (one warning each), and the password is swept for like the key.
+    conn = json.loads(os.environ["AIRFLOW_CONN_CEKURA_DEFAULT"])
+    conn["extra"]["rate_limit_store"] = f"redis://:{STORE_PASSWORD}@127.0.0.1:{_closed_port()}/0"
+    monkeypatch.setenv("AIRFLOW_CONN_CEKURA_DEFAULT", json.dumps(conn))
     warehouse = tmp_path / "warehouse.db"
     monkeypatch.setenv("AIRFLOW_CONN_SECRETS_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
 
@@ -210,6 +226,9 @@ def test_the_key_appears_nowhere_airflow_keeps_anything(
     files = files_under(Path(os.environ["AIRFLOW_HOME"]))
     assert any(name.endswith("airflow.db") for name in files)
     leaked = leaks(KEY, {**files, **searched})
+    assert not leaked, leaked
+    assert "the rate limit store redis://***@127.0.0.1" in logs  # the store's fallback was in play
+    leaked = leaks(STORE_PASSWORD, {**files, **searched})
     assert not leaked, leaked
     # and the key was really in play: the emulator only answers requests that carry it
     assert emulator.count_requests() > 30 and all(r.status != 401 for r in emulator.requests)

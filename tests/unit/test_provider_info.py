@@ -26,7 +26,8 @@ def test_provider_info_keys() -> None:
     assert behaviour["relabeling"]["password"] == "API key"
     assert "password" not in behaviour["hidden-fields"]
     assert {"project_id", "connect_timeout", "read_timeout"} <= set(conn_type["conn-fields"])
-    assert {"max_requests_per_second", "rate_limit_max_wait"} <= set(conn_type["conn-fields"])
+    assert {"max_requests_per_second", "rate_limit_max_wait", "rate_limit_store"} <= set(conn_type["conn-fields"])
+    assert conn_type["conn-fields"]["rate_limit_store"]["schema"]["format"] == "password"  # it may hold one
     for name, spec in conn_type["conn-fields"].items():
         assert {"label", "schema"} <= set(spec), name
     json.dumps(info)  # plain data

@@ -230,3 +230,47 @@ def test_a_request_reaches_an_ipv6_host_given_with_the_port_field(monkeypatch: p
         assert hook.base_url == f"http://[::1]:{port}"
         assert hook.get_call_logs([1]) == []
     assert server.count == 1
+
+
+# ---------------------------------------------------------------- rate_limit_store
+
+STORE_PASSWORD = "rl-TEST-pw-4d1a8e-DO-NOT-LEAK"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://:{STORE_PASSWORD}@127.0.0.1:6379/0", "redis://***@127.0.0.1:6379/0"),
+        (f"rediss://worker:{STORE_PASSWORD}@redis.example:6380/2", "rediss://***@redis.example:6380/2"),
+        (f"redis://redis.example/1?password={STORE_PASSWORD}", "redis://redis.example/1"),
+        (f"unix://:{STORE_PASSWORD}@/run/redis.sock?db=3", "unix://***@/run/redis.sock"),
+        ("redis://localhost", "redis://localhost"),
+    ],
+)
+def test_rate_limit_store_is_read_and_its_password_never_shown(
+    monkeypatch: pytest.MonkeyPatch, url: str, shown: str
+) -> None:
+    cfg = config(monkeypatch, {"conn_type": "cekura", "extra": {"rate_limit_store": f" {url} "}})
+    store = cfg.rate_limit_store
+    assert store is not None and store.reveal() == url and store.shown == shown
+    for text in (repr(cfg), str(store), repr(store), store.redact(f"could not reach {url}")):
+        assert STORE_PASSWORD not in text, text
+    assert store.redact(f"could not reach {url}") == f"could not reach {shown}"
+    with pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(store)
+
+
+def test_without_rate_limit_store_nothing_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config(monkeypatch, {"conn_type": "cekura"}).rate_limit_store is None
+    assert config(monkeypatch, {"conn_type": "cekura", "extra": {"rate_limit_store": ""}}).rate_limit_store is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [f"http://:{STORE_PASSWORD}@127.0.0.1:6379/0", f"memcached://:{STORE_PASSWORD}@h:1", "redis:///0", "unix://", 6379],
+)
+def test_a_bad_rate_limit_store_is_refused_without_showing_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: Any
+) -> None:
+    message = refused(monkeypatch, {"conn_type": "cekura", "extra": {"rate_limit_store": url}}, "rate_limit_store")
+    assert STORE_PASSWORD not in message

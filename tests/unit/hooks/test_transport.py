@@ -29,6 +29,7 @@ from airflow_provider_cekura.hooks._transport import (
     RETRY_AFTER_ABSURD,
     Redactor,
     RetryPolicy,
+    Throttle,
     Transport,
     parse_retry_after,
 )
@@ -84,10 +85,10 @@ def test_policy_decisions() -> None:
     assert policy.after_failure(1, CekuraTransportError("x")) is not None  # no answer: retried
     assert policy.after_failure(1, CekuraBadRequestError("x", status=400)) is None
     assert policy.after_failure(1, CekuraAuthError("x", status=401)) is None
-    # 429: the pause, until it would pass the time budget
-    assert policy.after_throttle(1, 0.5, 0.0, budget=1.0) == 0.5
-    assert policy.after_throttle(5, 0.5, 0.6, budget=1.0) is None
-    assert 0.05 <= (policy.after_throttle(1, None, 0.0, budget=1.0) or 0) <= 0.1  # no usable Retry-After: backoff
+    # 429: the connection's pause, and giving up once waiting it would pass the time budget (it still pauses)
+    assert policy.after_throttle(1, 0.5, 0.0, budget=1.0) == Throttle(pause=0.5, give_up=False)
+    assert policy.after_throttle(5, 0.5, 0.6, budget=1.0) == Throttle(pause=0.5, give_up=True)
+    assert 0.05 <= policy.after_throttle(1, None, 0.0, budget=1.0).pause <= 0.1  # no usable Retry-After: backoff
 
 
 def test_policy_is_immutable_plain_numbers_and_checked() -> None:
@@ -181,6 +182,23 @@ def test_one_keep_alive_connection_for_sequential_requests(emulator: Any) -> Non
     assert pool.num_connections == 1, pool.num_connections
     hook.close()
     hook.close()  # idempotent
+
+
+def test_the_session_is_ready_before_the_turn_so_the_request_leaves_when_it_starts(emulator: Any) -> None:
+    """Building the session (imports, adapters) inside the turn delayed the first request of a fresh process
+    past its ``sent_at``, and the limiter counted that delay as the server's time."""
+    seen: list[bool] = []
+
+    class Watching(RateLimiter):
+        def turn(self, deadline: float | None = None) -> Any:
+            seen.append("session" in hook._transport.__dict__)
+            return super().turn(deadline)
+
+    hook = CekuraHook(rate_limiter=Watching())
+    hook.get_call_logs([1])
+    hook.get_call_logs([2])
+    hook.close()
+    assert seen == [True, True]
 
 
 def test_the_hook_delegates_with_the_same_signature(emulator: Any) -> None:
