@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -15,6 +16,26 @@ import pytest
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 CALL_LOGS = "/observability/v1/call-logs/"
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
+
+    op = CekuraCallLogsToSqlOperator(
+        task_id="export", sql_conn_id="warehouse", table=sys.argv[1], metrics_table=sys.argv[2],
+        timestamp_from=sys.argv[3], timestamp_to=sys.argv[4], page_size=100, max_concurrency=int(sys.argv[5]),
+    )
+    op.execute({})
+    print("FINISHED")
+    """
+)
+"""A script exporting one window, to run in a process of its own and SIGKILL mid-export:
+``python -c KILL_SCRIPT TABLE METRICS_TABLE TIMESTAMP_FROM TIMESTAMP_TO MAX_CONCURRENCY``
+(the ``warehouse`` and ``cekura_default`` connections from the environment); prints FINISHED at its end."""
+
+KILL_CONCURRENCY = 4
+"""The ``max_concurrency`` the killed export runs with (pages in flight or waiting to be written)."""
 
 
 @dataclass

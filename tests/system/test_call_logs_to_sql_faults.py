@@ -17,14 +17,17 @@ from conftest import ROOT, TEST_API_KEY
 
 from support.transfer import (
     CALL_LOGS,
+    KILL_CONCURRENCY,
+    KILL_SCRIPT,
     START,
     WAREHOUSES,
     Warehouse,
     api_call_logs,
+    check_exact,
+    export,
     make_warehouse,
     window,
 )
-from unit.transfers.test_call_logs_to_sql import KILL_CONCURRENCY, KILL_SCRIPT, check_exact, export
 
 
 @pytest.fixture(params=WAREHOUSES)

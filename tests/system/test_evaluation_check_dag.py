@@ -16,7 +16,8 @@ from conftest import TEST_API_KEY, errors, run_state  # not tests.conftest: that
 from airflow_provider_cekura.operators.evaluation_check import (
     EVALUATION_CHECKS_XCOM_KEY,
 )
-from unit.operators.test_evaluation_check import LIST_PATH, stats
+from support.api_paths import LIST_PATH
+from support.gate import seed_gate_window, stats
 
 DAG_SOURCE = """
 import pendulum
@@ -72,10 +73,7 @@ with DAG(
 def test_gate_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     now = datetime.now(UTC)
     window = {"start": now - timedelta(hours=2), "end": now, "agents": (1,)}
-    emulator.evaluation_failure_rate = 0.2
-    ids = emulator.seed(30, call_id_prefix="gate", **window)
-    emulator.call_logs()  # evaluations happen on first sight: with 20% failures
-    emulator.evaluation_failure_rate = 0.0
+    ids = seed_gate_window(emulator, window)
     emulator.evaluation_delay = 4.0  # long enough that the gate that waits really defers, even on a busy machine
     rerun = emulator.seed(3, call_id_prefix="rerun", **window)
     s = stats(emulator, ids)

@@ -15,7 +15,8 @@ from typing import Any
 from conftest import TEST_API_KEY, errors, run_state  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
-from unit.operators.test_observe import DASHBOARD, LINK_XCOM_KEY, TRANSCRIPT, by_call_id, captured
+from support.links import DASHBOARD, LINK_XCOM_KEY
+from support.observe import TRANSCRIPT, by_call_id, captured
 
 DAG_SOURCE = """
 from __future__ import annotations

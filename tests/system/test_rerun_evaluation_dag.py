@@ -13,7 +13,8 @@ from typing import Any
 
 from conftest import TEST_API_KEY, errors, run_state  # not tests.conftest: that would import (and run) it twice
 
-from unit.operators.test_rerun_evaluation import DASHBOARD, RERUN_PATH
+from support.api_paths import RERUN_PATH
+from support.links import DASHBOARD, LINK_XCOM_KEY
 
 DAG_SOURCE = """
 import pendulum
@@ -76,6 +77,6 @@ def test_rerun_operator_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, ca
     assert all(by_id[i]["status"] != "evaluating" for i in ids[-3:])
 
     # the extra link (computed at the end of the try) shows the dashboard URL; no key anywhere
-    assert xcoms[("wait_deferred", -1, "_link_CekuraCallLogLink")] == f"{DASHBOARD}{ids[-3]}"
+    assert xcoms[("wait_deferred", -1, LINK_XCOM_KEY)] == f"{DASHBOARD}{ids[-3]}"
     assert TEST_API_KEY not in logs
     assert TEST_API_KEY not in json.dumps({str(k): v for k, v in xcoms.items()}, default=str)

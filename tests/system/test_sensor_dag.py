@@ -12,7 +12,8 @@ from typing import Any
 
 from conftest import TEST_API_KEY, key_leaks, run_state  # not tests.conftest: that would import (and run) it twice
 
-from unit.sensors.test_call_log import LIST_PATH, assert_summary, polls_of, seed
+from support.api_paths import LIST_PATH
+from support.poll import assert_summary, polls_of, seed
 
 DAG_SOURCE = """
 import pendulum
@@ -61,7 +62,7 @@ with DAG(
 def test_sensor_modes_in_a_dag_run(run_dag: Any, emulator: Any, capfd: Any, caplog: Any) -> None:
     from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_1_PLUS
 
-    b, c, d = ids = seed(emulator, 3, delay=0)
+    b, c, d = ids = seed(emulator, 3, delay=0, agents=(1,))
     # Each rerun task makes its call logs pending "forever"; they are released only once their sensor has
     # polled them enough (reschedule: a poke, a reschedule, a poke; deferrable: the check
     # before deferring and a trigger poll). No race with however long the next task takes to start (8 s

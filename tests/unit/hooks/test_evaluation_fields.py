@@ -34,9 +34,8 @@ from airflow_provider_cekura.hooks.cekura import CekuraHook
 from airflow_provider_cekura.testing import CekuraEmulator
 from airflow_provider_cekura.triggers import _poller
 from airflow_provider_cekura.waiting import event_from_summary, result_from_event
+from support.poll import list_requests, poller_threads_end, polls_of, seed, until
 from tests.conftest import TEST_API_KEY
-from unit.triggers.test_call_log import polls_of, seed
-from unit.triggers.test_poller import list_requests, poller_threads_end, until
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from conftest import TEST_API_KEY  # not tests.conftest: that would import (and run) it twice
 
 from airflow_provider_cekura.exceptions import (
     CekuraAuthError,
@@ -27,15 +26,10 @@ from airflow_provider_cekura.exceptions import (
 )
 from airflow_provider_cekura.hooks._transport import RetryPolicy, parse_retry_after
 from airflow_provider_cekura.hooks.cekura import CALL_LOGS_PATH, OBSERVE_PATH, RERUN_PATH, CekuraHook
+from support.connection import use_connection
 
 TURNS = [{"role": "Main Agent", "content": "Hello.", "start_time": 0.0, "end_time": 1.0}]
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-def use_connection(monkeypatch: pytest.MonkeyPatch, host: str, password: str = TEST_API_KEY, **extra: Any) -> None:
-    base = {"backoff_base": 0.01, "backoff_max": 0.05, "retry_after_max": 0.2, "read_timeout": 5}
-    conn = {"conn_type": "cekura", "host": host, "password": password, "extra": {**base, **extra}}
-    monkeypatch.setenv("AIRFLOW_CONN_CEKURA_DEFAULT", json.dumps(conn))
 
 
 def payload(call_id: str) -> dict[str, Any]:

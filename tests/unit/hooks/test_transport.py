@@ -34,6 +34,7 @@ from airflow_provider_cekura.hooks._transport import (
     parse_retry_after,
 )
 from airflow_provider_cekura.hooks.cekura import CALL_LOGS_PATH, CekuraHook
+from support.connection import use_connection
 
 PACKAGE = Path(__file__).resolve().parents[3] / "airflow_provider_cekura"
 
@@ -154,8 +155,6 @@ def test_turn_releases_its_slot_and_reports_the_answer() -> None:
 def test_turn_unavailable_ends_a_throttled_request_within_its_budget(
     monkeypatch: pytest.MonkeyPatch, emulator: Any
 ) -> None:
-    from unit.hooks.test_retry_policy import use_connection
-
     use_connection(monkeypatch, emulator.base_url, retry_after_max=5, rate_limit_max_wait=0.5)
     emulator.add_fault("429", times=1, retry_after="0.3")
     emulator.add_fault("429", times=1, retry_after="0.4")

@@ -12,7 +12,6 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from statistics import mean
 from typing import Any
 
 import pytest
@@ -23,33 +22,9 @@ from airflow_provider_cekura.operators.evaluation_check import (
     CekuraEvaluationCheckOperator,
 )
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
+from support.api_paths import LIST_PATH
 from support.context import TaskInstanceStub, task_context
-
-LIST_PATH = "/call-logs/"
-CS, OUTCOME = "Customer Satisfaction", "Call Outcome"
-
-
-def stats(emulator: Any, ids: list[int]) -> dict[str, Any]:
-    """What the gate should measure on ``ids``, from the emulator's stored call logs."""
-    by_id = {c["id"]: c for c in emulator.call_logs()}
-    logs = [by_id[i] for i in ids]
-    evaluated = [c for c in logs if c["metrics"]]
-
-    def metric(c: dict[str, Any], name: str) -> dict[str, Any]:
-        return next(m for m in c["metrics"] if m["name"] == name)
-
-    scores = [metric(c, CS)["score"] for c in evaluated]
-    outcomes = [metric(c, OUTCOME)["value"] for c in evaluated]
-    return {
-        "success_rate": sum(c["success"] is True for c in evaluated) / len(evaluated),
-        "failed": sum(1 for c in logs if c["error_message"]),
-        "evaluated": len(evaluated),
-        "mean": mean(scores),
-        "min": min(scores),
-        "max": max(scores),
-        "count": len(scores),
-        "escalated": outcomes.count("escalated") / len(outcomes),
-    }
+from support.gate import CS, OUTCOME, seed_gate_window, stats
 
 
 def test_bad_input_is_refused_before_any_request(emulator: Any) -> None:
@@ -130,10 +105,7 @@ class GateData:
 def gate_data(emulator: Any) -> GateData:
     now = datetime.now(UTC)
     window = {"start": now - timedelta(hours=2), "end": now, "agents": (1,)}
-    emulator.evaluation_failure_rate = 0.2
-    ids = emulator.seed(30, call_id_prefix="gate", **window)
-    emulator.call_logs()  # evaluations happen on first sight: with 20% failures
-    emulator.evaluation_failure_rate = 0.0
+    ids = seed_gate_window(emulator, window)
     pair = emulator.seed(40, call_id_prefix="base", **window)
     emulator.call_logs()
     halves = sorted((pair[::2], pair[1::2]), key=lambda half: stats(emulator, half)["mean"])

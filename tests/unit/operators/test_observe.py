@@ -26,25 +26,8 @@ from airflow_provider_cekura.exceptions import (
 from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
 from airflow_provider_cekura.operators.observe import CekuraObserveOperator
 from support.context import task_context
-
-TRANSCRIPT = [
-    {"role": "Main Agent", "content": "Hello, how can I help?", "start_time": 0.0, "end_time": 1.5},
-    {"role": "Testing Agent", "content": "I need to move my appointment.", "start_time": 1.7, "end_time": 3.2},
-]
-DASHBOARD = "https://dashboard.cekura.ai/observability/call-logs/"
-LINK_XCOM_KEY = "_link_CekuraCallLogLink"
-
-
-def captured(capfd: Any, caplog: Any) -> str:
-    """Everything the DAG run logged: task logs reach stdout or the logging capture depending on set-up order."""
-    out, err = capfd.readouterr()
-    text = out + err + caplog.text
-    caplog.clear()
-    return text
-
-
-def by_call_id(emulator: Any) -> dict[str, dict[str, Any]]:
-    return {c["call_id"]: c for c in emulator.call_logs()}
+from support.links import DASHBOARD
+from support.observe import TRANSCRIPT, by_call_id, captured
 
 
 def call(call_id: str, **fields: Any) -> dict[str, Any]:

@@ -11,10 +11,9 @@ import pytest
 from airflow_provider_cekura.exceptions import CekuraConfigurationError, CekuraValidationError
 from airflow_provider_cekura.links import CALL_LOG_URL_XCOM_KEY
 from airflow_provider_cekura.operators.rerun_evaluation import CekuraRerunEvaluationOperator
+from support.api_paths import RERUN_PATH
 from support.context import task_context
-
-DASHBOARD = "https://dashboard.cekura.ai/observability/call-logs/"
-RERUN_PATH = "/rerun_evaluation/"
+from support.links import DASHBOARD
 
 
 def test_arguments_are_checked_before_any_request(emulator: Any) -> None:

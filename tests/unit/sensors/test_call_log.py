@@ -7,7 +7,7 @@ import json
 import math
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,36 +15,8 @@ from conftest import TEST_API_KEY  # not tests.conftest: that would import (and 
 
 from airflow_provider_cekura.exceptions import CekuraEvaluationFailedError, CekuraValidationError
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
-
-LIST_PATH = "/call-logs/"
-METRIC_NAMES = ["Customer Satisfaction", "Instruction Following", "Call Outcome"]
-
-
-def seed(emulator: Any, count: int, *, delay: float, prefix: str = "seed") -> list[int]:
-    now = datetime.now(UTC)
-    emulator.evaluation_delay = delay
-    return emulator.seed(
-        count, start=now - timedelta(hours=1), end=now, agents=(1,), evaluated=False, call_id_prefix=prefix
-    )
-
-
-def polls_of(emulator: Any, call_log_id: int) -> int:
-    """How many list requests asked about ``call_log_id``."""
-    return sum(
-        1
-        for r in emulator.requests_snapshot()
-        if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
-    )
-
-
-def assert_summary(result: dict[str, Any], expected: list[int]) -> None:
-    """``result`` is the sensor's result dict for exactly ``expected``, every one evaluated."""
-    assert set(result) == {str(i) for i in expected}
-    for entry in result.values():
-        assert entry["state"] == "evaluated"
-        assert entry["status"] in ("success", "failure")
-        assert isinstance(entry["success"], bool)
-        assert [m["name"] for m in entry["metrics"]] == METRIC_NAMES
+from support.api_paths import LIST_PATH
+from support.poll import assert_summary, polls_of, seed
 
 
 @pytest.fixture
@@ -74,7 +46,7 @@ def release_after_polls(emulator: Any) -> Iterator[Any]:
 
 
 def test_poke_mode_pokes_until_evaluated_and_returns_the_summary(emulator: Any, release_after_polls: Any) -> None:
-    (a,) = seed(emulator, 1, delay=600)
+    (a,) = seed(emulator, 1, delay=600, agents=(1,))
     emulator.reset_log()
     release_after_polls(a, 3)
     result = CekuraCallLogSensor(task_id="poke", call_log_ids=a, mode="poke", poke_interval=0.1, timeout=60).execute(
@@ -88,7 +60,7 @@ def test_poke_mode_pokes_until_evaluated_and_returns_the_summary(emulator: Any, 
 
 def test_ids_as_the_rendered_text_of_an_xcom_list(emulator: Any) -> None:
     """What ``"{{ ti.xcom_pull(task_ids='ids') }}"`` renders to: the list's text ``"[a, b]"``."""
-    a, b = seed(emulator, 2, delay=0)
+    a, b = seed(emulator, 2, delay=0, agents=(1,))
     result = CekuraCallLogSensor(task_id="templated", call_log_ids=f"[{a}, {b}]").execute({})  # type: ignore[arg-type]
     assert_summary(result, [a, b])
 
@@ -96,8 +68,8 @@ def test_ids_as_the_rendered_text_of_an_xcom_list(emulator: Any) -> None:
 def test_poke_mode_timeout_names_the_pending_ids(emulator: Any) -> None:
     from airflow_provider_cekura.version_compat import AirflowSensorTimeout
 
-    pending = seed(emulator, 2, delay=120, prefix="slow")
-    finished = seed(emulator, 1, delay=0, prefix="fast")
+    pending = seed(emulator, 2, delay=120, prefix="slow", agents=(1,))
+    finished = seed(emulator, 1, delay=0, prefix="fast", agents=(1,))
     sensor = CekuraCallLogSensor(task_id="wait", call_log_ids=[*pending, *finished], poke_interval=0.2, timeout=0.5)
     with pytest.raises(AirflowSensorTimeout) as info:
         sensor.execute({})  # type: ignore[arg-type]
@@ -110,7 +82,7 @@ def test_poke_mode_timeout_names_the_pending_ids(emulator: Any) -> None:
 
 def test_poke_mode_evaluation_failure(emulator: Any) -> None:
     emulator.evaluation_failure_rate = 1.0
-    ids = seed(emulator, 2, delay=0.3)
+    ids = seed(emulator, 2, delay=0.3, agents=(1,))
     reason = "Evaluation failed: the transcript could not be processed"
 
     strict = CekuraCallLogSensor(task_id="strict", call_log_ids=ids, poke_interval=0.1, timeout=10)
@@ -127,7 +99,7 @@ def test_poke_mode_evaluation_failure(emulator: Any) -> None:
 
 
 def test_already_evaluated_finishes_without_deferring(emulator: Any) -> None:
-    ids = seed(emulator, 2, delay=0)
+    ids = seed(emulator, 2, delay=0, agents=(1,))
     sensor = CekuraCallLogSensor(task_id="wait", call_log_ids=",".join(map(str, ids)), deferrable=True)
     result = sensor.execute({})  # type: ignore[arg-type] - would raise TaskDeferred if it deferred
     assert set(result) == {str(i) for i in ids}
@@ -143,7 +115,7 @@ def test_deferring_hands_the_trigger_plain_values_and_a_deadline(emulator: Any) 
 
     from airflow.providers.common.compat.sdk import TaskDeferred
 
-    ids = seed(emulator, 2, delay=60)
+    ids = seed(emulator, 2, delay=60, agents=(1,))
     sensor = CekuraCallLogSensor(
         task_id="wait", call_log_ids=ids, deferrable=True, poke_interval=7, timeout=600, max_consecutive_errors=2
     )
@@ -170,7 +142,7 @@ def test_request_economy_500_call_logs(monkeypatch: pytest.MonkeyPatch, emulator
         "extra": {"backoff_base": 0.01, "backoff_max": 0.05, "page_size": page_size},
     }
     monkeypatch.setenv("AIRFLOW_CONN_CEKURA_DEFAULT", json.dumps(conn))
-    ids = seed(emulator, 500, delay=1.0)
+    ids = seed(emulator, 500, delay=1.0, agents=(1,))
     emulator.reset_log()
 
     sensor = CekuraCallLogSensor(task_id="wait", call_log_ids=ids, poke_interval=0.3, timeout=60)

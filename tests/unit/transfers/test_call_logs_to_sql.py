@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -171,24 +170,6 @@ def test_call_log_ids_export_exactly_those(emulator: Any, warehouse: Warehouse) 
     assert export(warehouse, call_log_ids=[]) == 0
     assert export(warehouse, call_log_ids="[]") == 0
     assert warehouse.count() == 125
-
-
-KILL_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    from airflow_provider_cekura.transfers.call_logs_to_sql import CekuraCallLogsToSqlOperator
-
-    op = CekuraCallLogsToSqlOperator(
-        task_id="export", sql_conn_id="warehouse", table=sys.argv[1], metrics_table=sys.argv[2],
-        timestamp_from=sys.argv[3], timestamp_to=sys.argv[4], page_size=100, max_concurrency=int(sys.argv[5]),
-    )
-    op.execute({})
-    print("FINISHED")
-    """
-)
-
-
-KILL_CONCURRENCY = 4
 
 
 @pytest.mark.slow

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import importlib
 import json
 import math
 import time
-from collections.abc import Awaitable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,27 +24,9 @@ from airflow_provider_cekura.exceptions import CekuraEvaluationFailedError
 from airflow_provider_cekura.sensors.call_log import CekuraCallLogSensor
 from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
 from airflow_provider_cekura.waiting import result_from_event
-
-LIST_PATH = "/call-logs/"
-
-
-def use_connection(monkeypatch: pytest.MonkeyPatch, emulator: Any, password: str = TEST_API_KEY, **extra: Any) -> None:
-    """Point ``cekura_default`` at the emulator with fast retries plus ``extra``."""
-    options = {"backoff_base": 0.01, "backoff_max": 0.05, "retry_after_max": 0.2, "read_timeout": 5, **extra}
-    conn = {"conn_type": "cekura", "host": emulator.base_url, "password": password, "extra": options}
-    monkeypatch.setenv("AIRFLOW_CONN_CEKURA_DEFAULT", json.dumps(conn))
-
-
-def seed(emulator: Any, count: int, *, delay: float, prefix: str = "seed") -> list[int]:
-    """``count`` call logs whose evaluation finishes ``delay`` seconds from now."""
-    now = datetime.now(UTC)
-    emulator.evaluation_delay = delay
-    return emulator.seed(count, start=now - timedelta(hours=1), end=now, evaluated=False, call_id_prefix=prefix)
-
-
-async def collect(trigger: CekuraCallLogTrigger) -> list[Any]:
-    """Every event the trigger yields until its generator returns (it must return on its own)."""
-    return [event async for event in trigger.run()]
+from support.api_paths import LIST_PATH
+from support.connection import use_connection
+from support.poll import collect, max_loop_lag, polls_of, seed
 
 
 def run_one(trigger: CekuraCallLogTrigger) -> dict[str, Any]:
@@ -58,15 +37,6 @@ def run_one(trigger: CekuraCallLogTrigger) -> dict[str, Any]:
     assert payload["status"] in EVENT_STATUSES
     assert TEST_API_KEY not in json.dumps(payload)
     return payload
-
-
-def polls_of(emulator: Any, call_log_id: int) -> int:
-    """How many list requests asked about ``call_log_id``."""
-    return sum(
-        1
-        for r in emulator.requests_snapshot()
-        if LIST_PATH in r.path and str(call_log_id) in r.query.get("call_ids", "").split(",")
-    )
 
 
 def test_serialize_round_trip_carries_plain_values_and_no_key() -> None:
@@ -110,7 +80,7 @@ def test_serialize_round_trip_carries_plain_values_and_no_key() -> None:
 
 
 def test_no_key_in_kwargs_or_repr_even_after_running(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator)
+    use_connection(monkeypatch, emulator.base_url)
     ids = seed(emulator, 1, delay=0)
     trigger = CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.1, deadline=time.time() + 10)
     run_one(trigger)
@@ -203,7 +173,7 @@ def test_transient_5xx_are_retried_and_still_succeed(emulator: Any) -> None:
 
 
 def test_polls_failing_in_a_row_end_with_one_error_event(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, max_attempts=2)
+    use_connection(monkeypatch, emulator.base_url, max_attempts=2)
     ids = seed(emulator, 1, delay=0)
     emulator.add_fault("5xx", path=LIST_PATH)
     event = run_one(
@@ -217,7 +187,7 @@ def test_polls_failing_in_a_row_end_with_one_error_event(monkeypatch: pytest.Mon
 
 def test_wrong_api_key_gives_an_error_event_at_once(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     wrong_key = "sk-cekura-WRONG-0000-1111"
-    use_connection(monkeypatch, emulator, password=wrong_key)
+    use_connection(monkeypatch, emulator.base_url, password=wrong_key)
     ids = seed(emulator, 1, delay=60)
     started = time.monotonic()
     event = run_one(CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.1, deadline=time.time() + 60))
@@ -239,7 +209,7 @@ def test_unexpected_errors_become_one_error_event(emulator: Any) -> None:
 
 def test_stops_at_its_deadline_while_a_poll_hangs(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     # the hook would give up after read_timeout x max_attempts = 1.5 s; the deadline comes first
-    use_connection(monkeypatch, emulator, read_timeout=0.5, max_attempts=3)
+    use_connection(monkeypatch, emulator.base_url, read_timeout=0.5, max_attempts=3)
     ids = seed(emulator, 1, delay=0)
     emulator.add_fault("hang", path=LIST_PATH)
     trigger = CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.1, deadline=time.time() + 0.7)
@@ -255,33 +225,6 @@ def test_stops_at_its_deadline_while_a_poll_hangs(monkeypatch: pytest.MonkeyPatc
     assert events[0].payload["status"] == EVENT_TIMEOUT
     assert "did not answer before the deadline" in events[0].payload["message"]
     assert f"still pending: {ids[0]}" in events[0].payload["message"]
-
-
-async def max_loop_lag(work: Awaitable[Any]) -> tuple[Any, float]:
-    """Await ``work`` while a ticker measures how late its 10 ms sleeps wake up; returns (result, max lag).
-
-    A full garbage collection first: what the test session has piled up before (a loaded machine
-    takes 100 ms and more to scan it) is not what ``work`` does to the loop.
-    """
-    gc.collect()
-    loop = asyncio.get_running_loop()
-    lags: list[float] = []
-    stop = asyncio.Event()
-
-    async def ticker() -> None:
-        while not stop.is_set():
-            before = loop.time()
-            await asyncio.sleep(0.01)
-            lags.append(loop.time() - before - 0.01)
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0.02)
-    try:
-        result = await work
-    finally:
-        stop.set()
-        await task
-    return result, max(lags)
 
 
 @pytest.mark.slow
@@ -333,7 +276,7 @@ def test_twenty_triggers_share_one_loop(emulator: Any) -> None:
 
 @pytest.mark.slow
 def test_request_economy_500_call_logs(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, page_size=100)
+    use_connection(monkeypatch, emulator.base_url, page_size=100)
     ids = seed(emulator, 500, delay=1.0)
     emulator.reset_log()
     event = run_one(CekuraCallLogTrigger(call_log_ids=ids, poll_interval=0.3, deadline=time.time() + 60))

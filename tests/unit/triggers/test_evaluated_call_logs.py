@@ -13,7 +13,9 @@ import pytest
 from conftest import TEST_API_KEY, trigger_serde
 
 from airflow_provider_cekura.version_compat import AIRFLOW_V_3_0_PLUS, AIRFLOW_V_3_3_PLUS
-from unit.triggers.test_call_log import LIST_PATH, max_loop_lag, use_connection
+from support.api_paths import LIST_PATH
+from support.connection import use_connection
+from support.poll import max_loop_lag
 
 pytestmark = pytest.mark.skipif(not AIRFLOW_V_3_0_PLUS, reason="event-driven scheduling needs Airflow 3")
 
@@ -249,7 +251,7 @@ def test_payloads_are_bounded_and_more_events_carry_the_rest(emulator: Any) -> N
 
 
 def test_one_request_per_page_per_poll(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, page_size=50)
+    use_connection(monkeypatch, emulator.base_url, page_size=50)
     seed(emulator, 120, delay=0.0, prefix="pages")
     trigger = CekuraCallLogsEvaluatedTrigger(poll_interval=0.2)
     emulator.reset_log()
@@ -372,7 +374,7 @@ def test_cursor_stays_small_when_many_finish_at_once() -> None:
 
 @pytest.mark.slow
 def test_backs_off_under_5xx_and_429_then_recovers(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
-    use_connection(monkeypatch, emulator, max_attempts=1, rate_limit_max_wait=0)
+    use_connection(monkeypatch, emulator.base_url, max_attempts=1, rate_limit_max_wait=0)
     ids = seed(emulator, 3, delay=0.0, prefix="flaky")
     emulator.add_fault("5xx", path=LIST_PATH, times=3)
     emulator.add_fault("429", path=LIST_PATH, times=2, retry_after="0")
@@ -392,7 +394,7 @@ def test_a_wrong_key_ends_the_trigger_naming_the_connection(monkeypatch: pytest.
     from airflow_provider_cekura.exceptions import CekuraError
 
     wrong = "sk-cekura-WRONG-KEY-DO-NOT-LEAK"
-    use_connection(monkeypatch, emulator, password=wrong)
+    use_connection(monkeypatch, emulator.base_url, password=wrong)
     seed(emulator, 2, delay=0.0, prefix="denied")
     trigger = CekuraCallLogsEvaluatedTrigger(poll_interval=0.1)
     emulator.reset_log()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,20 +13,13 @@ import pytest
 from airflow_provider_cekura.evaluation import EVENT_ERROR, EVENT_SUCCESS, EVENT_TIMEOUT, unpack_result
 from airflow_provider_cekura.triggers import _poller
 from airflow_provider_cekura.triggers.call_log import CekuraCallLogTrigger
-from unit.triggers.test_call_log import LIST_PATH, collect, polls_of, seed, use_connection
+from support.api_paths import LIST_PATH
+from support.connection import use_connection
+from support.poll import collect, list_requests, poller_threads_end, polls_of, seed, until
 
 
 def trigger(ids: list[int], *, interval: float = 0.2, timeout: float = 60, **kwargs: Any) -> CekuraCallLogTrigger:
     return CekuraCallLogTrigger(call_log_ids=ids, poll_interval=interval, deadline=time.time() + timeout, **kwargs)
-
-
-def list_requests(emulator: Any, after: float = 0.0) -> list[set[int]]:
-    """The ids asked about by each list request that arrived after ``after`` (monotonic seconds)."""
-    return [
-        {int(i) for i in r.query.get("call_ids", "").split(",") if i}
-        for r in emulator.requests_snapshot()
-        if LIST_PATH in r.path and r.at > after
-    ]
 
 
 def rounds_of(emulator: Any, gap: float = 0.05) -> list[list[set[int]]]:
@@ -42,20 +33,6 @@ def rounds_of(emulator: Any, gap: float = 0.05) -> list[list[set[int]]]:
         rounds[-1].append({int(i) for i in ids.split(",") if i})
         last = at
     return rounds
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the loop run until ``condition()`` holds (the test's own timeout bounds it)."""
-    while not condition():
-        await asyncio.sleep(0.01)
-
-
-def poller_threads_end() -> list[str]:
-    """Wait for the poller's threads to end; returns the names of any still alive (expected: none)."""
-    for thread in threading.enumerate():
-        if thread.name.startswith("cekura-poller"):
-            thread.join(timeout=15)
-    return [t.name for t in threading.enumerate() if t.name.startswith("cekura-poller")]
 
 
 def test_many_triggers_share_one_poll_with_ids_spread_over_pages(emulator: Any) -> None:
@@ -169,7 +146,7 @@ def test_one_deadline_passes_while_the_others_go_on(emulator: Any) -> None:
 def test_a_page_that_keeps_failing_fails_only_the_waits_with_an_id_in_it(
     monkeypatch: pytest.MonkeyPatch, emulator: Any
 ) -> None:
-    use_connection(monkeypatch, emulator, max_attempts=1)
+    use_connection(monkeypatch, emulator.base_url, max_attempts=1)
     ids = sorted(seed(emulator, 250, delay=0.5))
     groups = [ids[n : n + 10] for n in range(0, 250, 10)]  # 25 waits; the poll's pages: ids[0:100], [100:200], ...
     emulator.add_fault("5xx", path=LIST_PATH, call_id=ids[100])  # the second page fails on every poll
@@ -190,7 +167,7 @@ def test_a_page_that_keeps_failing_fails_only_the_waits_with_an_id_in_it(
 def test_a_transient_page_failure_spends_one_error_of_the_budget(
     monkeypatch: pytest.MonkeyPatch, emulator: Any
 ) -> None:
-    use_connection(monkeypatch, emulator, max_attempts=1)
+    use_connection(monkeypatch, emulator.base_url, max_attempts=1)
     ids = seed(emulator, 150, delay=0.6)
     fault = emulator.add_fault("5xx", path=LIST_PATH, call_id=sorted(ids)[120], times=2)
     groups = [ids[n::5] for n in range(5)]  # every group has ids on both pages
@@ -261,7 +238,7 @@ def test_each_connection_has_its_own_poller(monkeypatch: pytest.MonkeyPatch, emu
 @pytest.mark.slow
 def test_no_thread_goes_on_polling_after_the_last_wait_ended(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     # every list request fails, and the hook would retry for a long time (40 attempts, 0.3 s apart)
-    use_connection(monkeypatch, emulator, max_attempts=40, backoff_base=0.3, backoff_max=0.3)
+    use_connection(monkeypatch, emulator.base_url, max_attempts=40, backoff_base=0.3, backoff_max=0.3)
     ids = seed(emulator, 2, delay=600)
     emulator.add_fault("5xx", path=LIST_PATH)
 
