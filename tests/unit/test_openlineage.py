@@ -17,6 +17,7 @@ def _operator() -> Any:
     )
 
 
+@pytest.mark.slow
 def test_facets_name_the_api_as_input_and_the_tables_as_outputs(emulator: Any) -> None:
     from airflow.providers.openlineage.extractors import OperatorLineage
 

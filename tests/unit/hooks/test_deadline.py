@@ -40,9 +40,9 @@ def test_a_read_blocked_past_the_deadline_ends_at_it() -> None:
 def test_a_finished_watch_never_touches_its_socket() -> None:
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        with watch(time.monotonic() + 0.1) as watched:
+        with watch(time.monotonic() + 0.05) as watched:
             watched.attach(ours)
-        time.sleep(0.4)  # past the deadline, after the headers came
+        time.sleep(0.2)  # past the deadline, after the headers came
         assert not watched.expired
         theirs.sendall(b"body")
         assert ours.recv(10) == b"body"  # the connection still works for the caller's body read
@@ -60,7 +60,7 @@ def test_a_socket_attached_after_the_deadline_is_shut_down_at_once() -> None:
 def test_watches_expire_in_deadline_order_whatever_the_order_they_came_in() -> None:
     pairs = [socket.socketpair() for _ in range(3)]
     now = time.monotonic()
-    watches = [Watch(now + delay) for delay in (0.6, 0.2, 30)]
+    watches = [Watch(now + delay) for delay in (0.25, 0.1, 30)]
     try:
         from airflow_provider_cekura.hooks._deadline import _watchdog
 

@@ -61,6 +61,7 @@ def test_unusable_retry_after_gets_the_default_backoff_and_the_time_budget_holds
     assert info.value.retry_after is None and info.value.waited is not None and info.value.waited <= budget + 0.2
 
 
+@pytest.mark.slow
 def test_a_sane_retry_after_is_still_obeyed(monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow_provider_cekura.hooks._rate_limit import STRICT_AFTER
 

@@ -56,6 +56,7 @@ def test_unseekable_stream_is_sent_once_then_refused() -> None:
         b"".join(body)
 
 
+@pytest.mark.slow
 def test_upload_memory_stays_far_below_the_file_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The emulator runs in its own process here, so tracemalloc sees only the client's memory."""
     from airflow_provider_cekura.hooks.cekura import CekuraHook

@@ -146,6 +146,7 @@ def test_limit_that_drops_mid_batch(monkeypatch: pytest.MonkeyPatch, emulator: A
     assert rate is not None and rate < 30, limiter  # it followed the limit down
 
 
+@pytest.mark.slow
 def test_throttled_forever_ends_with_a_clear_error(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     use_connection(monkeypatch, emulator, retry_after_max=0.1, rate_limit_max_wait=0.6, max_attempts=2)
     emulator.add_fault("429", retry_after="1")
@@ -230,6 +231,7 @@ def test_one_limiter_per_connection_shared_by_hooks_and_threads(monkeypatch: pyt
     assert CekuraHook("cekura_other").rate_limiter.throttles == 0
 
 
+@pytest.mark.slow
 def test_the_trigger_poller_shares_the_limiter_without_blocking_the_loop(
     monkeypatch: pytest.MonkeyPatch, emulator: Any
 ) -> None:

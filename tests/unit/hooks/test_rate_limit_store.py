@@ -78,6 +78,7 @@ def test_without_the_redis_package_the_error_says_what_to_install(monkeypatch: p
     assert PASSWORD not in str(info.value) and "'cekura_nostore'" in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_store_module_is_not_imported_unless_a_connection_names_a_store() -> None:
     code = (
         "import sys; import airflow_provider_cekura.hooks.cekura, airflow_provider_cekura.operators.observe; "

@@ -63,6 +63,7 @@ def test_one_list_request_per_100_ids_current_and_baseline_together(emulator: An
     assert info.value.summary == ti.xcoms[EVALUATION_CHECKS_XCOM_KEY] and info.value.summary["held"] is False
 
 
+@pytest.mark.slow
 def test_blocking_wait_then_check(emulator: Any) -> None:
     now = datetime.now(UTC)
     emulator.evaluation_delay = 0.8

@@ -65,6 +65,7 @@ def test_ids_as_the_rendered_text_of_an_xcom_list(emulator: Any) -> None:
     assert_summary(result, [a, b])
 
 
+@pytest.mark.slow
 def test_poke_mode_timeout_names_the_pending_ids(emulator: Any) -> None:
     from airflow_provider_cekura.version_compat import AirflowSensorTimeout
 

@@ -164,6 +164,7 @@ def test_cli_prints_the_connection_line_to_export(tmp_path: Path) -> None:
     assert done.stdout.split()[-2:] == ["cekura", url], done.stdout
 
 
+@pytest.mark.slow
 def test_latency_and_page_size_cap_from_the_command_line() -> None:
     headers = {"X-CEKURA-API-KEY": TEST_API_KEY}
     with EmulatorProcess(TEST_API_KEY, latency_ms=150, max_page_size=3) as emulator:

@@ -89,6 +89,7 @@ def test_no_key_in_kwargs_or_repr_even_after_running(monkeypatch: pytest.MonkeyP
     assert "cekura_default" in repr(trigger)
 
 
+@pytest.mark.slow
 def test_success_event_with_per_id_results(emulator: Any) -> None:
     ids = seed(emulator, 3, delay=0.6)
     started = time.monotonic()
@@ -207,6 +208,7 @@ def test_unexpected_errors_become_one_error_event(emulator: Any) -> None:
     assert emulator.count_requests() == 0
 
 
+@pytest.mark.slow
 def test_stops_at_its_deadline_while_a_poll_hangs(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     # the hook would give up after read_timeout x max_attempts = 1.5 s; the deadline comes first
     use_connection(monkeypatch, emulator.base_url, read_timeout=0.5, max_attempts=3)
@@ -252,6 +254,7 @@ def test_polling_never_blocks_the_event_loop(emulator: Any) -> None:
     assert lag < 0.1, f"the event loop stalled {lag * 1000:.0f} ms during polls of 300 ms"
 
 
+@pytest.mark.slow
 def test_twenty_triggers_share_one_loop(emulator: Any) -> None:
     ids = seed(emulator, 40, delay=0.8)
     emulator.add_fault("latency", delay=0.1, path=LIST_PATH)

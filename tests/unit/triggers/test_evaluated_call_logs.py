@@ -180,6 +180,7 @@ def test_on_airflow_2_it_refuses_with_a_clear_message(monkeypatch: pytest.Monkey
         CekuraCallLogsEvaluatedTrigger()
 
 
+@pytest.mark.slow
 def test_only_finished_call_logs_each_once(emulator: Any) -> None:
     soon = seed(emulator, 6, delay=0.4, prefix="soon")
     never = seed(emulator, 4, delay=3600, prefix="never")
@@ -282,6 +283,7 @@ def test_filters_narrow_what_is_watched(emulator: Any) -> None:
     assert sorted(announced(payloads)) == agent_2
 
 
+@pytest.mark.slow
 def test_reconstructed_trigger_continues_from_the_state_store(monkeypatch: pytest.MonkeyPatch, emulator: Any) -> None:
     """Airflow 3.3+: the cursor in the asset state store; a new instance from serialize() goes on from it."""
     monkeypatch.setattr(evaluated_call_logs, "COMMIT_DELAY", 0.1)
@@ -454,6 +456,7 @@ def test_shared_stream_key_groups_watchers_of_one_poll() -> None:
         assert other.shared_stream_key() != base.shared_stream_key()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not AIRFLOW_V_3_3_PLUS, reason="shared streams are Airflow 3.3+")
 def test_sibling_watchers_share_one_poll_through_the_triggerers_shared_stream(emulator: Any) -> None:
     from airflow.triggers.shared_stream import SharedStreamManager

@@ -164,6 +164,7 @@ def test_a_page_that_keeps_failing_fails_only_the_waits_with_an_id_in_it(
             assert set(events[0].payload["results"]) == {str(i) for i in group}
 
 
+@pytest.mark.slow
 def test_a_transient_page_failure_spends_one_error_of_the_budget(
     monkeypatch: pytest.MonkeyPatch, emulator: Any
 ) -> None:
@@ -197,6 +198,7 @@ def test_waits_with_different_intervals_are_each_polled_as_asked(emulator: Any) 
     assert polls_of(emulator, quick[0]) > polls_of(emulator, slow[0]) >= 3
 
 
+@pytest.mark.slow
 def test_cancelling_every_trigger_stops_the_poller(emulator: Any) -> None:
     ids = seed(emulator, 5, delay=60)
     emulator.add_fault("latency", delay=0.5, path=LIST_PATH)
